@@ -1,0 +1,164 @@
+"""The authorization vocabulary shared by the analyzer, the grant model and the decision.
+
+Everything here is immutable and free of I/O: a statement is analyzed once into an `Analysis`
+(what it needs), and that is decided against a `GrantSet` snapshot at a given instant.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Privilege(str, enum.Enum):
+    SELECT = "SELECT"
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    CREATE = "CREATE"
+    ALTER = "ALTER"
+    DROP = "DROP"
+
+    @classmethod
+    def parse(cls, text: str) -> Privilege:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown privilege {text!r} (one of {', '.join(p.value for p in cls)})"
+            ) from None
+
+
+ALL_PRIVILEGES = frozenset(Privilege)
+DML_PRIVILEGES = frozenset({Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE, Privilege.DELETE})
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    """A real table, always fully qualified. `table is None` means the database itself."""
+
+    db: str
+    table: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.db}.{self.table}" if self.table is not None else f"{self.db}.*"
+
+
+@dataclass(frozen=True, order=True)
+class Requirement:
+    """One privilege the statement needs on one object."""
+
+    target: TableRef
+    privilege: Privilege
+
+    def __str__(self) -> str:
+        return f"{self.privilege.value} on {self.target}"
+
+
+class StatementKind(str, enum.Enum):
+    """What the session must do with a statement once it is allowed."""
+
+    QUERY = "query"  # forward upstream as is; requirements describe it
+    USE = "use"  # forward; on success the current database becomes `Analysis.use_db`
+    TRANSACTION = "transaction"  # BEGIN / COMMIT / ROLLBACK ...: forward, no table requirements
+    SET = "set"  # allow-listed session variable or user variable: forward
+    SHOW = "show"  # metadata statement: forward (requirements name what it reveals)
+    KILL = "kill"  # KILL [QUERY|CONNECTION] n: the session handles it itself
+    DENIED = "denied"  # never forwarded; `Analysis.deny` says why
+
+
+class DenyCode(str, enum.Enum):
+    """Reason codes: stable identifiers for audit events, tests and the client message."""
+
+    # statement-level (analysis) denials: the statement is never allowed, whoever runs it
+    PARSE_ERROR = "parse_error"
+    EMPTY_STATEMENT = "empty_statement"
+    MULTIPLE_STATEMENTS = "multiple_statements"
+    EXECUTABLE_COMMENT = "executable_comment"
+    UNSUPPORTED_STATEMENT = "unsupported_statement"
+    UNKNOWN_FUNCTION = "unknown_function"
+    DENIED_FUNCTION = "denied_function"
+    SYSTEM_VARIABLE = "system_variable"
+    SELECT_INTO = "select_into"
+    NO_DATABASE = "no_database_selected"
+    UNACCOUNTED_TABLE = "unaccounted_table"
+    SUSPICIOUS_NAME = "suspicious_name"
+    CHARSET = "charset"
+    # grant-level denials (decision)
+    MISSING_GRANT = "missing_grant"
+    DATABASE_ACCESS = "database_access"
+
+
+@dataclass(frozen=True)
+class Deny:
+    code: DenyCode
+    detail: str  # for the audit event and the person; never contains policy internals
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a statement needs, independent of who runs it. Cacheable by (sql, current db)."""
+
+    kind: StatementKind
+    statement_class: str  # e.g. "SELECT", "INSERT", "SET", "USE", "SHOW TABLES"; for audit
+    requirements: frozenset[Requirement] = frozenset()
+    deny: Deny | None = None
+    use_db: str | None = None  # for StatementKind.USE
+    # For StatementKind.USE / SHOW-like statements that reveal a database: the person must hold
+    # some grant in each of these databases (MySQL answers 1044 otherwise).
+    database_access: frozenset[str] = frozenset()
+    kill_target: int | None = None  # for StatementKind.KILL
+    kill_query_only: bool = False
+
+    @property
+    def tables(self) -> frozenset[TableRef]:
+        return frozenset(r.target for r in self.requirements)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Subject may use `privileges` on `db`.`table` (table "*" = every table of the db,
+    db "*" = every database) until `expires_at` (None = no expiry)."""
+
+    subject: str  # "user:alice" or "group:oncall"
+    db: str
+    table: str
+    privileges: frozenset[Privilege]
+    expires_at: datetime | None = None
+    source: str = ""  # "policies/dev.yaml" or "store:<id>": for audit and `jitproxy check`
+
+    def active(self, now: datetime) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+    def covers(self, req: Requirement) -> bool:
+        t = req.target
+        return (
+            req.privilege in self.privileges
+            and (self.db == "*" or self.db == t.db)
+            and (t.table is None or self.table == "*" or self.table == t.table)
+        )
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated person behind a session."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    token_expires_at: datetime | None = None
+    token_id: str | None = None  # jti, for audit; never the token itself
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return (f"user:{self.user}",) + tuple(f"group:{g}" for g in self.groups)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    analysis: Analysis
+    code: DenyCode | None = None
+    reason: str = ""
+    missing: tuple[Requirement, ...] = ()
+    used_grants: tuple[Grant, ...] = field(default=(), compare=False)

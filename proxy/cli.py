@@ -1,0 +1,295 @@
+"""The `jitproxy` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+import yaml
+
+from proxy.authz.decide import decide
+from proxy.authz.model import ALL_PRIVILEGES, Privilege, Principal
+from proxy.authz.policy import PolicyError, check_overlaps, grants_from_document
+from proxy.config import Config, ConfigError, load_config, parse_duration
+
+DEFAULT_CONFIG = os.environ.get("JITPROXY_CONFIG", "config.yaml")
+JIT_GRANTS_FILE = "jit-grants.yaml"
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("mysql_mimic").setLevel(logging.WARNING)  # it logs SQL text at DEBUG
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config))
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    from proxy.server import ProxyServer, build_context
+
+    ctx = build_context(cfg)
+    server = ProxyServer(cfg, ctx)
+    await server.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop  # optional: faster event loop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    configure_logging(cfg.log.level, cfg.log.format)
+    _run(serve(cfg))
+    return 0
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    from proxy.identity.tokens import TokenIssuer
+
+    cfg = _load(args)
+    signing = cfg.identity.signing
+    if signing is None:
+        raise SystemExit(f"{cfg.source}: identity.signing is not set: this proxy cannot issue tokens")
+    issuer = TokenIssuer(
+        signing.private_key_file.read_bytes(),
+        issuer=signing.issuer,
+        audience=signing.audience,
+        max_ttl=cfg.identity.max_token_ttl,
+    )
+    ttl = parse_duration(args.ttl) if args.ttl else signing.default_ttl
+    print(issuer.issue(args.user, args.group or (), ttl=ttl))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from proxy.identity.tokens import generate_ed25519_keypair
+
+    generate_ed25519_keypair(args.private, args.public)
+    print(f"wrote {args.private} (keep secret) and {args.public}")
+    return 0
+
+
+# -- check ---------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from proxy.authz.analyze import analyze
+    from proxy.server import PolicyStore
+
+    cfg = _load(args)
+    grants = PolicyStore(cfg.policies.dirs)()
+    principal = Principal(user=args.user, groups=tuple(args.group or ()))
+    analysis = analyze(args.sql, args.db)
+    decision = decide(analysis, principal, grants, datetime.now(timezone.utc))
+    print(f"decision:   {'ALLOW' if decision.allowed else 'DENY'}")
+    print(f"statement:  {analysis.statement_class} ({analysis.kind.value})")
+    if analysis.requirements:
+        print("requires:   " + "; ".join(str(r) for r in sorted(analysis.requirements)))
+    if analysis.database_access:
+        print("databases:  " + ", ".join(sorted(analysis.database_access)))
+    if decision.allowed:
+        for g in decision.used_grants:
+            until = g.expires_at.isoformat() if g.expires_at else "no expiry"
+            print(f"granted by: {g.subject} {g.db}.{g.table} ({until}) in {g.source}")
+    else:
+        print(f"reason:     {decision.code.value if decision.code else '?'}: {decision.reason}")
+        if decision.missing:
+            print("missing:    " + "; ".join(str(r) for r in decision.missing))
+        from proxy.server import request_hint
+
+        hint = request_hint(args.user, decision)
+        if hint:
+            print(hint)
+    return 0 if decision.allowed else 1
+
+
+# -- grants --------------------------------------------------------------------------------
+
+
+def cmd_grant_add(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    directory = cfg.policies.dirs[0]
+    path = directory / JIT_GRANTS_FILE
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    doc = doc or {"grants": []}
+    subject = f"user:{args.user}" if args.user else f"group:{args.group}"
+    privileges = sorted(p.value for p in ({Privilege.parse(p) for p in args.privilege} if args.privilege else {Privilege.SELECT}))
+    if args.until:
+        expires = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
+        if expires.tzinfo is None:
+            raise SystemExit("--until needs a time zone, e.g. 2026-11-21T18:00:00Z")
+    else:
+        expires = datetime.now(timezone.utc) + parse_duration(args.duration)
+    expires = expires.astimezone(timezone.utc).replace(microsecond=0)
+    for obj in args.grant:
+        doc["grants"] = [e for e in doc["grants"] if not (e.get("subject") == subject and e.get("grant") == obj)]
+        doc["grants"].append(
+            {"subject": subject, "grant": obj, "privileges": privileges, "expires_at": expires.isoformat().replace("+00:00", "Z")}
+        )
+    try:
+        new = grants_from_document(doc, str(path))
+        others = []
+        from proxy.authz.policy import load_policy_dir
+
+        for d in cfg.policies.dirs:
+            others.extend(g for g in load_policy_dir(d)[0] if g.source != str(path))
+        check_overlaps([*others, *new])
+    except PolicyError as e:
+        raise SystemExit(f"refused: {e}") from None
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# Grants added with `jitproxy grant add`. The proxy reloads this file on change.\n"
+        + yaml.safe_dump(doc, sort_keys=False),
+        encoding="utf-8",
+    )
+    tmp.replace(path)
+    for obj in args.grant:
+        print(f"granted {subject} {','.join(privileges)} on {obj} until {expires.isoformat()}")
+    return 0
+
+
+def cmd_grant_list(args: argparse.Namespace) -> int:
+    from proxy.server import PolicyStore
+
+    cfg = _load(args)
+    now = datetime.now(timezone.utc)
+    for g in PolicyStore(cfg.policies.dirs)().grants:
+        if args.user and g.subject != f"user:{args.user}":
+            continue
+        state = "expired" if not g.active(now) else "active"
+        privs = "ALL" if g.privileges == ALL_PRIVILEGES else ",".join(sorted(p.value for p in g.privileges))
+        until = g.expires_at.isoformat() if g.expires_at else "-"
+        print(f"{g.subject:24} {g.db}.{g.table:30} {privs:40} {until:26} {state:8} {g.source}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from proxy.server import PolicyStore
+
+    cfg = _load(args)
+    grants = PolicyStore(cfg.policies.dirs)()
+    print(f"{cfg.source}: OK ({len(grants.grants)} grants from {len(cfg.policies.dirs)} policy dir(s))")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo.run import run_demo
+
+    return run_demo(Path(args.dir), args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jitproxy", description="Just-in-time access gateway for MySQL")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="config file (default: $JITPROXY_CONFIG or config.yaml)")
+        return sp
+
+    s = with_config(sub.add_parser("serve", help="run the proxy"))
+    s.set_defaults(func=cmd_serve)
+
+    tok = sub.add_parser("token", help="personal tokens").add_subparsers(dest="token_command", required=True)
+    s = with_config(tok.add_parser("issue", help="print a signed token for a person"))
+    s.add_argument("--user", required=True)
+    s.add_argument("--group", action="append")
+    s.add_argument("--ttl", help="lifetime, e.g. 8h (default: identity.signing.default_ttl)")
+    s.set_defaults(func=cmd_token_issue)
+
+    s = sub.add_parser("keygen", help="write a new Ed25519 token-signing key pair")
+    s.add_argument("--private", required=True)
+    s.add_argument("--public", required=True)
+    s.set_defaults(func=cmd_keygen)
+
+    s = with_config(sub.add_parser("check", help="decide a statement for a person without running it"))
+    s.add_argument("--user", required=True)
+    s.add_argument("--group", action="append")
+    s.add_argument("--db", help="current database")
+    s.add_argument("sql")
+    s.set_defaults(func=cmd_check)
+
+    gr = sub.add_parser("grant", help="manage grants").add_subparsers(dest="grant_command", required=True)
+    s = with_config(gr.add_parser("add", help="grant access until a time (written to the policy dir)"))
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user")
+    who.add_argument("--group")
+    s.add_argument("--grant", action="append", required=True, help="db.table, db.* (repeatable)")
+    s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, DELETE, CREATE, ALTER, DROP")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--for", dest="duration", default="4h", help="duration, e.g. 4h (default)")
+    when.add_argument("--until", help="ISO 8601 time with zone")
+    s.set_defaults(func=cmd_grant_add)
+    s = with_config(gr.add_parser("list", help="list grants in effect"))
+    s.add_argument("--user")
+    s.set_defaults(func=cmd_grant_list)
+
+    cf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
+    s = with_config(cf.add_parser("check", help="validate the config and policies"))
+    s.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("demo", help="local MariaDB with sample data + the proxy + tokens")
+    s.add_argument("--dir", default="demo")
+    s.add_argument("--port", type=int, default=3307)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"jitproxy: configuration error:\n{e}", file=sys.stderr)
+        return 2
+    except PolicyError as e:
+        print(f"jitproxy: policy error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

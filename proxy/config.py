@@ -1,0 +1,200 @@
+"""Typed configuration, validated at start. Unknown or ill-typed keys are errors naming the key
+and the file. Relative paths are resolved against the config file's directory."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90`, `90s`, `15m`, `8h`, `2d` → timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (examples: 30s, 15m, 8h, 2d)")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenTls(_Strict):
+    cert_file: Path
+    key_file: Path
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(3307, ge=0, le=65535)
+    tls: ListenTls
+    handshake_timeout_s: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(8 * 3600.0, gt=0)
+    max_packet_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_connections: int = Field(1000, ge=1)
+    server_version: str | None = None  # default: the upstream's own version string
+
+
+class IssuerSettings(_Strict):
+    issuer: str
+    audience: str = "jitproxy"
+    algorithms: tuple[str, ...] = ("EdDSA",)
+    public_key_file: Path | None = None
+    jwks_uri: str | None = None
+    groups_claim: str = "groups"
+    user_claim: str = "sub"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        if (self.public_key_file is None) == (self.jwks_uri is None):
+            raise ValueError("set exactly one of public_key_file or jwks_uri")
+        return self
+
+
+class SigningSettings(_Strict):
+    issuer: str = "jitproxy"
+    audience: str = "jitproxy"
+    private_key_file: Path
+    default_ttl: Duration = timedelta(hours=8)
+
+
+class IdentityConfig(_Strict):
+    max_token_ttl: Duration = timedelta(hours=12)
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    issuers: tuple[IssuerSettings, ...] = Field(min_length=1)
+    signing: SigningSettings | None = None
+
+
+class UpstreamTls(_Strict):
+    ca_file: Path | None = None  # None: the system's trust store
+    verify_hostname: bool = True
+    server_name: str | None = None  # default: upstream.host
+
+
+class PoolConfig(_Strict):
+    max_idle: int = Field(8, ge=0)
+    max_size: int = Field(200, ge=1)
+    max_idle_time_s: float = Field(300.0, gt=0)
+
+
+class UpstreamConfig(_Strict):
+    host: str
+    port: int = Field(3306, ge=1, le=65535)
+    user: str
+    auth: Literal["password"] = "password"
+    password: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: UpstreamTls | None = None
+    connect_timeout_s: float = Field(10.0, gt=0)
+    pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> UpstreamConfig:
+        sources = [s for s in (self.password, self.password_file, self.password_env) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("set exactly one of password, password_file or password_env")
+        return self
+
+    def resolve_password(self) -> str:
+        if self.password is not None:
+            return self.password
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        assert self.password_env is not None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(f"upstream.password_env: environment variable {self.password_env} is not set")
+        return value
+
+
+class PoliciesConfig(_Strict):
+    dirs: tuple[Path, ...] = (Path("policies"),)
+
+
+class AuditSinkConfig(_Strict):
+    type: Literal["stdout", "file"]
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> AuditSinkConfig:
+        if (self.type == "file") != (self.path is not None):
+            raise ValueError("a file sink needs 'path'; a stdout sink takes none")
+        return self
+
+
+class AuditConfig(_Strict):
+    sinks: tuple[AuditSinkConfig, ...] = (AuditSinkConfig(type="stdout"),)
+    max_statement_chars: int = Field(16384, ge=256)
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(_Strict):
+    listen: ListenConfig
+    identity: IdentityConfig
+    upstream: UpstreamConfig
+    policies: PoliciesConfig = PoliciesConfig()
+    audit: AuditConfig = AuditConfig()
+    log: LogConfig = LogConfig()
+    source: Path | None = Field(None, exclude=True)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _resolve_paths(value: Any, base: Path) -> Any:
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (base / value)
+    if isinstance(value, BaseModel):
+        updates = {k: _resolve_paths(getattr(value, k), base) for k in type(value).model_fields}
+        return value.model_copy(update=updates)
+    if isinstance(value, tuple):
+        return tuple(_resolve_paths(v, base) for v in value)
+    return value
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Any, path: Path) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{path}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    cfg = _resolve_paths(cfg, path.resolve().parent)
+    return cfg.model_copy(update={"source": path})

@@ -1,0 +1,58 @@
+"""Errors that cross to the client, converted once, with MySQL's codes and SQLSTATEs.
+A raw exception's text never reaches a client: only `ClientError.message`."""
+
+from __future__ import annotations
+
+
+class ER:
+    """The MySQL error codes jitproxy itself answers with, and their SQLSTATE."""
+
+    ACCESS_DENIED = 1045
+    DBACCESS_DENIED = 1044
+    TABLEACCESS_DENIED = 1142
+    HANDSHAKE_ERROR = 1043
+    UNKNOWN_COM = 1047
+    NET_PACKET_TOO_LARGE = 1153
+    KILL_DENIED = 1095
+    NO_SUCH_THREAD = 1094
+    CONNECTION_KILLED = 1927
+    QUERY_INTERRUPTED = 1317
+    UNKNOWN_CHARACTER_SET = 1115
+    UNKNOWN_STMT_HANDLER = 1243
+    SECURE_TRANSPORT_REQUIRED = 3159
+    NOT_SUPPORTED = 1235
+    UPSTREAM_UNAVAILABLE = 2003
+    UPSTREAM_LOST = 2013
+    INTERNAL = 1105
+    TOO_MANY_CONNECTIONS = 1040
+
+
+SQLSTATES = {
+    ER.ACCESS_DENIED: "28000",
+    ER.DBACCESS_DENIED: "42000",
+    ER.TABLEACCESS_DENIED: "42000",
+    ER.HANDSHAKE_ERROR: "08S01",
+    ER.UNKNOWN_COM: "08S01",
+    ER.NET_PACKET_TOO_LARGE: "08S01",
+    ER.KILL_DENIED: "HY000",
+    ER.NO_SUCH_THREAD: "HY000",
+    ER.CONNECTION_KILLED: "70100",
+    ER.QUERY_INTERRUPTED: "70100",
+    ER.UNKNOWN_CHARACTER_SET: "42000",
+    ER.UNKNOWN_STMT_HANDLER: "HY000",
+    ER.SECURE_TRANSPORT_REQUIRED: "HY000",
+    ER.NOT_SUPPORTED: "42000",
+    ER.UPSTREAM_UNAVAILABLE: "HY000",
+    ER.UPSTREAM_LOST: "HY000",
+    ER.INTERNAL: "HY000",
+    ER.TOO_MANY_CONNECTIONS: "08004",
+}
+
+
+class ClientError(Exception):
+    def __init__(self, code: int, message: str, keep_connection: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.sqlstate = SQLSTATES.get(code, "HY000")
+        self.message = message
+        self.keep_connection = keep_connection

@@ -1,0 +1,295 @@
+"""Wiring and lifecycle: the shared per-process context, the listener, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import structlog
+
+from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
+from proxy.authz.analyze import analyze
+from proxy.authz.decide import GrantSet
+from proxy.authz.model import Analysis, Decision, DenyCode
+from proxy.authz.policy import check_overlaps, load_policy_dir
+from proxy.config import Config
+from proxy.identity.tokens import IssuerConfig, TokenVerifier
+from proxy.protocol.connection import ProxyConnection
+from proxy.protocol.errors import ER
+from proxy.protocol.session import ProxySession
+from proxy.protocol.stream import ClientStream
+from proxy.protocol import wire
+from proxy.upstream.connection import ClientProfile, UpstreamTarget, open_connection
+from proxy.upstream.pool import UpstreamPool
+
+log = structlog.get_logger("jitproxy.server")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PolicyStore:
+    """Grants from the policy directories, reloaded when a file changes (checked at most once a
+    second, on the statement path: a stat per file). A broken edit keeps the last good grants."""
+
+    def __init__(self, dirs: tuple[Path, ...], check_interval_s: float = 1.0) -> None:
+        self.dirs = dirs
+        self.check_interval_s = check_interval_s
+        self._stamp: tuple[tuple[str, int, int], ...] = ()
+        self._checked = 0.0
+        self.snapshot = GrantSet(())
+        self.reload()
+
+    def _stat(self) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        for d in self.dirs:
+            for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def reload(self) -> None:
+        stamp = self._stat()
+        grants = []
+        digests = []
+        for d in self.dirs:
+            g, digest = load_policy_dir(d)
+            grants.extend(g)
+            digests.append(digest)
+        check_overlaps(grants)
+        self.snapshot = GrantSet(grants, version="-".join(digests))
+        self._stamp = stamp
+
+    def __call__(self) -> GrantSet:
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval_s:
+            self._checked = now
+            if self._stat() != self._stamp:
+                try:
+                    self.reload()
+                    log.info("policies reloaded", grants=len(self.snapshot.grants), version=self.snapshot.version)
+                except Exception as e:  # noqa: BLE001 - keep serving with the last good policy
+                    self._stamp = self._stat()
+                    log.error("policy reload failed; keeping the previous grants", error=str(e))
+        return self.snapshot
+
+
+class AnalysisCache:
+    """analyze() results keyed by the exact statement text and current database: two different
+    statements never share an entry. Bounded; cleared whole when full."""
+
+    def __init__(self, max_entries: int = 20000) -> None:
+        self._entries: dict[tuple[str, str | None], Analysis] = {}
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, sql: str, db: str | None) -> Analysis:
+        key = (sql, db)
+        hit = self._entries.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        result = analyze(sql, db)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = result
+        return result
+
+
+def request_hint(user: str, decision: Decision) -> str:
+    """The exact command that gets the person what they were missing."""
+    if decision.code is DenyCode.MISSING_GRANT and decision.missing:
+        objects = sorted({str(r.target) for r in decision.missing})
+        privileges = sorted({r.privilege.value for r in decision.missing})
+        args = " ".join(f"--grant {o}" for o in objects) + " " + " ".join(f"--privilege {p}" for p in privileges)
+        return f"To get access, ask an admin to run: jitproxy grant add --user {user} {args} --for 4h"
+    if decision.code is DenyCode.DATABASE_ACCESS:
+        dbs = sorted(decision.analysis.database_access)
+        return f"To get access, ask an admin to run: jitproxy grant add --user {user} --grant {dbs[0]}.<table> --privilege SELECT --for 4h"
+    return ""
+
+
+@dataclass
+class ProxyContext:
+    """Everything sessions share. Clock, audit, verifier and upstream are injected (tests swap them)."""
+
+    verifier: TokenVerifier
+    grants: Callable[[], GrantSet]
+    pool: UpstreamPool
+    audit: AuditEmitter
+    analyze: AnalysisCache = field(default_factory=AnalysisCache)
+    now: Clock = utc_now
+    sessions: dict[int, ProxySession] = field(default_factory=dict)
+
+    def request_hint(self, user: str, decision: Decision) -> str:
+        return request_hint(user, decision)
+
+    async def kill_upstream_query(self, thread_id: int) -> None:
+        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+        conn = await self.pool.acquire(profile, None)
+        reusable = False
+        try:
+            await conn.execute(f"KILL QUERY {int(thread_id)}")
+            reusable = True
+        finally:
+            self.pool.release(conn, reusable=reusable)
+
+
+def upstream_ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    tls = cfg.upstream.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = tls.verify_hostname
+    return ctx
+
+
+def listen_ssl_context(cfg: Config) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cfg.listen.tls.cert_file), str(cfg.listen.tls.key_file))
+    return ctx
+
+
+def build_verifier(cfg: Config) -> TokenVerifier:
+    issuers = [
+        IssuerConfig(
+            issuer=i.issuer,
+            audience=i.audience,
+            algorithms=tuple(i.algorithms),
+            public_key_pem=i.public_key_file.read_bytes() if i.public_key_file else None,
+            jwks_uri=i.jwks_uri,
+            groups_claim=i.groups_claim,
+            user_claim=i.user_claim,
+        )
+        for i in cfg.identity.issuers
+    ]
+    return TokenVerifier(
+        issuers,
+        max_ttl=cfg.identity.max_token_ttl,
+        leeway=timedelta(seconds=cfg.identity.leeway_s),
+    )
+
+
+def build_audit(cfg: Config, extra_sinks: list[Sink] | None = None) -> AuditEmitter:
+    sinks: list[Sink] = []
+    for s in cfg.audit.sinks:
+        sinks.append(StreamSink() if s.type == "stdout" else FileSink(s.path))  # type: ignore[arg-type]
+    sinks.extend(extra_sinks or [])
+    return AuditEmitter(sinks, instance=f"{socket.gethostname()}:{os.getpid()}", max_statement_chars=cfg.audit.max_statement_chars)
+
+
+def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = utc_now) -> ProxyContext:
+    password = cfg.upstream.resolve_password()
+    target = UpstreamTarget(
+        host=cfg.upstream.host,
+        port=cfg.upstream.port,
+        user=cfg.upstream.user,
+        ssl_context=upstream_ssl_context(cfg),
+        connect_timeout_s=cfg.upstream.connect_timeout_s,
+    )
+
+    async def connector(profile: ClientProfile):
+        return await open_connection(target, password, profile)
+
+    pool = UpstreamPool(
+        connector,
+        max_idle=cfg.upstream.pool.max_idle,
+        max_size=cfg.upstream.pool.max_size,
+        max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
+    )
+    return ProxyContext(
+        verifier=build_verifier(cfg),
+        grants=PolicyStore(cfg.policies.dirs),
+        pool=pool,
+        audit=audit or build_audit(cfg),
+        now=now,
+    )
+
+
+class ProxyServer:
+    def __init__(self, cfg: Config, ctx: ProxyContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.tls = listen_ssl_context(cfg)
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, host=self.cfg.listen.host, port=self.cfg.listen.port, limit=2**20
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening", host=self.cfg.listen.host, port=self.port)
+
+    def _server_version(self) -> str:
+        if self.cfg.listen.server_version:
+            return self.cfg.listen.server_version
+        upstream = self.ctx.pool.server_version
+        return f"{upstream}-jitproxy" if upstream else "8.0.36-jitproxy"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        connection_id = next(self._ids)
+        stream = ClientStream(reader, writer, self.cfg.listen.max_packet_bytes)
+        try:
+            if len(self._tasks) > self.cfg.listen.max_connections:
+                await stream.write(wire.make_err(ER.TOO_MANY_CONNECTIONS, "08004", "Too many connections"))
+                return
+            session = ProxySession(self.ctx, connection_id, peer_text)
+            conn = ProxyConnection(
+                stream,
+                session,
+                self.tls,
+                connection_id,
+                peer_text,
+                handshake_timeout_s=self.cfg.listen.handshake_timeout_s,
+                idle_timeout_s=self.cfg.listen.idle_timeout_s,
+                server_version=self._server_version(),
+            )
+            session.connection = conn
+            await conn.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one broken connection never takes the process down
+            log.exception("connection failed", connection_id=connection_id)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.ctx.pool.close()
+        self.ctx.audit.close()

@@ -1,0 +1,268 @@
+"""One connection to the database as the shared DB identity.
+
+aiomysql performs the handshake (TLS, auth plugins, auth switch); after that we speak the
+command phase ourselves on its streams so responses can be relayed without decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+
+from aiomysql.connection import Connection as _AioConnection
+from pymysql.constants import CLIENT
+from pymysql.err import OperationalError
+
+from proxy.protocol import wire
+from proxy.upstream.relay import Expect, Outcome, ProtocolViolation, ResponseParser, relay_response
+
+
+class _GuardedConnection(_AioConnection):
+    """aiomysql with two fixes (libraries.md §8): it never falls back to plaintext when TLS
+    was asked for, and it never asks for multi-statements (aiomysql always adds the flag)."""
+
+    async def _request_authentication(self):  # type: ignore[override]
+        if self._ssl_context and not (self.server_capabilities & CLIENT.SSL):
+            raise OperationalError(2026, "TLS required but the upstream server does not offer it")
+        self.client_flag &= ~CLIENT.MULTI_STATEMENTS
+        return await super()._request_authentication()
+
+
+@dataclass(frozen=True)
+class ClientProfile:
+    """The capability bits that change the wire format of responses. An upstream connection
+    serves a client only if these match, so its bytes can be relayed unchanged."""
+
+    deprecate_eof: bool
+    found_rows: bool
+    multi_results: bool
+    ps_multi_results: bool
+
+    @property
+    def flags(self) -> int:
+        f = 0
+        if self.deprecate_eof:
+            f |= CLIENT_DEPRECATE_EOF
+        if self.found_rows:
+            f |= CLIENT.FOUND_ROWS
+        if self.multi_results:
+            f |= CLIENT.MULTI_RESULTS
+        if self.ps_multi_results:
+            f |= CLIENT.PS_MULTI_RESULTS
+        return f
+
+
+CLIENT_DEPRECATE_EOF = 1 << 24
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or refused us. `public` is safe to show a client."""
+
+    def __init__(self, public: str, detail: str = "") -> None:
+        super().__init__(public)
+        self.public = public
+        self.detail = detail
+
+
+class UpstreamConnection:
+    def __init__(self, aio: _AioConnection, profile: ClientProfile) -> None:
+        self._aio = aio
+        self.profile = profile
+        self.reader: asyncio.StreamReader = aio._reader
+        self.writer: asyncio.StreamWriter = aio._writer
+        self.thread_id: int = aio.server_thread_id[0]
+        self.server_version: str = aio.get_server_info()
+        self.database: str | None = None
+        self.charset = "utf8mb4"
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.broken = False
+        self.in_transaction = False
+        self.setup_sql: tuple[str, ...] = ()
+
+    @property
+    def closed(self) -> bool:
+        return self.broken or self.writer is None or self.writer.is_closing() or self.reader.at_eof()
+
+    def send(self, command: int, payload: bytes = b"") -> None:
+        self.writer.write(wire.frame(bytes((command,)) + payload, 0))
+
+    async def request(
+        self,
+        command: int,
+        payload: bytes,
+        expect: Expect | None,
+        client: asyncio.StreamWriter | None = None,
+    ) -> Outcome | None:
+        """Send one command; relay (or swallow, when client is None) its response. Any I/O or
+        protocol failure marks the connection broken: it is never reused."""
+        try:
+            self.send(command, payload)
+            if expect is None:
+                await self.writer.drain()
+                return None
+            outcome = await relay_response(self.reader, client, expect, self.profile.deprecate_eof)
+        except BaseException:
+            self.broken = True
+            raise
+        self.in_transaction = bool(outcome.status & wire.SERVER_STATUS_IN_TRANS)
+        self.last_used = time.monotonic()
+        return outcome
+
+    async def execute(self, sql: str) -> Outcome:
+        """A statement of the proxy's own (session setup); the response is swallowed."""
+        outcome = await self.request(wire.COM_QUERY, sql.encode("utf-8"), Expect.RESULT)
+        assert outcome is not None
+        if outcome.error:
+            raise UpstreamError("upstream setup failed", f"{outcome.error.code}: {outcome.error.message}")
+        return outcome
+
+    async def fetch_payloads(self, command: int, payload: bytes) -> tuple[list[bytes], Outcome]:
+        """Send a command whose (small) result the proxy itself must read: every payload."""
+        try:
+            self.send(command, payload)
+            payloads, outcome = await _read_all_packets(self.reader, self.profile.deprecate_eof)
+        except BaseException:
+            self.broken = True
+            raise
+        self.last_used = time.monotonic()
+        return payloads, outcome
+
+    async def query_scalar(self, sql: str) -> bytes | None:
+        """First column of the first row of a small result (proxy's own queries only)."""
+        packets, _ = await self.fetch_payloads(wire.COM_QUERY, sql.encode("utf-8"))
+        first = packets[0]
+        if first[:1] == b"\xff":
+            err = wire.parse_err(first)
+            raise UpstreamError("upstream query failed", f"{err.code}: {err.message}")
+        ncols, _ = wire.read_lenenc(first, 0)
+        row_index = 1 + ncols + (0 if self.profile.deprecate_eof else 1)
+        row = packets[row_index]
+        if row[:1] == b"\xfb":
+            return None
+        length, pos = wire.read_lenenc(row, 0)
+        return bytes(row[pos : pos + length])
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION: rolls back, drops temporary tables, user variables, prepared
+        statements and session variables. Then re-applies our own session setup."""
+        outcome = await self.request(wire.COM_RESET_CONNECTION, b"", Expect.OK)
+        assert outcome is not None
+        if outcome.error:
+            raise UpstreamError("upstream reset failed", outcome.error.message)
+        self.charset = "utf8mb4"
+        for sql in self.setup_sql:
+            await self.execute(sql)
+
+    async def init_db(self, db: str) -> Outcome:
+        outcome = await self.request(wire.COM_INIT_DB, db.encode("utf-8"), Expect.OK)
+        assert outcome is not None
+        if outcome.error is None:
+            self.database = db
+        return outcome
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self._aio.close()
+        except Exception:  # noqa: BLE001 - closing a dead socket may raise anything
+            pass
+
+
+async def _read_all_packets(
+    reader: asyncio.StreamReader, deprecate_eof: bool, limit: int = 64 * 1024 * 1024
+) -> tuple[list[bytes], Outcome]:
+    """A whole small response as payloads (used only for the proxy's own tiny queries)."""
+    parser = ResponseParser(Expect.RESULT, deprecate_eof)
+    buf = bytearray()
+    consumed = 0
+    while not parser.done:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ConnectionResetError("upstream closed the connection")
+        buf += chunk
+        consumed = parser.feed(buf, consumed, len(buf))
+        if len(buf) > limit:
+            raise ProtocolViolation("response too large for the proxy to read whole")
+    payloads: list[bytes] = []
+    pos = 0
+    while pos < len(buf):
+        length = int.from_bytes(buf[pos : pos + 3], "little")
+        payloads.append(bytes(buf[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    return payloads, parser.outcome
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    host: str
+    port: int
+    user: str
+    ssl_context: ssl.SSLContext | None
+    connect_timeout_s: float
+    program_name: str = "jitproxy"
+
+
+async def open_connection(
+    target: UpstreamTarget, password: str, profile: ClientProfile
+) -> UpstreamConnection:
+    """A new authenticated upstream connection whose capabilities match `profile`."""
+    aio = _GuardedConnection(
+        host=target.host,
+        port=target.port,
+        user=target.user,
+        password=password,
+        ssl=target.ssl_context,
+        charset="utf8mb4",
+        autocommit=None,  # keep the server's default; aiomysql would send SET AUTOCOMMIT=0
+        client_flag=profile.flags,
+        connect_timeout=target.connect_timeout_s,
+        program_name=target.program_name,
+        local_infile=False,
+    )
+    try:
+        await asyncio.wait_for(aio._connect(), timeout=target.connect_timeout_s)
+    except asyncio.TimeoutError:
+        aio.close()
+        raise UpstreamError("the database did not answer in time", "connect timeout") from None
+    except OperationalError as e:
+        aio.close()
+        code = e.args[0] if e.args else 0
+        raise UpstreamError("the database refused the proxy's connection", f"{code}: {e.args[-1]}") from None
+    except (OSError, ssl.SSLError) as e:
+        aio.close()
+        raise UpstreamError("the database is unreachable", f"{type(e).__name__}: {e}") from None
+    if aio.client_flag & CLIENT.MULTI_STATEMENTS:  # defence in depth: never batch upstream
+        aio.close()
+        raise UpstreamError("upstream connection setup failed", "multi-statements enabled")
+    conn = UpstreamConnection(aio, profile)
+    await _pin_sql_mode(conn)
+    return conn
+
+
+_FORBIDDEN_MODES = ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES")
+
+
+async def _pin_sql_mode(conn: UpstreamConnection) -> None:
+    """The analyzer reads SQL with MySQL's default lexing. If the server's sql_mode makes it read
+    quotes or backslashes differently, take those modes out for our sessions (decision 6)."""
+    raw = await conn.query_scalar("SELECT @@SESSION.sql_mode")
+    modes = [m for m in (raw or b"").decode().split(",") if m]
+    if any(m in _FORBIDDEN_MODES for m in modes):
+        kept = ",".join(m for m in modes if m not in _FORBIDDEN_MODES and m != "ANSI")
+        conn.setup_sql = (f"SET SESSION sql_mode = '{kept}'",)
+        for sql in conn.setup_sql:
+            await conn.execute(sql)
+
+
+__all__ = [
+    "ClientProfile",
+    "Expect",
+    "Outcome",
+    "ProtocolViolation",
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamTarget",
+    "open_connection",
+]

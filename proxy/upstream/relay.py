@@ -1,0 +1,231 @@
+"""Relay one upstream response to the client as raw bytes, packet boundaries tracked but rows
+never decoded. Column definitions, rows, OK/EOF/ERR reach the client exactly as the server
+sent them (ARCHITECTURE.md decision 4); memory stays bounded by the chunk size because the
+client's transport is drained before the next upstream read (backpressure)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+from proxy.protocol.wire import (
+    MAX_PAYLOAD,
+    SERVER_MORE_RESULTS_EXISTS,
+    SERVER_STATUS_CURSOR_EXISTS,
+    ErrInfo,
+    parse_eof,
+    parse_err,
+    parse_ok,
+    read_lenenc,
+)
+
+READ_CHUNK = 256 * 1024
+
+
+class Expect(enum.Enum):
+    RESULT = "result"  # COM_QUERY / COM_STMT_EXECUTE: OK | ERR | result set(s)
+    OK = "ok"  # COM_PING, COM_INIT_DB, COM_RESET_CONNECTION, COM_STMT_RESET: OK | ERR
+    ROWS = "rows"  # COM_STMT_FETCH: rows then terminator
+    FIELDS = "fields"  # COM_FIELD_LIST: column definitions then EOF
+    PREPARE = "prepare"  # COM_STMT_PREPARE: PREPARE_OK + param/column definitions
+
+
+class _S(enum.IntEnum):
+    FIRST = 0
+    COLUMNS = 1
+    COLUMNS_EOF = 2
+    ROWS = 3
+    FIELDS = 4
+    PREP_PARAMS = 5
+    PREP_PARAMS_EOF = 6
+    PREP_COLUMNS = 7
+    PREP_COLUMNS_EOF = 8
+    DONE = 9
+
+
+@dataclass
+class Outcome:
+    rows: int = 0
+    affected_rows: int = 0
+    last_insert_id: int = 0
+    warnings: int = 0
+    status: int = 0
+    error: ErrInfo | None = None
+    result_sets: int = 0
+    stmt_id: int | None = None  # PREPARE
+    num_params: int = 0  # PREPARE
+    num_columns: int = 0  # PREPARE
+
+
+class ProtocolViolation(Exception):
+    """The upstream sent something the relay cannot account for; the connection is unusable."""
+
+
+class ResponseParser:
+    """Feeds on complete packets; knows when the response is complete."""
+
+    __slots__ = ("state", "deprecate_eof", "outcome", "_remaining", "_continued", "_prep_cols")
+
+    def __init__(self, expect: Expect, deprecate_eof: bool) -> None:
+        self.deprecate_eof = deprecate_eof
+        self.outcome = Outcome()
+        self._remaining = 0
+        self._continued = False  # inside a payload split over several 16 MiB packets
+        self._prep_cols = 0
+        self.state = {
+            Expect.RESULT: _S.FIRST,
+            Expect.OK: _S.FIRST,
+            Expect.ROWS: _S.ROWS,
+            Expect.FIELDS: _S.FIELDS,
+            Expect.PREPARE: _S.FIRST,
+        }[expect]
+        if expect is Expect.PREPARE:
+            self._prep_cols = -1  # marks "expect PREPARE_OK" in FIRST
+
+    @property
+    def done(self) -> bool:
+        return self.state is _S.DONE
+
+    def feed(self, buf: bytearray, start: int, end: int) -> int:
+        """Consume complete packets in buf[start:end]; return the position after the last one
+        consumed (stops right after the final packet of the response)."""
+        pos = start
+        state = self.state
+        while state is not _S.DONE and pos + 4 <= end:
+            length = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+            nxt = pos + 4 + length
+            if nxt > end:
+                break
+            if self._continued:
+                self._continued = length == MAX_PAYLOAD
+                pos = nxt
+                continue
+            self._continued = length == MAX_PAYLOAD
+            first = buf[pos + 4] if length else -1
+            if state is _S.ROWS:
+                if first == 0xFE and length < MAX_PAYLOAD and (self.deprecate_eof or length < 9):
+                    state = self._terminator(memoryview(buf)[pos + 4 : nxt])
+                elif first == 0xFF:
+                    self.outcome.error = parse_err(buf[pos + 4 : nxt])
+                    state = _S.DONE
+                else:
+                    self.outcome.rows += 1
+            else:
+                state = self._other(state, first, buf, pos + 4, nxt)
+            pos = nxt
+        self.state = state
+        return pos
+
+    def _terminator(self, payload: memoryview) -> _S:
+        out = self.outcome
+        if self.deprecate_eof:
+            ok = parse_ok(payload)
+            out.warnings, status = ok.warnings, ok.status
+        else:
+            out.warnings, status = parse_eof(payload)
+        out.status = status
+        if status & SERVER_MORE_RESULTS_EXISTS:
+            return _S.FIRST
+        return _S.DONE
+
+    def _other(self, state: _S, first: int, buf: bytearray, start: int, end: int) -> _S:
+        out = self.outcome
+        if first == 0xFF and state in (_S.FIRST, _S.FIELDS, _S.PREP_PARAMS, _S.PREP_COLUMNS):
+            out.error = parse_err(buf[start:end])
+            return _S.DONE
+        if state is _S.FIRST:
+            if self._prep_cols == -1:
+                if first != 0x00 or end - start < 12:
+                    raise ProtocolViolation("expected PREPARE_OK")
+                p = memoryview(buf)[start:end]
+                out.stmt_id = int.from_bytes(p[1:5], "little")
+                out.num_columns = p[5] | (p[6] << 8)
+                out.num_params = p[7] | (p[8] << 8)
+                out.warnings = p[10] | (p[11] << 8)
+                self._prep_cols = out.num_columns
+                return self._prep_next(_S.PREP_PARAMS, out.num_params)
+            if first == 0x00:
+                ok = parse_ok(memoryview(buf)[start:end])
+                out.affected_rows += ok.affected_rows
+                out.last_insert_id = ok.last_insert_id or out.last_insert_id
+                out.status, out.warnings = ok.status, ok.warnings
+                out.result_sets += 1
+                return _S.FIRST if ok.status & SERVER_MORE_RESULTS_EXISTS else _S.DONE
+            if first == 0xFB:
+                raise ProtocolViolation("upstream asked for LOCAL INFILE, which is never enabled")
+            if first < 0:
+                raise ProtocolViolation("empty packet where a result was expected")
+            self._remaining, _ = read_lenenc(buf, start)
+            out.result_sets += 1
+            return _S.COLUMNS
+        if state is _S.COLUMNS:
+            self._remaining -= 1
+            if self._remaining > 0:
+                return _S.COLUMNS
+            return _S.ROWS if self.deprecate_eof else _S.COLUMNS_EOF
+        if state is _S.COLUMNS_EOF:
+            if first != 0xFE:
+                raise ProtocolViolation("expected EOF after column definitions")
+            warnings, status = parse_eof(memoryview(buf)[start:end])
+            if status & SERVER_STATUS_CURSOR_EXISTS:
+                out.status, out.warnings = status, warnings
+                return _S.DONE
+            return _S.ROWS
+        if state is _S.FIELDS:
+            if first == 0xFE and end - start < 9:
+                return _S.DONE
+            return _S.FIELDS
+        if state in (_S.PREP_PARAMS, _S.PREP_COLUMNS):
+            self._remaining -= 1
+            if self._remaining > 0:
+                return state
+            if self.deprecate_eof:
+                return self._after_prep_section(state)
+            return _S.PREP_PARAMS_EOF if state is _S.PREP_PARAMS else _S.PREP_COLUMNS_EOF
+        if state in (_S.PREP_PARAMS_EOF, _S.PREP_COLUMNS_EOF):
+            if first != 0xFE:
+                raise ProtocolViolation("expected EOF in PREPARE response")
+            return self._after_prep_section(_S.PREP_PARAMS if state is _S.PREP_PARAMS_EOF else _S.PREP_COLUMNS)
+        raise ProtocolViolation(f"unexpected packet in state {state.name}")
+
+    def _after_prep_section(self, section: _S) -> _S:
+        if section is _S.PREP_PARAMS:
+            return self._prep_next(_S.PREP_COLUMNS, self._prep_cols)
+        return _S.DONE
+
+    def _prep_next(self, section: _S, count: int) -> _S:
+        if count == 0:
+            return self._after_prep_section(section)
+        self._remaining = count
+        return section
+
+
+async def relay_response(
+    reader: asyncio.StreamReader,
+    client: asyncio.StreamWriter | None,
+    expect: Expect,
+    deprecate_eof: bool,
+) -> Outcome:
+    """Read one complete response from `reader`, writing its bytes to `client` as they arrive
+    (None: read and discard). Raises ProtocolViolation, or the reader's/writer's I/O errors."""
+    parser = ResponseParser(expect, deprecate_eof)
+    buf = bytearray()
+    while True:
+        chunk = await reader.read(READ_CHUNK)
+        if not chunk:
+            raise ConnectionResetError("upstream closed the connection")
+        buf += chunk
+        used = parser.feed(buf, 0, len(buf))
+        if parser.state is _S.DONE:
+            if used != len(buf):
+                raise ProtocolViolation("upstream sent data after the end of a response")
+            if client is not None:
+                client.write(bytes(buf))
+                await client.drain()
+            return parser.outcome
+        if used:
+            if client is not None:
+                client.write(bytes(buf[:used]))
+                await client.drain()
+            del buf[:used]
