@@ -93,30 +93,36 @@ class ClientStream:
 
     async def start_tls(self, context: ssl.SSLContext, timeout_s: float = 10.0) -> None:
         """Upgrade to TLS after an SSLRequest. MySQL clients send their ClientHello without
-        waiting, so the StreamReader may already hold it: hand those bytes to the TLS protocol."""
+        waiting, so the StreamReader may already hold it, or receive it before start_tls swaps
+        protocols: once the swap is done (reading paused), hand those bytes to the TLS protocol,
+        ahead of anything read from the socket later."""
         transport = self.writer.transport
+        plain_protocol = transport.get_protocol()
         loop = asyncio.get_running_loop()
-        leftover = bytes(self.reader._buffer)  # noqa: SLF001 - see docstring
-        self.reader._buffer.clear()  # noqa: SLF001
         task = loop.create_task(
             loop.start_tls(
                 transport,
-                transport.get_protocol(),
+                plain_protocol,
                 context,
                 server_side=True,
                 ssl_handshake_timeout=timeout_s,
             )
         )
-        if leftover:
-            await asyncio.sleep(0)  # start_tls has now installed its SSLProtocol
-            tls_protocol = transport.get_protocol()
+        for _ in range(10):  # start_tls swaps the protocol in its first step
+            await asyncio.sleep(0)
+            if transport.get_protocol() is not plain_protocol or task.done():
+                break
+        tls_protocol = transport.get_protocol()
+        leftover = bytes(self.reader._buffer)  # noqa: SLF001 - see docstring
+        self.reader._buffer.clear()  # noqa: SLF001
+        if leftover and tls_protocol is not plain_protocol:
 
             def feed() -> None:
                 buf = tls_protocol.get_buffer(len(leftover))
                 buf[: len(leftover)] = leftover
                 tls_protocol.buffer_updated(len(leftover))
 
-            loop.call_soon(feed)  # after SSLProtocol.connection_made
+            loop.call_soon(feed)  # after SSLProtocol.connection_made and resume_reading
         new_transport = await task
         self.writer._transport = new_transport  # noqa: SLF001
         self.reader._transport = new_transport  # noqa: SLF001

@@ -1,0 +1,521 @@
+"""A private MariaDB server in a temporary directory, for the demo and the tests.
+
+`LocalMariaDB` initialises a data directory with `mariadb-install-db`, runs `mariadbd` on a
+loopback port and a unix socket inside that directory, and stops it again. Only loopback is
+listened on, anonymous accounts are removed and root gets a random password that is written to
+`client.cnf` next to the data, so `mariadb --defaults-file=<basedir>/client.cnf` opens a root
+shell on it.
+
+The methods block; use the `astart`/`astop` wrappers or `async with` from asyncio code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pymysql
+
+from proxy.demo.certs import TlsFiles
+
+LOOPBACK = "127.0.0.1"
+ROOT_USER = "root"
+# Root keeps these hosts (socket, IPv4 and IPv6 loopback); every other root row is deleted.
+_ROOT_HOSTS = ("localhost", "127.0.0.1", "::1")
+# A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux, with the NUL).
+_MAX_SOCKET_PATH_BYTES = 107
+_PORT_ATTEMPTS = 3
+_POLL_INTERVAL_S = 0.05
+_LOG_TAIL_LINES = 25
+_SCRIPT_TIMEOUT_S = 120.0
+# PyMySQL error codes that mean "nobody is answering yet", as opposed to a real refusal.
+_NOT_LISTENING_YET = frozenset({2002, 2003, 2006, 2013})
+
+
+class LocalMariaDBError(RuntimeError):
+    """The local server could not be initialised, started or queried."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+
+class LocalMariaDB:
+    """One mariadbd process owning `basedir` (data, socket, logs, client.cnf).
+
+    `start()` initialises the data directory the first time only, so a stopped instance can be
+    started again with its data, port and root password intact.
+    """
+
+    host = LOOPBACK
+
+    def __init__(
+        self,
+        basedir: Path,
+        port: int | None = None,
+        tls: TlsFiles | None = None,
+        extra_args: Sequence[str] = (),
+        *,
+        general_log: bool = False,
+        startup_timeout_s: float = 60.0,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        self.basedir = Path(basedir).resolve()
+        self.tls = tls
+        self.general_log = general_log
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout_s = startup_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._port = port
+        self._root = Credentials(ROOT_USER, secrets.token_urlsafe(24))
+        self._root_password_set = False
+        self._process: subprocess.Popen[bytes] | None = None
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"unix socket path {self.socket_path} is too long for the OS "
+                f"(max {_MAX_SOCKET_PATH_BYTES} bytes); use a shorter basedir"
+            )
+
+    # -- where things are ---------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise LocalMariaDBError("no port yet: it is picked when the server first starts")
+        return self._port
+
+    @property
+    def root(self) -> Credentials:
+        return self._root
+
+    @property
+    def datadir(self) -> Path:
+        return self.basedir / "data"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.basedir / "mysqld.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.basedir / "mysqld.pid"
+
+    @property
+    def error_log_path(self) -> Path:
+        return self.basedir / "error.log"
+
+    @property
+    def general_log_path(self) -> Path:
+        return self.basedir / "general.log"
+
+    @property
+    def client_config_path(self) -> Path:
+        """A `[client]` option file for root over the socket (`mariadb --defaults-file=...`)."""
+        return self.basedir / "client.cnf"
+
+    @property
+    def _stdout_path(self) -> Path:
+        return self.basedir / "mariadbd.out"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            raise LocalMariaDBError(f"MariaDB in {self.basedir} is already running")
+        self.basedir.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.datadir / "mysql").is_dir()
+        if fresh:
+            self._install()
+        self._launch()
+        try:
+            if fresh:
+                self._secure_accounts()
+            self._write_client_config()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to `shutdown_timeout_s`, then SIGKILL. Safe to call repeatedly."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.shutdown_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    async def astart(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> LocalMariaDB:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> LocalMariaDB:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()
+
+    # -- talking to it as root ----------------------------------------------------------
+
+    def root_connection(self, database: str | None = None, **kwargs: Any) -> pymysql.Connection:
+        """A new autocommit PyMySQL connection as root over the unix socket."""
+        return pymysql.connect(
+            unix_socket=str(self.socket_path),
+            user=self._root.user,
+            password=self._root.password if self._root_password_set else "",
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+            **kwargs,
+        )
+
+    def execute_root(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement as root; returns its rows ([] for a statement without a result).
+
+        `args` are bound by PyMySQL (`%s` placeholders); without them `sql` is sent as is.
+        """
+        with self.root_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def execute_script(self, sql: str) -> str:
+        """Run a multi-statement SQL script as root through the `mariadb` command-line client.
+
+        The client splits statements and understands comments and DELIMITER. Stops at the first
+        error and raises with the client's message. Returns what the client printed.
+        """
+        if not self.client_config_path.exists():
+            raise LocalMariaDBError("the server has not been started yet")
+        result = subprocess.run(
+            [_binary("mariadb", "mysql"), f"--defaults-file={self.client_config_path}", "--batch"],
+            input=sql.encode(),
+            capture_output=True,
+            timeout=_SCRIPT_TIMEOUT_S,
+            check=False,
+        )
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip()
+            raise LocalMariaDBError(f"SQL script failed: {message}")
+        return result.stdout.decode(errors="replace")
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        grants: Sequence[str],
+        require_ssl: bool = False,
+        host: str = "%",
+    ) -> Credentials:
+        """CREATE USER name@host and GRANT each entry of `grants` to it.
+
+        A grant is the text between GRANT and TO, e.g. "SELECT, INSERT ON hr_prod.*". Only the
+        password's hash is sent, so the password never appears in the general log.
+        """
+        require = " REQUIRE SSL" if require_ssl else ""
+        with self.root_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(
+                f"CREATE USER %s@%s IDENTIFIED BY PASSWORD %s{require}",
+                (name, host, native_password_hash(password)),
+            )
+            for grant in grants:
+                cursor.execute(f"GRANT {grant} TO %s@%s", (name, host))
+        return Credentials(name, password)
+
+    def general_log_text(self) -> str:
+        if not self.general_log:
+            raise LocalMariaDBError("this server was started without general_log=True")
+        if not self.general_log_path.exists():
+            return ""
+        return self.general_log_path.read_text(encoding="utf-8", errors="replace")
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _install(self) -> None:
+        log_path = self.basedir / "install.log"
+        command = [
+            _binary("mariadb-install-db", "mysql_install_db"),
+            "--no-defaults",
+            "--auth-root-authentication-method=normal",
+            f"--datadir={self.datadir}",
+            "--skip-test-db",
+            "--skip-name-resolve",
+            *_run_as_root_args(),
+            # Passed through to the bootstrap server: create the redo log at its final size.
+            "--innodb-log-file-size=16M",
+            "--innodb-buffer-pool-size=64M",
+        ]
+        # Its own session, so that a timeout can kill the script and its bootstrap mariadbd.
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            returncode = process.wait(timeout=self.startup_timeout_s)
+            failure = f"exit code {returncode}" if returncode != 0 else None
+        except BaseException as exc:
+            _kill_group(process)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            failure = f"no result within {self.startup_timeout_s}s"
+        if failure is not None:
+            shutil.rmtree(self.datadir, ignore_errors=True)  # half-initialised: retry from scratch
+            raise LocalMariaDBError(
+                f"mariadb-install-db failed ({failure}; full output in {log_path}):\n"
+                f"{_tail(_read_from(log_path, 0))}"
+            )
+
+    def _launch(self) -> None:
+        """Start mariadbd and wait until it answers; retry a picked port taken meanwhile."""
+        picked_port = self._port is None
+        deadline = time.monotonic() + self.startup_timeout_s
+        for _ in range(_PORT_ATTEMPTS if picked_port else 1):
+            port = self._port if self._port is not None else _free_loopback_port()
+            log_offset, out_offset = _size(self.error_log_path), _size(self._stdout_path)
+            process = self._spawn(port)
+            try:
+                failure = self._wait_until_ready(process, deadline)
+            except BaseException:
+                _kill(process)
+                raise
+            if failure is None:
+                self._port, self._process = port, process
+                atexit.register(self.stop)
+                return
+            log = _read_from(self._stdout_path, out_offset) + _read_from(
+                self.error_log_path, log_offset
+            )
+            if not (picked_port and "Address already in use" in log):
+                raise LocalMariaDBError(f"mariadbd exited early ({failure}):\n{_tail(log)}")
+        raise LocalMariaDBError(f"mariadbd could not bind a free port in {_PORT_ATTEMPTS} tries")
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        command = [
+            _binary("mariadbd", "mysqld"),
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--port={port}",
+            f"--bind-address={LOOPBACK}",
+            f"--socket={self.socket_path}",
+            f"--pid-file={self.pid_file}",
+            f"--log-error={self.error_log_path}",
+            "--skip-name-resolve",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--max-connections=300",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-log-file-size=16M",
+            # Throwaway data: trade crash safety for speed, and skip what nobody reads.
+            "--innodb-doublewrite=0",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-buffer-pool-load-at-startup=0",
+            "--innodb-buffer-pool-dump-at-shutdown=0",
+            "--skip-log-bin",
+            "--performance-schema=OFF",
+            "--skip-feedback",
+            *_run_as_root_args(),
+            *self._general_log_args(),
+            *self._tls_args(),
+            *self.extra_args,
+        ]
+        # Anything mariadbd prints before it opens its error log (bad options, ulimit
+        # warnings) lands in mariadbd.out.
+        with open(self._stdout_path, "ab") as out:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C at the terminal reaches us, and we stop it
+            )
+
+    def _general_log_args(self) -> list[str]:
+        if not self.general_log:
+            return []
+        return [
+            "--general-log=1",
+            f"--general-log-file={self.general_log_path}",
+            "--log-output=FILE",
+        ]
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--ssl-ca={self.tls.ca_cert}",
+            f"--ssl-cert={self.tls.server_cert}",
+            f"--ssl-key={self.tls.server_key}",
+        ]
+
+    def _wait_until_ready(self, process: subprocess.Popen[bytes], deadline: float) -> str | None:
+        """Poll the socket until root can run a query; a description if mariadbd exited."""
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise LocalMariaDBError(
+                    f"mariadbd did not accept connections within {self.startup_timeout_s}s:\n"
+                    f"{_tail(_read_from(self.error_log_path, 0))}"
+                )
+            if process.poll() is not None:
+                return f"exit code {process.returncode}"
+            if self.socket_path.exists():
+                try:
+                    with self.root_connection(
+                        connect_timeout=min(remaining_s, 5.0), read_timeout=remaining_s
+                    ) as conn, conn.cursor() as cursor:
+                        cursor.execute("SELECT 1")
+                    return None
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] not in _NOT_LISTENING_YET:
+                        raise LocalMariaDBError(f"mariadbd refused root: {exc}") from exc
+            try:
+                process.wait(timeout=min(_POLL_INTERVAL_S, max(remaining_s, 0.0)))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _secure_accounts(self) -> None:
+        """Drop anonymous and hostname-bound accounts and give root a password."""
+        placeholders = ", ".join(["%s"] * len(_ROOT_HOSTS))
+        with self.root_connection() as conn, conn.cursor() as cursor:
+            cursor.execute("DELETE FROM mysql.global_priv WHERE User = ''")
+            cursor.execute("DELETE FROM mysql.proxies_priv WHERE User = ''")
+            # `root@<hostname>` is ignored under --skip-name-resolve and warns on every start.
+            cursor.execute(
+                f"DELETE FROM mysql.global_priv WHERE User = %s AND Host NOT IN ({placeholders})",
+                (ROOT_USER, *_ROOT_HOSTS),
+            )
+            cursor.execute(
+                f"DELETE FROM mysql.proxies_priv WHERE User = %s AND Host NOT IN ({placeholders})",
+                (ROOT_USER, *_ROOT_HOSTS),
+            )
+            cursor.execute("FLUSH PRIVILEGES")
+            password_hash = native_password_hash(self._root.password)
+            for host in _ROOT_HOSTS:
+                cursor.execute(
+                    "ALTER USER %s@%s IDENTIFIED BY PASSWORD %s", (ROOT_USER, host, password_hash)
+                )
+        self._root_password_set = True
+
+    def _write_client_config(self) -> None:
+        text = (
+            "[client]\n"
+            f"user={self._root.user}\n"
+            f"password={self._root.password}\n"
+            f"socket={self.socket_path}\n"
+            "default-character-set=utf8mb4\n"
+        )
+        fd = os.open(self.client_config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
+
+
+def native_password_hash(password: str) -> str:
+    """The mysql_native_password hash of `password`, as `IDENTIFIED BY PASSWORD` expects it."""
+    digest = hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest()
+    return "*" + digest.upper()
+
+
+def _binary(*names: str) -> str:
+    """The first of `names` on PATH or in the usual sbin directories (not on every PATH)."""
+    search_path = os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin"]
+    )
+    for name in names:
+        found = shutil.which(name, path=search_path)
+        if found:
+            return found
+    raise LocalMariaDBError(f"none of {', '.join(names)} found; install mariadb-server")
+
+
+def _run_as_root_args() -> list[str]:
+    # mariadbd refuses to run as root unless told to.
+    return ["--user=root"] if os.geteuid() == 0 else []
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the session that (unreaped) `process` leads, then reap `process`."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -1,0 +1,126 @@
+"""Run a real jitproxy in-process on its own event-loop thread, for tests, the demo and
+benchmarks: synchronous MySQL drivers can then connect to it from the calling thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from proxy.audit.events import AuditEmitter, MemorySink, Sink
+from proxy.config import Config, config_from_dict
+from proxy.identity.tokens import TokenIssuer, generate_ed25519_keypair
+from proxy.server import ProxyContext, ProxyServer, build_audit, build_context
+
+
+class MutableClock:
+    """The proxy's clock for grant expiry; tests move it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
+def write_keys(directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / "token-signing.key", directory / "token-signing.pub"
+    if not private.exists():
+        generate_ed25519_keypair(private, public)
+    return private, public
+
+
+def proxy_config(
+    directory: Path,
+    *,
+    upstream_host: str,
+    upstream_port: int,
+    upstream_user: str,
+    upstream_password: str,
+    cert_file: Path,
+    key_file: Path,
+    upstream_ca: Path | None,
+    policies_dir: Path,
+    port: int = 0,
+    audit_file: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    private, public = write_keys(directory / "keys")
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}},
+        "identity": {
+            "issuers": [{"issuer": "jitproxy", "audience": "jitproxy", "public_key_file": str(public)}],
+            "signing": {"private_key_file": str(private)},
+        },
+        "upstream": {
+            "host": upstream_host,
+            "port": upstream_port,
+            "user": upstream_user,
+            "password": upstream_password,
+            "tls": {"ca_file": str(upstream_ca)} if upstream_ca else None,
+        },
+        "policies": {"dirs": [str(policies_dir)]},
+        "audit": {"sinks": [{"type": "file", "path": str(audit_file)}] if audit_file else []},
+    }
+    if raw["upstream"]["tls"] is None:
+        del raw["upstream"]["tls"]
+    for key, value in (extra or {}).items():
+        raw.setdefault(key, {}).update(value)
+    path = directory / "config.yaml"
+    return config_from_dict(raw, path)
+
+
+class RunningProxy:
+    """A started proxy. `stop()` shuts it down; `audit.events` holds every audit event."""
+
+    def __init__(self, cfg: Config, extra_sinks: list[Sink] | None = None, clock: Callable[[], datetime] | None = None) -> None:
+        self.cfg = cfg
+        self.memory = MemorySink()
+        self.clock = clock or MutableClock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jitproxy", daemon=True)
+        self._thread.start()
+        audit: AuditEmitter = build_audit(cfg, [self.memory, *(extra_sinks or [])])
+        self.ctx: ProxyContext = self.call(self._build(cfg, audit))
+        self.server = ProxyServer(cfg, self.ctx)
+        self.call(self.server.start())
+        assert self.server.port is not None
+        self.port: int = self.server.port
+        signing = cfg.identity.signing
+        assert signing is not None
+        self.issuer = TokenIssuer(
+            signing.private_key_file.read_bytes(),
+            issuer=signing.issuer,
+            audience=signing.audience,
+            max_ttl=cfg.identity.max_token_ttl,
+        )
+
+    async def _build(self, cfg: Config, audit: AuditEmitter) -> ProxyContext:
+        return build_context(cfg, audit=audit, now=self.clock)
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def token(self, user: str, groups: tuple[str, ...] = (), ttl: timedelta = timedelta(hours=1)) -> str:
+        return self.issuer.issue(user, groups, ttl=ttl)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.memory.events
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop(grace_s=2))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()

@@ -1,0 +1,45 @@
+"""Session-wide fixtures shared by every test.
+
+Sections: the upstream MariaDB (below); proxy fixtures go after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.demo.certs import TlsFiles, make_ca_and_server_cert
+from proxy.demo.mariadb import Credentials, LocalMariaDB
+from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
+
+# -- upstream MariaDB -------------------------------------------------------------------------
+
+UPSTREAM_PASSWORD = "upstream-test-password"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a server certificate for localhost / 127.0.0.1."""
+    return make_ca_and_server_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def mariadb(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
+) -> Iterator[LocalMariaDB]:
+    """A private MariaDB with TLS, the general log, the sample data and the proxy's account.
+
+    Shared by the whole session: tests that change data should use their own tables or undo
+    what they did (`load_sample_data(mariadb)` restores hr_prod and hr_test).
+    """
+    with LocalMariaDB(tmp_path_factory.mktemp("mariadb"), tls=tls_files, general_log=True) as db:
+        load_sample_data(db)
+        create_proxy_upstream_user(db, password=UPSTREAM_PASSWORD)
+        yield db
+
+
+@pytest.fixture(scope="session")
+def upstream_credentials(mariadb: LocalMariaDB) -> Credentials:
+    """The account the proxy uses upstream: ALL on hr_prod.* and hr_test.*, nothing else."""
+    return Credentials("jitproxy", UPSTREAM_PASSWORD)
