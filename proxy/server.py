@@ -168,7 +168,7 @@ def listen_ssl_context(cfg: Config) -> ssl.SSLContext:
     return ctx
 
 
-def build_verifier(cfg: Config) -> TokenVerifier:
+def build_verifier(cfg: Config, clock: Clock = utc_now) -> TokenVerifier:
     issuers = [
         IssuerConfig(
             issuer=i.issuer,
@@ -185,6 +185,7 @@ def build_verifier(cfg: Config) -> TokenVerifier:
         issuers,
         max_ttl=cfg.identity.max_token_ttl,
         leeway=timedelta(seconds=cfg.identity.leeway_s),
+        clock=clock,
     )
 
 
@@ -216,7 +217,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
     )
     return ProxyContext(
-        verifier=build_verifier(cfg),
+        verifier=build_verifier(cfg, now),
         grants=PolicyStore(cfg.policies.dirs),
         pool=pool,
         audit=audit or build_audit(cfg),

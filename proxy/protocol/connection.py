@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import uuid
 from typing import TYPE_CHECKING
 
 import structlog
 from mysql_mimic import packets
 from mysql_mimic.charset import CharacterSet
 from mysql_mimic.connection import Connection
-from mysql_mimic.errors import ErrorCode, MysqlError
 from mysql_mimic.packets import SSLRequest
 from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
@@ -105,6 +105,18 @@ class ProxyConnection(Connection):
             except TimeoutError:
                 await self.session.rejected("handshake_timeout", "handshake not completed in time")
                 return
+            except ClientError as e:  # framing error or oversized packet before login
+                await self.session.rejected("bad_handshake", e.message)
+                await self._send_error_quietly(e)
+                return
+            except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+                await self.session.rejected("disconnected", "client left during the handshake")
+                return
+            except Exception as e:  # noqa: BLE001 - a malformed handshake: never echo its details
+                log.info("malformed handshake", peer=self.peer, error=type(e).__name__)
+                await self.session.rejected("bad_handshake", f"malformed handshake ({type(e).__name__})")
+                await self._send_error_quietly(ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
+                return
             if not ok:
                 return
             await self._command_phase()
@@ -112,9 +124,7 @@ class ProxyConnection(Connection):
             if not self.killed:
                 raise
             await self._send_error_quietly(ClientError(ER.CONNECTION_KILLED, "Connection was killed"))
-        except ConnectionClosed:
-            pass
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
             await self.session.close()
@@ -251,8 +261,8 @@ class ProxyConnection(Connection):
                     data = await self.stream.read()
             except TimeoutError:
                 return
-            except MysqlError as e:  # malformed framing or an oversized packet: answer, then close
-                await self._send_error(ClientError(e.code, e.msg))
+            except ClientError as e:  # malformed framing or an oversized packet: answer, then close
+                await self._send_error(e)
                 return
             if not data:
                 await self._send_error(ClientError(ER.UNKNOWN_COM, "Empty command"))
@@ -265,6 +275,18 @@ class ProxyConnection(Connection):
             except ClientError as e:
                 await self._send_error(e)
                 keep_going = e.keep_connection
+            except (ConnectionClosed, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug or malformed input: one clear error, no details
+                incident = uuid.uuid4().hex[:12]
+                log.exception("command failed", incident=incident, command=command, session=self.session.info.session_id)
+                upstream = self.session.upstream
+                keep_going = upstream is not None and not upstream.broken
+                self.stream.reset_seq()
+                self.stream._seq = 1  # the response to a one-packet command starts at 1
+                await self._send_error(
+                    ClientError(ER.INTERNAL, f"jitproxy could not process this command (incident {incident})")
+                )
             if not keep_going:
                 return
 

@@ -352,8 +352,6 @@ class ProxySession(BaseSession):
             payloads, self.upstream.profile.deprecate_eof, visible.__contains__
         )
         assert self.connection is not None
-        self.connection.stream.reset_seq()
-        self.connection.stream._seq = 1  # responses continue the command's sequence
         self.connection.stream.write_many(kept)
         await self.connection.stream.drain()
         return outcome

@@ -7,20 +7,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from mysql_mimic.errors import ErrorCode, MysqlError
 from mysql_mimic.stream import ConnectionClosed
 
+from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.wire import MAX_PAYLOAD
 
-__all__ = ["ClientStream", "ConnectionClosed", "PacketTooLarge"]
-
-
-class PacketTooLarge(MysqlError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"Got a packet bigger than the proxy's limit ({limit} bytes)",
-            ErrorCode.NET_PACKET_TOO_LARGE,
-        )
+__all__ = ["ClientStream", "ConnectionClosed"]
 
 
 class ClientStream:
@@ -51,12 +43,14 @@ class ClientStream:
             length = header[0] | (header[1] << 8) | (header[2] << 16)
             seq = header[3]
             if seq != self._seq:
-                raise MysqlError(
-                    f"Expected seq({self._seq}) got seq({seq})", ErrorCode.MALFORMED_PACKET
-                )
+                raise ClientError(ER.PACKETS_OUT_OF_ORDER, "Got packets out of order", keep_connection=False)
             self._seq = (self._seq + 1) & 0xFF
             if len(data) + length > self.max_packet_bytes:
-                raise PacketTooLarge(self.max_packet_bytes)
+                raise ClientError(
+                    ER.NET_PACKET_TOO_LARGE,
+                    f"Got a packet bigger than jitproxy's limit ({self.max_packet_bytes} bytes)",
+                    keep_connection=False,
+                )
             if length:
                 try:
                     data += await self.reader.readexactly(length)
