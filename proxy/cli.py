@@ -20,12 +20,16 @@ from proxy.authz.policy import PolicyError, check_overlaps, grants_from_document
 from proxy.config import Config, ConfigError, load_config, parse_duration
 
 DEFAULT_CONFIG = os.environ.get("JITPROXY_CONFIG", "config.yaml")
+LISTENING: dict[str, int] = {}  # the bound port once `serve` listens (port 0 picks one)
 JIT_GRANTS_FILE = "jit-grants.yaml"
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     logging.getLogger("mysql_mimic").setLevel(logging.WARNING)  # it logs SQL text at DEBUG
+    # StreamReaderProtocol over TLS warns on every client EOF ("returning true from
+    # eof_received() has no effect when using ssl"): harmless, and noise for operators.
+    logging.getLogger("asyncio").addFilter(lambda r: "eof_received()" not in r.getMessage())
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -54,6 +58,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
     ctx = build_context(cfg)
     server = ProxyServer(cfg, ctx)
     await server.start()
+    assert server.port is not None
+    LISTENING["port"] = server.port
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -448,6 +448,12 @@ def _prepare(tokens: list[Token], upper_sql: str) -> list[Token]:
 def _parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
     """SELECT / WITH / ( / TABLE / VALUES / INSERT / UPDATE / DELETE: parse and analyze."""
     keyword = "(" if tokens[0].token_type is _T_LPAREN else _word(tokens[0])
+    if keyword == "WITH":
+        main = _main_keyword_after_with(tokens)
+        if main not in ("SELECT", "TABLE", "VALUES", "(", "UPDATE", "DELETE"):
+            raise _Denied(
+                DenyCode.UNSUPPORTED_STATEMENT, f"WITH ... {main or '?'} is not supported"
+            )
     tokens = _prepare(tokens, sql.upper())
     tree = _parse_one(sql, tokens)
     expected = _EXPECTED_TREE[keyword]
@@ -457,6 +463,27 @@ def _parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> 
             f"{keyword} statement of an unsupported form ({type(tree).__name__})",
         )
     return _analyze_dml_tree(tree, current_db)
+
+
+def _main_keyword_after_with(tokens: list[Token]) -> str | None:
+    """The statement a WITH clause introduces: the first statement keyword outside parentheses
+    (CTE bodies and column lists are parenthesized; `(` right after a body opens the query)."""
+    depth = 0
+    prev = tokens[0]
+    for tok in tokens[1:]:
+        tt = tok.token_type
+        if tt is _T_LPAREN:
+            if depth == 0 and prev.token_type is _T_RPAREN:
+                return "("
+            depth += 1
+        elif tt is _T_RPAREN:
+            depth -= 1
+        elif depth == 0:
+            w = _word(tok)
+            if w in ("SELECT", "TABLE", "VALUES", "UPDATE", "DELETE", "INSERT", "REPLACE"):
+                return w
+        prev = tok
+    return None
 
 
 def _analyze_dml_tree(tree: exp.Expr, current_db: str | None) -> Analysis:

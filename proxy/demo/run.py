@@ -1,0 +1,152 @@
+"""`jitproxy demo`: a local MariaDB with sample data, the proxy in front of it, tokens for
+`admin` and `dev`, and the exact commands to connect. Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from proxy.config import config_from_dict
+from proxy.demo.certs import make_ca_and_server_cert
+from proxy.demo.mariadb import LocalMariaDB
+from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
+from proxy.identity.tokens import TokenIssuer
+from proxy.testing import write_keys
+
+DEMO_POLICY = """\
+# The demo's grants. Edit and save: the proxy picks changes up within a second.
+grants:
+  - subject: user:dev            # dev may read two tables of hr_prod, nothing else
+    grant: hr_prod.employee
+    privileges: [SELECT]
+  - subject: user:dev
+    grant: hr_prod.title
+    privileges: [SELECT]
+  - subject: user:admin          # admin may do anything
+    grant: "*.*"
+    privileges: ALL
+"""
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+
+
+def prepare(directory: Path, port: int) -> tuple[LocalMariaDB, Path]:
+    """Start MariaDB (fresh data every run) and write certificates, keys, policies, config and
+    tokens into `directory`. Returns the running database and the config path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = make_ca_and_server_cert(directory / "tls")
+    shutil.copyfile(tls.ca_cert, directory / "ca.pem")
+    shutil.rmtree(directory / "mariadb", ignore_errors=True)
+    db = LocalMariaDB(directory / "mariadb", tls=tls)
+    db.start()
+    try:
+        load_sample_data(db)
+        upstream_password = secrets.token_urlsafe(24)
+        create_proxy_upstream_user(db, password=upstream_password)
+        _write_private(directory / "upstream.password", upstream_password + "\n")
+        private, public = write_keys(directory / "keys")
+        policies = directory / "policies"
+        policies.mkdir(exist_ok=True)
+        (policies / "demo.yaml").write_text(DEMO_POLICY, encoding="utf-8")
+        raw = {
+            "listen": {
+                "host": "127.0.0.1",
+                "port": port,
+                "tls": {"cert_file": "tls/server-cert.pem", "key_file": "tls/server-key.pem"},
+            },
+            "identity": {
+                "issuers": [{"issuer": "jitproxy", "audience": "jitproxy", "public_key_file": "keys/token-signing.pub"}],
+                "signing": {"private_key_file": "keys/token-signing.key"},
+            },
+            "upstream": {
+                "host": "127.0.0.1",
+                "port": db.port,
+                "user": "jitproxy",
+                "password_file": "upstream.password",
+                "tls": {"ca_file": "tls/ca.pem"},
+            },
+            "policies": {"dirs": ["policies"]},
+            "audit": {"sinks": [{"type": "file", "path": "audit.jsonl"}]},
+            "log": {"level": "info", "format": "console"},
+        }
+        import yaml
+
+        config_path = directory / "config.yaml"
+        config_path.write_text(
+            "# Written by `jitproxy demo`. See config.example.yaml for every key.\n" + yaml.safe_dump(raw, sort_keys=False),
+            encoding="utf-8",
+        )
+        issuer = TokenIssuer(private.read_bytes(), issuer="jitproxy", audience="jitproxy", max_ttl=timedelta(hours=12))
+        for user in ("admin", "dev"):
+            _write_private(directory / f"{user}.token", issuer.issue(user, ttl=timedelta(hours=8)) + "\n")
+        del public
+    except BaseException:
+        db.stop()
+        raise
+    return db, config_path
+
+
+def run_demo(directory: Path, port: int) -> int:
+    from proxy.cli import configure_logging, serve
+
+    directory = directory.resolve()
+    configure_logging("info", "console")
+    print(f"jitproxy demo: starting MariaDB and writing files in {directory} ...", flush=True)
+    db, config_path = prepare(directory, port)
+    try:
+        from proxy.config import load_config
+
+        cfg = load_config(config_path)
+
+        async def main() -> None:
+            ready = asyncio.Event()
+            task = asyncio.create_task(serve(cfg, ready=ready))
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                waiter.cancel()
+                await task  # raises what went wrong
+                return
+            from proxy.cli import LISTENING
+
+            actual = LISTENING.get("port", port)
+            _print_ready(directory, actual)
+            await task
+
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        db.stop()
+        print("jitproxy demo: stopped", flush=True)
+    return 0
+
+
+def _print_ready(directory: Path, port: int) -> None:
+    d = directory
+    lines = [
+        f"jitproxy demo ready on 127.0.0.1:{port}",
+        "",
+        "Connect as dev (may read hr_prod.employee and hr_prod.title only):",
+        f'  mariadb -h 127.0.0.1 -P {port} -u dev --password="$(cat {d}/dev.token)" '
+        f"--ssl-ca={d}/ca.pem --ssl-verify-server-cert hr_prod",
+        "",
+        "Connect as admin (may do anything):",
+        f'  mariadb -h 127.0.0.1 -P {port} -u admin --password="$(cat {d}/admin.token)" '
+        f"--ssl-ca={d}/ca.pem --ssl-verify-server-cert hr_prod",
+        "",
+        "Try as dev:  SELECT * FROM employee LIMIT 3;   SELECT * FROM salary;   SHOW TABLES;",
+        f"Audit trail: tail -f {d}/audit.jsonl",
+        f"Dry run:     jitproxy check --config {d}/config.yaml --user dev --db hr_prod \"SELECT * FROM salary\"",
+        f"Grant:       jitproxy grant add --config {d}/config.yaml --user dev --grant hr_prod.salary --for 1h",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,155 @@
+"""Property tests for `analyze`: it never raises, its results are well formed, and on queries
+from a small SQL grammar its tables agree with sqlglot's own `qualify_tables` resolution."""
+
+from __future__ import annotations
+
+import os
+
+import sqlglot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlglot import exp
+from sqlglot.optimizer.qualify_tables import qualify_tables
+
+from proxy.authz.analyze import analyze
+from proxy.authz.model import Analysis, Privilege, StatementKind, TableRef
+from proxy.authz.names import canonical_table
+
+DB = "hr_prod"
+# JITPROXY_PROPERTY_EXAMPLES=5000 for a deeper local run.
+PROPERTY_SETTINGS = settings(
+    max_examples=int(os.environ.get("JITPROXY_PROPERTY_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def check_well_formed(result: Analysis) -> None:
+    assert isinstance(result, Analysis)
+    assert isinstance(result.kind, StatementKind)
+    assert isinstance(result.statement_class, str) and result.statement_class
+    if result.kind is StatementKind.DENIED:
+        assert result.deny is not None
+        assert result.requirements == frozenset()
+        assert result.database_access == frozenset()
+        assert result.use_db is None and result.kill_target is None
+    else:
+        assert result.deny is None
+    for req in result.requirements:
+        assert isinstance(req.privilege, Privilege)
+        assert isinstance(req.target, TableRef)
+        assert req.target.db and req.target.table
+        assert req.target.table == req.target.table.rstrip()
+
+
+# --- arbitrary text ----------------------------------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(st.text(max_size=300), st.one_of(st.none(), st.text(max_size=20)))
+def test_never_raises_on_arbitrary_text(sql: str, db: str | None) -> None:
+    check_well_formed(analyze(sql, db))
+
+
+FRAGMENTS = [
+    "SELECT", "FROM", "WHERE", "JOIN", "ON", "UNION", "ALL", "WITH", "RECURSIVE", "AS", "INSERT",
+    "INTO", "VALUES", "UPDATE", "SET", "DELETE", "USING", "CREATE", "TABLE", "DROP", "ALTER",
+    "SHOW", "TABLES", "COLUMNS", "DESCRIBE", "EXPLAIN", "USE", "KILL", "QUERY", "BEGIN", "COMMIT",
+    "ROLLBACK", "LOW_PRIORITY", "QUICK", "IGNORE", "DELAYED", "HIGH_PRIORITY", "OUTFILE", "NAMES",
+    "GLOBAL", "SESSION", "sql_mode", "autocommit", "LIMIT", "ORDER BY", "GROUP BY", "HAVING",
+    "salary", "employee", "`hr_prod`", "`a.b`", "hr_prod.salary", "@v", "@@sql_mode",
+    "@@session.x", "?", "*", ",", ".", "(", ")", ";", "=", ":=", "'str'", '"dq"', "'\\''", "1",
+    "0x41", "1e5", "-- c\n", "# c\n", "/* c */", "/*!50000 ", "/*M!1 ", "*/", "/*+ BKA(t) */",
+    "LOAD_FILE(", "SLEEP(", "leak(", "COUNT (", "db.fn(", "`count`(", "JSON_TABLE(", "COLUMNS (",
+    "\u00a0", "\t", "\n", "\x0b", "\\", "`", "'", '"',
+]
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=25),
+    st.lists(st.sampled_from([" ", "", "\n", "  "]), min_size=25, max_size=25),
+    st.sampled_from([None, DB, "other", "INFORMATION_SCHEMA"]),
+)
+def test_never_raises_on_sql_token_soup(parts: list[str], gaps: list[str], db: str | None) -> None:
+    sql = "".join(p + g for p, g in zip(parts, gaps))
+    check_well_formed(analyze(sql, db))
+
+
+# --- a small query grammar, checked against qualify_tables ------------------------------------
+
+NAMES = ["salary", "employee", "title", "dept"]
+
+
+@st.composite
+def table_ref(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(NAMES))
+    return draw(st.sampled_from([name, f"`{name}`", f"payroll.{name}", f"{DB}.{name}"]))
+
+
+def query(depth: int) -> st.SearchStrategy[str]:
+    if depth <= 0:
+        return st.builds(lambda t: f"SELECT * FROM {t}", table_ref())
+    sub = st.deferred(lambda: query(depth - 1))
+    source = st.one_of(table_ref(), st.builds(lambda q, n: f"({q}) AS d{n}", sub, st.integers(0, 9)))
+    condition = st.one_of(
+        st.just("1 = 1"),
+        st.builds(lambda q: f"a IN ({q})", sub),
+        st.builds(lambda q: f"EXISTS ({q})", sub),
+        st.builds(lambda q: f"({q}) IS NULL", sub),
+    )
+    select = st.builds(
+        lambda col, src, join, cond: f"SELECT {col} FROM {src}{join} WHERE {cond}",
+        st.one_of(st.just("*"), st.just("a"), st.builds(lambda q: f"({q}) AS x", sub)),
+        source,
+        st.one_of(st.just(""), st.builds(lambda s: f" JOIN {s} ON 1 = 1", source)),
+        condition,
+    )
+    union = st.builds(lambda a, b, kind: f"{a} {kind} {b}", sub, sub, st.sampled_from(["UNION", "UNION ALL"]))
+    cte = st.builds(lambda name, body: f"{name} AS ({body})", st.sampled_from(NAMES + ["c1", "c2"]), sub)
+    with_ = st.builds(
+        lambda ctes, body: f"WITH {', '.join(ctes)} {body}",
+        st.lists(cte, min_size=1, max_size=3, unique_by=lambda c: c.split(" ", 1)[0]),
+        st.one_of(select, sub),
+    )
+    recursive = st.builds(
+        lambda body: f"WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) {body}",
+        select,
+    )
+    return st.one_of(select, union, with_, recursive)
+
+
+def qualify_tables_reads(sql: str) -> set[TableRef]:
+    tree = qualify_tables(sqlglot.parse_one(sql, read="mysql"), db=DB, dialect="mysql")
+    return {canonical_table(t.db, t.name) for t in tree.find_all(exp.Table) if t.db}
+
+
+@PROPERTY_SETTINGS
+@given(query(3))
+def test_grammar_queries_read_what_qualify_tables_reads(sql: str) -> None:
+    result = analyze(sql, DB)
+    check_well_formed(result)
+    assert result.deny is None, (sql, result.deny)
+    assert result.kind is StatementKind.QUERY
+    assert {r.privilege for r in result.requirements} <= {Privilege.SELECT}
+    assert {r.target for r in result.requirements} == qualify_tables_reads(sql), sql
+
+
+@PROPERTY_SETTINGS
+@given(query(2), st.sampled_from(["/*!50000 ", "/*M!100000 ", "/*!"]))
+def test_executable_comment_anywhere_is_denied(sql: str, opener: str) -> None:
+    # Wrap a suffix of the statement in an executable comment, at any token boundary.
+    words = sql.split(" ")
+    for cut in range(1, len(words)):
+        smuggled = " ".join(words[:cut]) + f" {opener}" + " ".join(words[cut:]) + " */"
+        result = analyze(smuggled, DB)
+        check_well_formed(result)
+        assert result.deny is not None and result.deny.code.value == "executable_comment", smuggled
+
+
+@PROPERTY_SETTINGS
+@given(query(2), query(1))
+def test_second_statement_is_always_denied(first: str, second: str) -> None:
+    result = analyze(f"{first}; {second}", DB)
+    check_well_formed(result)
+    assert result.deny is not None and result.deny.code.value == "multiple_statements"
