@@ -93,6 +93,7 @@ _T_DOT = TokenType.DOT
 _T_STAR = TokenType.STAR
 _T_INTO = TokenType.INTO
 _T_HINT = TokenType.HINT
+_T_WITH = TokenType.WITH
 _WORD = re.compile(r"[0-9A-Za-z_$\u0080-\uffff]+(?: [0-9A-Za-z_$\u0080-\uffff]+)*\Z")
 _IDENT = re.compile(r"[0-9A-Za-z_$\u0080-\uffff]+\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
@@ -441,6 +442,8 @@ def _prepare(tokens: list[Token], upper_sql: str) -> list[Token]:
         into_at = 2 if len(tokens) > 1 and tokens[1].token_type is _T_HINT else 1
     if "INTO" in upper_sql:
         _check_into(tokens, into_at)
+    if "WITH" in upper_sql:
+        _check_with_clauses(tokens)
     _check_token_calls(tokens)
     return tokens
 
@@ -450,6 +453,8 @@ def _parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> 
     keyword = "(" if tokens[0].token_type is _T_LPAREN else _word(tokens[0])
     if keyword == "WITH":
         main = _main_keyword_after_with(tokens)
+        if main == "WITH":
+            raise _Denied(DenyCode.PARSE_ERROR, "one WITH clause per query block")
         if main not in ("SELECT", "TABLE", "VALUES", "(", "UPDATE", "DELETE"):
             raise _Denied(
                 DenyCode.UNSUPPORTED_STATEMENT, f"WITH ... {main or '?'} is not supported"
@@ -465,12 +470,13 @@ def _parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> 
     return _analyze_dml_tree(tree, current_db)
 
 
-def _main_keyword_after_with(tokens: list[Token]) -> str | None:
-    """The statement a WITH clause introduces: the first statement keyword outside parentheses
-    (CTE bodies and column lists are parenthesized; `(` right after a body opens the query)."""
+def _main_keyword_after_with(tokens: list[Token], start: int = 0) -> str | None:
+    """The statement the WITH at `tokens[start]` introduces: the first statement keyword outside
+    parentheses (CTE bodies and column lists are parenthesized; a `(` right after a body opens
+    the query). None if the enclosing parenthesis closes first."""
     depth = 0
-    prev = tokens[0]
-    for tok in tokens[1:]:
+    prev = tokens[start]
+    for tok in tokens[start + 1 :]:
         tt = tok.token_type
         if tt is _T_LPAREN:
             if depth == 0 and prev.token_type is _T_RPAREN:
@@ -478,12 +484,26 @@ def _main_keyword_after_with(tokens: list[Token]) -> str | None:
             depth += 1
         elif tt is _T_RPAREN:
             depth -= 1
+            if depth < 0:
+                return None
         elif depth == 0:
             w = _word(tok)
-            if w in ("SELECT", "TABLE", "VALUES", "UPDATE", "DELETE", "INSERT", "REPLACE"):
+            if w in _STATEMENT_AFTER_WITH:
                 return w
         prev = tok
     return None
+
+
+_STATEMENT_AFTER_WITH = frozenset(
+    {"SELECT", "TABLE", "VALUES", "UPDATE", "DELETE", "INSERT", "REPLACE", "WITH"}
+)
+
+
+def _check_with_clauses(tokens: list[Token]) -> None:
+    """sqlglot merges `WITH a AS (...) WITH b AS (...) q` into one WITH clause; MySQL rejects it."""
+    for i, tok in enumerate(tokens):
+        if tok.token_type is _T_WITH and _main_keyword_after_with(tokens, i) == "WITH":
+            raise _Denied(DenyCode.PARSE_ERROR, "one WITH clause per query block")
 
 
 def _analyze_dml_tree(tree: exp.Expr, current_db: str | None) -> Analysis:

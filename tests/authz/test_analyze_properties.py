@@ -105,18 +105,33 @@ def query(depth: int) -> st.SearchStrategy[str]:
         st.one_of(st.just(""), st.builds(lambda s: f" JOIN {s} ON 1 = 1", source)),
         condition,
     )
-    union = st.builds(lambda a, b, kind: f"{a} {kind} {b}", sub, sub, st.sampled_from(["UNION", "UNION ALL"]))
+    union = st.builds(
+        lambda a, b, kind: f"{a} {kind} {b}",
+        select,
+        st.one_of(select, st.builds(lambda q: f"({q})", sub)),
+        st.sampled_from(["UNION", "UNION ALL"]),
+    )
     cte = st.builds(lambda name, body: f"{name} AS ({body})", st.sampled_from(NAMES + ["c1", "c2"]), sub)
     with_ = st.builds(
         lambda ctes, body: f"WITH {', '.join(ctes)} {body}",
         st.lists(cte, min_size=1, max_size=3, unique_by=lambda c: c.split(" ", 1)[0]),
-        st.one_of(select, sub),
+        st.one_of(select, union),
     )
     recursive = st.builds(
         lambda body: f"WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) {body}",
         select,
     )
     return st.one_of(select, union, with_, recursive)
+
+
+def test_grammar_rejects_consecutive_with_clauses() -> None:
+    # sqlglot merges them into one clause; MySQL rejects the statement.
+    for sql in (
+        "WITH salary AS (SELECT 1) WITH RECURSIVE r AS (SELECT 1) SELECT * FROM salary",
+        "SELECT * FROM employee WHERE a IN (WITH salary AS (SELECT 1) WITH r AS (SELECT 1) SELECT * FROM salary)",
+    ):
+        result = analyze(sql, DB)
+        assert result.deny is not None and result.deny.code.value == "parse_error", sql
 
 
 def qualify_tables_reads(sql: str) -> set[TableRef]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -59,6 +61,18 @@ def proxy(
     running = RunningProxy(cfg)
     yield running
     running.stop()
+    assert_no_secrets(running, upstream_credentials.password)
+
+
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+
+def assert_no_secrets(running: RunningProxy, *secrets: str) -> None:
+    """After a whole session of tests: no audit event carries a token or a password."""
+    dump = json.dumps(running.events, default=str)
+    assert not JWT_SHAPE.search(dump), "a token reached an audit event"
+    for secret in secrets:
+        assert secret not in dump
 
 
 def client_ssl(tls_files: TlsFiles) -> ssl.SSLContext:
