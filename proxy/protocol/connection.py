@@ -16,7 +16,7 @@ import structlog
 from mysql_mimic import packets
 from mysql_mimic.charset import CharacterSet
 from mysql_mimic.connection import Connection
-from mysql_mimic.packets import SSLRequest
+from mysql_mimic.packets import HandshakeResponse41, SSLRequest
 from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
 
@@ -150,13 +150,10 @@ class ProxyConnection(Connection):
                 auth_plugin_name=auth.SHA2,
             )
         )
-        data = await self.stream.read()
-        if len(data) < 32:
-            await self._refuse("bad_handshake", ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
+        first = await self._read_handshake_response()
+        if first is None:
             return False
-        collation_id = data[8]
-        data = data[:8] + bytes((_NEUTRAL_COLLATION,)) + data[9:]
-        response = packets.parse_handshake_response(self.server_capabilities, data)
+        _, response = first
         if not isinstance(response, SSLRequest):
             # The client did not ask for TLS: refuse before it could send its token.
             await self._refuse(
@@ -169,13 +166,13 @@ class ProxyConnection(Connection):
             )
             return False
         await self.stream.start_tls(self.ssl, timeout_s=self.handshake_timeout_s)  # type: ignore[arg-type]
-        data = await self.stream.read()
-        if len(data) < 32:
+        second = await self._read_handshake_response()
+        if second is None:
+            return False
+        collation_id, response = second
+        if isinstance(response, SSLRequest):
             await self._refuse("bad_handshake", ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
             return False
-        collation_id = data[8]
-        data = data[:8] + bytes((_NEUTRAL_COLLATION,)) + data[9:]
-        response = packets.parse_handshake_response_41(self.server_capabilities, data)
 
         self.capabilities = response.capabilities
         self.client_connect_attrs = response.connect_attrs
@@ -218,6 +215,17 @@ class ProxyConnection(Connection):
             return False
         await self.stream.write(self.ok())
         return True
+
+    async def _read_handshake_response(self) -> tuple[int, HandshakeResponse41 | SSLRequest] | None:
+        """The client's SSLRequest or HandshakeResponse41, with its collation id. mysql-mimic's
+        collation table is partial, so its parser gets a neutral id and we map the real one."""
+        data = await self.stream.read()
+        if len(data) < 32:
+            await self._refuse("bad_handshake", ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
+            return None
+        collation_id = data[8]
+        data = data[:8] + bytes((_NEUTRAL_COLLATION,)) + data[9:]
+        return collation_id, packets.parse_handshake_response(self.server_capabilities, data)
 
     def set_client_charset(self, name: str) -> None:
         self.client_charset_name = name

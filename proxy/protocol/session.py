@@ -283,16 +283,20 @@ class ProxySession(BaseSession):
         except UnicodeDecodeError:
             return None
 
+    def _analyze_text(self, payload: bytes) -> tuple[str, Analysis]:
+        """Statement bytes → (text for audit, analysis). Bytes that are not valid in the
+        connection's character set could be read differently by the server: denied."""
+        sql = self._decode(payload)
+        if sql is None:
+            text = payload.decode("utf-8", "replace")
+            return text, _denied("UNKNOWN", DenyCode.CHARSET, "statement is not valid in the connection's character set")
+        return sql, self.ctx.analyze(sql, self.database)
+
     # -- COM_QUERY -------------------------------------------------------------------------
 
     async def com_query(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        sql = self._decode(payload)
-        if sql is None:
-            analysis = _denied("QUERY", DenyCode.CHARSET, "statement is not valid in the connection's character set")
-            sql = payload.decode("utf-8", "replace")
-        else:
-            analysis = self.ctx.analyze(sql, self.database)
+        sql, analysis = self._analyze_text(payload)
         decision = self._decide(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
@@ -451,12 +455,8 @@ class ProxySession(BaseSession):
 
     async def com_stmt_prepare(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        sql = self._decode(payload)
-        if sql is None:
-            analysis = _denied("PREPARE", DenyCode.CHARSET, "statement is not valid in the connection's character set")
-            sql = payload.decode("utf-8", "replace")
-        else:
-            analysis = self.ctx.analyze(sql, self.database)
+        sql, analysis = self._analyze_text(payload)
+        if analysis.kind is not StatementKind.DENIED:
             if analysis.kind not in (StatementKind.QUERY, StatementKind.TRANSACTION, StatementKind.SET) and (
                 analysis.kind is not StatementKind.SHOW
                 or analysis.statement_class in ("SHOW DATABASES", "SHOW TABLES")
