@@ -90,11 +90,13 @@ class PolicyStore:
 
 class AnalysisCache:
     """analyze() results keyed by the exact statement text and current database: two different
-    statements never share an entry. Bounded; cleared whole when full."""
+    statements never share an entry. Bounded in entries and in key size (long statements are
+    analyzed every time); cleared whole when full."""
 
-    def __init__(self, max_entries: int = 20000) -> None:
+    def __init__(self, max_entries: int = 20000, max_statement_chars: int = 4096) -> None:
         self._entries: dict[tuple[str, str | None], Analysis] = {}
         self.max_entries = max_entries
+        self.max_statement_chars = max_statement_chars
         self.hits = 0
         self.misses = 0
 
@@ -106,6 +108,8 @@ class AnalysisCache:
             return hit
         self.misses += 1
         result = analyze(sql, db)
+        if len(sql) > self.max_statement_chars:
+            return result
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = result

@@ -457,7 +457,9 @@ class ProxySession(BaseSession):
         started = time.perf_counter()
         sql, analysis = self._analyze_text(payload)
         if analysis.kind is not StatementKind.DENIED:
-            if analysis.kind not in (StatementKind.QUERY, StatementKind.TRANSACTION, StatementKind.SET) and (
+            # Not SET: a prepared SET NAMES would change the server's charset behind the
+            # decoder's back (a plain SET is followed by a re-sync, see _sync_charset).
+            if analysis.kind not in (StatementKind.QUERY, StatementKind.TRANSACTION) and (
                 analysis.kind is not StatementKind.SHOW
                 or analysis.statement_class in ("SHOW DATABASES", "SHOW TABLES")
             ):

@@ -21,6 +21,7 @@ PROPERTY_SETTINGS = settings(
     max_examples=int(os.environ.get("JITPROXY_PROPERTY_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    database=None,  # no example database written into the work tree
 )
 
 
@@ -81,47 +82,60 @@ def test_never_raises_on_sql_token_soup(parts: list[str], gaps: list[str], db: s
 NAMES = ["salary", "employee", "title", "dept"]
 
 
-@st.composite
-def table_ref(draw: st.DrawFn) -> str:
+def draw_table(draw: st.DrawFn) -> str:
     name = draw(st.sampled_from(NAMES))
     return draw(st.sampled_from([name, f"`{name}`", f"payroll.{name}", f"{DB}.{name}"]))
 
 
-def query(depth: int) -> st.SearchStrategy[str]:
+def draw_source(draw: st.DrawFn, depth: int) -> str:
+    if depth > 0 and draw(st.booleans()):
+        return f"({draw_query(draw, depth - 1)}) AS d{draw(st.integers(0, 9))}"
+    return draw_table(draw)
+
+
+def draw_select(draw: st.DrawFn, depth: int) -> str:
     if depth <= 0:
-        return st.builds(lambda t: f"SELECT * FROM {t}", table_ref())
-    sub = st.deferred(lambda: query(depth - 1))
-    source = st.one_of(table_ref(), st.builds(lambda q, n: f"({q}) AS d{n}", sub, st.integers(0, 9)))
-    condition = st.one_of(
-        st.just("1 = 1"),
-        st.builds(lambda q: f"a IN ({q})", sub),
-        st.builds(lambda q: f"EXISTS ({q})", sub),
-        st.builds(lambda q: f"({q}) IS NULL", sub),
-    )
-    select = st.builds(
-        lambda col, src, join, cond: f"SELECT {col} FROM {src}{join} WHERE {cond}",
-        st.one_of(st.just("*"), st.just("a"), st.builds(lambda q: f"({q}) AS x", sub)),
-        source,
-        st.one_of(st.just(""), st.builds(lambda s: f" JOIN {s} ON 1 = 1", source)),
-        condition,
-    )
-    union = st.builds(
-        lambda a, b, kind: f"{a} {kind} {b}",
-        select,
-        st.one_of(select, st.builds(lambda q: f"({q})", sub)),
-        st.sampled_from(["UNION", "UNION ALL"]),
-    )
-    cte = st.builds(lambda name, body: f"{name} AS ({body})", st.sampled_from(NAMES + ["c1", "c2"]), sub)
-    with_ = st.builds(
-        lambda ctes, body: f"WITH {', '.join(ctes)} {body}",
-        st.lists(cte, min_size=1, max_size=3, unique_by=lambda c: c.split(" ", 1)[0]),
-        st.one_of(select, union),
-    )
-    recursive = st.builds(
-        lambda body: f"WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) {body}",
-        select,
-    )
-    return st.one_of(select, union, with_, recursive)
+        return f"SELECT * FROM {draw_table(draw)}"
+    column = draw(st.sampled_from(["*", "a", "sub"]))
+    if column == "sub":
+        column = f"({draw_query(draw, depth - 1)}) AS x"
+    sql = f"SELECT {column} FROM {draw_source(draw, depth)}"
+    if draw(st.booleans()):
+        sql += f" JOIN {draw_source(draw, depth)} ON 1 = 1"
+    condition = draw(st.sampled_from(["1 = 1", "IN", "EXISTS", "IS NULL"]))
+    if condition != "1 = 1":
+        sub = draw_query(draw, depth - 1)
+        condition = {"IN": f"a IN ({sub})", "EXISTS": f"EXISTS ({sub})"}.get(
+            condition, f"({sub}) IS NULL"
+        )
+    return f"{sql} WHERE {condition}"
+
+
+def draw_union(draw: st.DrawFn, depth: int) -> str:
+    right = draw_select(draw, depth)
+    if draw(st.booleans()):
+        right = f"({draw_query(draw, depth - 1)})"
+    return f"{draw_select(draw, depth)} {draw(st.sampled_from(['UNION', 'UNION ALL']))} {right}"
+
+
+def draw_query(draw: st.DrawFn, depth: int) -> str:
+    """SELECT / UNION / WITH (CTE names overlap table names) / WITH RECURSIVE, nested."""
+    shape = draw(st.sampled_from(["select", "union", "with", "recursive"]))
+    if depth <= 0 or shape == "select":
+        return draw_select(draw, depth)
+    if shape == "union":
+        return draw_union(draw, depth)
+    body = draw_union(draw, depth) if draw(st.booleans()) else draw_select(draw, depth)
+    if shape == "recursive":
+        return f"WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) {body}"
+    names = draw(st.lists(st.sampled_from(NAMES + ["c1", "c2"]), min_size=1, max_size=3, unique=True))
+    ctes = ", ".join(f"{name} AS ({draw_query(draw, depth - 1)})" for name in names)
+    return f"WITH {ctes} {body}"
+
+
+@st.composite
+def query(draw: st.DrawFn, depth: int) -> str:
+    return draw_query(draw, depth)
 
 
 def test_grammar_rejects_consecutive_with_clauses() -> None:

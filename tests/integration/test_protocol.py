@@ -329,3 +329,22 @@ def test_kill_query_interrupts_the_upstream_statement(proxy, tls_files, mariadb)
         assert cur.fetchone() == (1,)
     long_running.close()
     killer.close()
+
+
+def test_set_cannot_be_prepared(proxy, tls_files):
+    """A prepared SET NAMES would change the server's charset without the proxy's decoder."""
+    c = connector(proxy, tls_files, user="admin")
+    with pytest.raises(mysql.connector.Error) as e:
+        c.cursor(prepared=True).execute("SET NAMES latin1")
+    assert e.value.errno == 1142
+    c.close()
+
+
+def test_set_names_changes_how_the_proxy_decodes(proxy, tls_files):
+    c = pym(proxy, tls_files, user="admin", database="hr_test", charset="utf8mb4")
+    with c.cursor() as cur:
+        cur.execute("SET NAMES latin1")
+        c.encoding = "latin1"  # what a latin1 client sends from now on
+        cur.execute("SELECT @@character_set_client, 'Zo\u00eb'")
+        assert cur.fetchone() == (b"latin1".decode(), "Zo\u00eb")
+    c.close()

@@ -156,3 +156,17 @@ def test_visibility(tmp_path):
     assert tables_visible(Principal("dev"), g, NOW, "hr") == {"employee"}
     assert tables_visible(Principal("dev", ("ops",)), g, NOW, "hr") is None
     assert databases_visible(Principal("dev"), g, NOW + timedelta(hours=2)) == frozenset()
+
+
+def test_analysis_cache_never_keeps_long_statements():
+    from proxy.server import AnalysisCache
+
+    cache = AnalysisCache(max_entries=10, max_statement_chars=100)
+    long_sql = "SELECT 1 /*" + "x" * 200 + "*/"
+    cache(long_sql, None)
+    cache(long_sql, None)
+    assert cache.hits == 0 and cache.misses == 2
+    cache("SELECT 1", None)
+    cache("SELECT 1", None)
+    cache("SELECT 1", "db")  # another database is another entry
+    assert (cache.hits, cache.misses) == (1, 4)
