@@ -128,6 +128,14 @@ class PoliciesConfig(_Strict):
     dirs: tuple[Path, ...] = (Path("policies"),)
 
 
+class AuthzConfig(_Strict):
+    # Parsing cost grows with statement size (~1 ms per KB of VALUES): statements over this are
+    # denied with a clear message instead of stalling every session of the process.
+    max_statement_bytes: int = Field(1024 * 1024, ge=1024)
+    # Statements over this are analyzed in a worker thread, so other sessions keep moving.
+    thread_offload_bytes: int = Field(16 * 1024, ge=1024)
+
+
 class AuditSinkConfig(_Strict):
     type: Literal["stdout", "file"]
     path: Path | None = None
@@ -154,6 +162,7 @@ class Config(_Strict):
     identity: IdentityConfig
     upstream: UpstreamConfig
     policies: PoliciesConfig = PoliciesConfig()
+    authz: AuthzConfig = AuthzConfig()
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()
     source: Path | None = Field(None, exclude=True)

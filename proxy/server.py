@@ -18,7 +18,7 @@ import structlog
 from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
-from proxy.authz.model import Analysis, Decision, DenyCode
+from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
 from proxy.authz.policy import check_overlaps, load_policy_dir
 from proxy.config import Config
 from proxy.identity.tokens import IssuerConfig, TokenVerifier
@@ -93,12 +93,38 @@ class AnalysisCache:
     statements never share an entry. Bounded in entries and in key size (long statements are
     analyzed every time); cleared whole when full."""
 
-    def __init__(self, max_entries: int = 20000, max_statement_chars: int = 4096) -> None:
+    def __init__(
+        self,
+        max_entries: int = 20000,
+        max_statement_chars: int = 4096,
+        max_statement_bytes: int = 1024 * 1024,
+        thread_offload_bytes: int = 16 * 1024,
+    ) -> None:
         self._entries: dict[tuple[str, str | None], Analysis] = {}
         self.max_entries = max_entries
         self.max_statement_chars = max_statement_chars
+        self.max_statement_bytes = max_statement_bytes
+        self.thread_offload_bytes = thread_offload_bytes
         self.hits = 0
         self.misses = 0
+
+    async def analyze_async(self, sql: str, size: int, db: str | None) -> Analysis:
+        """Like calling the cache, for a statement of `size` bytes on the wire: too long is
+        denied; long is analyzed off the event loop (parsing holds the GIL, but other sessions
+        still get turns)."""
+        if size > self.max_statement_bytes:
+            return Analysis(
+                kind=StatementKind.DENIED,
+                statement_class="UNKNOWN",
+                deny=Deny(
+                    DenyCode.STATEMENT_TOO_LONG,
+                    f"statement of {size} bytes is over jitproxy's limit of {self.max_statement_bytes}; split it",
+                ),
+            )
+        if size > self.thread_offload_bytes:
+            self.misses += 1
+            return await asyncio.to_thread(analyze, sql, db)
+        return self(sql, db)
 
     def __call__(self, sql: str, db: str | None) -> Analysis:
         key = (sql, db)
@@ -221,6 +247,10 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
     )
     return ProxyContext(
+        analyze=AnalysisCache(
+            max_statement_bytes=cfg.authz.max_statement_bytes,
+            thread_offload_bytes=cfg.authz.thread_offload_bytes,
+        ),
         verifier=build_verifier(cfg, now),
         grants=PolicyStore(cfg.policies.dirs),
         pool=pool,
@@ -244,7 +274,19 @@ class ProxyServer:
             self._accept, host=self.cfg.listen.host, port=self.cfg.listen.port, limit=2**20
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening", host=self.cfg.listen.host, port=self.port)
+        await self._probe_upstream()
+        log.info("listening", host=self.cfg.listen.host, port=self.port, upstream_version=self.ctx.pool.server_version)
+
+    async def _probe_upstream(self) -> None:
+        """Open (and pool) one upstream connection at start: clients then see the database's own
+        version from their first handshake. A database that is down does not stop the proxy."""
+        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+        try:
+            conn = await asyncio.wait_for(self.ctx.pool.acquire(profile, None), self.cfg.upstream.connect_timeout_s)
+        except Exception as e:  # noqa: BLE001 - reported, retried by every new session
+            log.warning("upstream unavailable at start", error=getattr(e, "public", type(e).__name__))
+            return
+        self.ctx.pool.release(conn)
 
     def _server_version(self) -> str:
         if self.cfg.listen.server_version:

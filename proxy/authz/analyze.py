@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 
 from sqlglot import exp
@@ -67,17 +67,10 @@ MAX_PAREN_DEPTH = 100
 
 _STRINGISH = frozenset(
     getattr(TokenType, name)
-    for name in (
-        "STRING",
-        "NATIONAL_STRING",
-        "HEX_STRING",
-        "BIT_STRING",
-        "BYTE_STRING",
-        "RAW_STRING",
-        "HEREDOC_STRING",
-        "UNICODE_STRING",
-        "NATIONAL_RAW_STRING",
-    )
+    for name in """
+    STRING NATIONAL_STRING HEX_STRING BIT_STRING BYTE_STRING RAW_STRING HEREDOC_STRING
+    UNICODE_STRING NATIONAL_RAW_STRING
+    """.split()
     if hasattr(TokenType, name)
 )
 _NOT_WORDS = _STRINGISH | {TokenType.IDENTIFIER, TokenType.NUMBER}
@@ -98,7 +91,13 @@ _WORD = re.compile(r"[0-9A-Za-z_$\u0080-\uffff]+(?: [0-9A-Za-z_$\u0080-\uffff]+)
 _IDENT = re.compile(r"[0-9A-Za-z_$\u0080-\uffff]+\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
 _EXEC_COMMENT = re.compile(r"/\*[mM]?!")
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Controls other than tab/LF/CR, and Unicode spaces/format characters: sqlglot splits tokens on
+# anything str.isspace() accepts, MySQL only on ASCII whitespace, so such characters could make
+# the two read different statements. They are allowed inside string literals only.
+_ODD_CHAR = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f"
+    "\u2028-\u202f\u205f-\u206f\u3000\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
 
 # Statement modifiers sqlglot mis-parses (a table named LOW_PRIORITY) or rejects; they change
 # neither the tables touched nor the privileges needed, so they are dropped before parsing.
@@ -113,30 +112,13 @@ _NOT_A_CALL_AFTER = frozenset({"INTO", "TABLE", "REFERENCES", "WITH", "RECURSIVE
 
 # SET: session variables a client may change (names compare case-insensitively, as in MySQL).
 SESSION_VARIABLES = frozenset(
-    {
-        "autocommit",
-        "time_zone",
-        "transaction_isolation",
-        "tx_isolation",
-        "transaction_read_only",
-        "tx_read_only",
-        "sql_select_limit",
-        "max_execution_time",
-        "max_statement_time",
-        "net_read_timeout",
-        "net_write_timeout",
-        "wait_timeout",
-        "interactive_timeout",
-        "group_concat_max_len",
-        "sql_safe_updates",
-        "sql_auto_is_null",
-        "profiling",
-        "div_precision_increment",
-        "lc_time_names",
-        "sql_quote_show_create",
-        "innodb_lock_wait_timeout",
-        "lock_wait_timeout",
-    }
+    """
+    autocommit time_zone transaction_isolation tx_isolation transaction_read_only tx_read_only
+    sql_select_limit max_execution_time max_statement_time net_read_timeout net_write_timeout
+    wait_timeout interactive_timeout group_concat_max_len sql_safe_updates sql_auto_is_null
+    profiling div_precision_increment lc_time_names sql_quote_show_create
+    innodb_lock_wait_timeout lock_wait_timeout
+    """.split()
 )
 _CHARSET_VARIABLES = frozenset(
     {"character_set_client", "character_set_connection", "character_set_results"}
@@ -152,20 +134,10 @@ _SESSION_KINDS = frozenset({"", "SESSION", "LOCAL"})
 # SPIDER ...) and file placement options are not allowed.
 ALLOWED_ENGINES = frozenset({"innodb", "myisam", "memory", "heap", "aria", "archive"})
 _ALLOWED_NAMED_PROPERTIES = frozenset(
-    {
-        "KEY_BLOCK_SIZE",
-        "AVG_ROW_LENGTH",
-        "MAX_ROWS",
-        "MIN_ROWS",
-        "PACK_KEYS",
-        "STATS_PERSISTENT",
-        "STATS_AUTO_RECALC",
-        "STATS_SAMPLE_PAGES",
-        "CHECKSUM",
-        "DELAY_KEY_WRITE",
-        "PAGE_CHECKSUM",
-        "TRANSACTIONAL",
-    }
+    """
+    KEY_BLOCK_SIZE AVG_ROW_LENGTH MAX_ROWS MIN_ROWS PACK_KEYS STATS_PERSISTENT STATS_AUTO_RECALC
+    STATS_SAMPLE_PAGES CHECKSUM DELAY_KEY_WRITE PAGE_CHECKSUM TRANSACTIONAL
+    """.split()
 )
 _SIMPLE_TABLE_OPTIONS = (
     exp.CharacterSetProperty,
@@ -255,9 +227,11 @@ def _analyze(sql: str, current_db: str | None) -> Analysis:
 
 def _check_lexical(sql: str, tokens: list[Token]) -> None:
     spans = [(t.start, t.end) for t in tokens if id(t.token_type) in _STRINGISH_IDS]
+    starts = [start for start, _ in spans]
 
     def outside_strings(pos: int) -> bool:
-        return not any(start <= pos <= end for start, end in spans)
+        i = bisect_right(starts, pos) - 1
+        return i < 0 or pos > spans[i][1]
 
     for m in _EXEC_COMMENT.finditer(sql):
         if outside_strings(m.start()):
@@ -276,24 +250,19 @@ def _check_lexical(sql: str, tokens: list[Token]) -> None:
             end = sql.find("*/", start + 3)
             body = sql[start + 3 : end if end != -1 else len(sql)]
             if "SET_VAR" in body.upper():
-                raise _Denied(
-                    DenyCode.SYSTEM_VARIABLE, "SET_VAR optimizer hints are not allowed"
-                )
+                raise _Denied(DenyCode.SYSTEM_VARIABLE, "SET_VAR optimizer hints are not allowed")
             if any(q in body for q in "'\"`"):
                 raise _Denied(
                     DenyCode.PARSE_ERROR, "quotes inside optimizer hints are not supported"
                 )
         start = sql.find("/*+", start + 3)
-    for m in _ASCII_CONTROL.finditer(sql):
+    for m in _ODD_CHAR.finditer(sql):
         if outside_strings(m.start()):
-            raise _Denied(DenyCode.PARSE_ERROR, "the statement contains a control character")
-    if not sql.isascii():
-        for pos, ch in enumerate(sql):
-            if ord(ch) > 127 and unicodedata.category(ch)[0] in "ZC" and outside_strings(pos):
-                raise _Denied(
-                    DenyCode.PARSE_ERROR,
-                    f"the statement contains an unusual space or format character (U+{ord(ch):04X})",
-                )
+            raise _Denied(
+                DenyCode.PARSE_ERROR,
+                "the statement contains a control character or an unusual space "
+                f"(U+{ord(m.group()):04X})",
+            )
 
 
 def _single_statement(tokens: list[Token]) -> list[Token]:
@@ -763,7 +732,8 @@ def _check_args(node: exp.Expr, allowed: frozenset[str], what: str) -> None:
     for key, value in node.args.items():
         if key not in allowed and value not in (None, False, [], ""):
             raise _Denied(
-                DenyCode.UNSUPPORTED_STATEMENT, f"{what} with {key.rstrip('_').upper()} is not supported"
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{what} with {key.rstrip('_').upper()} is not supported",
             )
 
 
@@ -872,7 +842,7 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
     sources: list[_Source] = []
     _sources(tree.this, c, env, sources)
     real = [s for s in sources if s.ref is not None]
-    targets: dict[int, _Source] = {}
+    targets: dict[int, TableRef] = {}
     assignments = tree.expressions
     if not assignments:
         raise _Denied(DenyCode.PARSE_ERROR, "UPDATE without SET")
@@ -886,25 +856,23 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
             matched = [s for s in sources if s.matches(db, table)]
         if not matched:
             raise _Denied(
-                DenyCode.UNACCOUNTED_TABLE, f"SET {eq.this.sql('mysql')} names no table of the statement"
+                DenyCode.UNACCOUNTED_TABLE,
+                f"SET {table}.{eq.this.name} names no table of the statement",
             )
         for s in matched:
             if s.ref is None:
-                raise _Denied(
-                    DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be updated"
-                )
-            targets[id(s.node)] = s
+                raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be updated")
+            targets[id(s.node)] = s.ref
     for nid in targets:
         c.roles[nid] = _WRITE
     c.walk(tree)
     _cross_check(tree, c)
     reads_values = _reads_values(tree, c, len(assignments))
     requirements = set()
-    for s in targets.values():
-        assert s.ref is not None
-        requirements.add(Requirement(s.ref, Privilege.UPDATE))
+    for ref in targets.values():
+        requirements.add(Requirement(ref, Privilege.UPDATE))
         if reads_values:
-            requirements.add(Requirement(s.ref, Privilege.SELECT))
+            requirements.add(Requirement(ref, Privilege.SELECT))
     return _result(StatementKind.QUERY, "UPDATE", requirements | _reads(c))
 
 
@@ -953,7 +921,9 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
                 )
             for s in matched:
                 if s.ref is None:
-                    raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be deleted from")
+                    raise _Denied(
+                        DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be deleted from"
+                    )
                 c.roles[id(s.node)] = _WRITE
                 target_refs.append(s.ref)
     c.walk(tree)
@@ -974,7 +944,9 @@ def _flatten_tables(node: exp.Expr | None) -> list[exp.Expr]:
     out: list[exp.Expr] = [node]
     for join in node.args.get("joins") or []:
         if not isinstance(join, exp.Join) or join.args.get("on") or join.args.get("using"):
-            raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "DELETE target list of an unsupported form")
+            raise _Denied(
+                DenyCode.UNSUPPORTED_STATEMENT, "DELETE target list of an unsupported form"
+            )
         out += _flatten_tables(join.this)
     return out
 
@@ -1024,14 +996,18 @@ def _leading_words(tokens: list[Token], count: int) -> str:
     return " ".join(words)
 
 
+_CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
+
+
 def _create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
-    if _word(tokens[1] if len(tokens) > 1 else None) != "TABLE":
-        what = _leading_words(tokens, 3 if _word(tokens[1] if len(tokens) > 1 else None) in ("TEMPORARY", "OR") else 2)
+    second = _word(tokens[1]) if len(tokens) > 1 else None
+    if second != "TABLE":
+        what = _leading_words(tokens, 3 if second in ("TEMPORARY", "OR") else 2)
         raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} is not supported", what)
     tree = _parse_one(sql, _prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Create) or str(tree.args.get("kind") or "").upper() != "TABLE":
         raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "CREATE TABLE of an unsupported form")
-    _check_args(tree, frozenset({"this", "kind", "expression", "exists", "properties"}), "CREATE TABLE")
+    _check_args(tree, _CREATE_ARGS, "CREATE TABLE")
     properties = tree.args.get("properties")
     if properties is not None:
         _table_options(properties.expressions, "CREATE TABLE")
@@ -1075,12 +1051,14 @@ def _alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> A
     _table_options(tree.args.get("options") or [], "ALTER TABLE", alter=True)
     c.walk(tree)
     _cross_check(tree, c)
-    return _result(StatementKind.QUERY, "ALTER TABLE", {Requirement(ref, Privilege.ALTER)} | _reads(c))
+    requirements = {Requirement(ref, Privilege.ALTER)} | _reads(c)
+    return _result(StatementKind.QUERY, "ALTER TABLE", requirements)
 
 
 def _drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
-    if _word(tokens[1] if len(tokens) > 1 else None) != "TABLE":
-        what = _leading_words(tokens, 3 if _word(tokens[1] if len(tokens) > 1 else None) == "TEMPORARY" else 2)
+    second = _word(tokens[1]) if len(tokens) > 1 else None
+    if second != "TABLE":
+        what = _leading_words(tokens, 3 if second == "TEMPORARY" else 2)
         raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} is not supported", what)
     tree = _parse_one(sql, _prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Drop) or str(tree.args.get("kind") or "").upper() != "TABLE":
@@ -1092,7 +1070,8 @@ def _drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> An
         raise _Denied(DenyCode.PARSE_ERROR, "DROP TABLE without a table")
     c.walk(tree)
     _cross_check(tree, c)
-    return _result(StatementKind.QUERY, "DROP TABLE", {Requirement(r, Privilege.DROP) for r in refs})
+    requirements = {Requirement(r, Privilege.DROP) for r in refs}
+    return _result(StatementKind.QUERY, "DROP TABLE", requirements)
 
 
 def _truncate_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -1212,7 +1191,7 @@ def _like_or_where(c: _Cursor, *, allow_like: bool = True) -> None:
             ):
                 raise _Denied(
                     DenyCode.UNSUPPORTED_STATEMENT,
-                    "SHOW ... WHERE with parentheses, subqueries or function calls is not supported",
+                    "SHOW ... WHERE with parentheses, subqueries or calls is not supported",
                 )
         if not rest:
             raise _Denied(DenyCode.PARSE_ERROR, "WHERE without a condition")
@@ -1221,7 +1200,9 @@ def _like_or_where(c: _Cursor, *, allow_like: bool = True) -> None:
     raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "statement of an unsupported form")
 
 
-def _show_result(statement_class: str, requirements: Iterable[Requirement] = (), **extra: object) -> Analysis:
+def _show_result(
+    statement_class: str, requirements: Iterable[Requirement] = (), **extra: object
+) -> Analysis:
     return _result(StatementKind.SHOW, statement_class, requirements, **extra)
 
 
@@ -1272,7 +1253,7 @@ def _show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
         c.expect_end()
         ref = _resolve_named(db, table, current_db)
         return _show_result("SHOW CREATE TABLE", {Requirement(ref, Privilege.SELECT)})
-    extended = c.accept("EXTENDED") is not None
+    c.accept("EXTENDED")
     full = c.accept("FULL") is not None
     if c.accept("TABLES"):
         db_name = c.ident() if c.accept("FROM", "IN") else None
@@ -1299,7 +1280,6 @@ def _show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
         _like_or_where(c, allow_like=statement_class == "SHOW COLUMNS")
         ref = _resolve_named(db, table, current_db)
         return _show_result(statement_class, {Requirement(ref, Privilege.SELECT)})
-    del extended
     what = f"SHOW {c.word() or ''}".strip()
     raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} is not supported", what)
 
@@ -1328,7 +1308,9 @@ def _explain(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
         or w in ("SELECT", "WITH", "TABLE", "VALUES", "INSERT", "UPDATE", "DELETE", "REPLACE")
     )
     if first == "ANALYZE" and (not statement or w == "TABLE"):
-        raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "ANALYZE TABLE is not supported", "ANALYZE TABLE")
+        raise _Denied(
+            DenyCode.UNSUPPORTED_STATEMENT, "ANALYZE TABLE is not supported", "ANALYZE TABLE"
+        )
     if statement:
         if w == "REPLACE":
             raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, "REPLACE statements are not supported")
@@ -1533,7 +1515,9 @@ def _check_set_item(item: exp.Expr) -> None:
         return
     if kind not in _SESSION_KINDS:
         if kind in ("GLOBAL", "PERSIST", "PERSIST_ONLY"):
-            raise _Denied(DenyCode.SYSTEM_VARIABLE, f"SET {kind} changes the server for every session")
+            raise _Denied(
+                DenyCode.SYSTEM_VARIABLE, f"SET {kind} changes the server for every session"
+            )
         raise _Denied(DenyCode.UNSUPPORTED_STATEMENT, f"SET {kind} is not supported")
     _check_args(item, frozenset({"this", "kind"}), "SET")
     assignment = item.this
@@ -1547,7 +1531,8 @@ def _check_set_item(item: exp.Expr) -> None:
     name, scope = _system_variable(target)
     if scope not in _SESSION_KINDS:
         raise _Denied(
-            DenyCode.SYSTEM_VARIABLE, f"SET @@{scope.lower()}.{name} changes the server for every session"
+            DenyCode.SYSTEM_VARIABLE,
+            f"SET @@{scope.lower()}.{name} changes the server for every session",
         )
     lower = name.lower()
     if lower in SESSION_VARIABLES:
@@ -1558,7 +1543,52 @@ def _check_set_item(item: exp.Expr) -> None:
     if lower in _COLLATION_VARIABLES:
         _check_collation(value)
         return
+    if lower == "sql_mode":
+        _check_sql_mode(value)
+        return
     raise _Denied(DenyCode.SYSTEM_VARIABLE, f"setting the system variable {name} is not allowed")
+
+
+# Modes that change only what the server accepts or stores, never how it reads SQL text.
+# Absent on purpose: ANSI_QUOTES and NO_BACKSLASH_ESCAPES (they change how quotes and strings
+# lex: a parser differential), the combination modes that include them or switch MariaDB's
+# parser (ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, MAXDB...), IGNORE_SPACE, PIPES_AS_CONCAT,
+# HIGH_NOT_PRECEDENCE and EMPTY_STRING_IS_NULL (they change how expressions parse).
+SAFE_SQL_MODES = frozenset({
+    "ALLOW_INVALID_DATES", "ERROR_FOR_DIVISION_BY_ZERO", "NO_AUTO_CREATE_USER",
+    "NO_AUTO_VALUE_ON_ZERO", "NO_DIR_IN_CREATE", "NO_ENGINE_SUBSTITUTION", "NO_FIELD_OPTIONS",
+    "NO_KEY_OPTIONS", "NO_TABLE_OPTIONS", "NO_UNSIGNED_SUBTRACTION", "NO_ZERO_DATE",
+    "NO_ZERO_IN_DATE", "ONLY_FULL_GROUP_BY", "PAD_CHAR_TO_FULL_LENGTH", "REAL_AS_FLOAT",
+    "STRICT_ALL_TABLES", "STRICT_TRANS_TABLES", "TIME_ROUND_FRACTIONAL", "TRADITIONAL",
+})
+
+
+def _check_sql_mode(value: exp.Expr | None) -> None:
+    """`sql_mode` may be set to safe modes only: a string literal, or CONCAT(@@sql_mode, literals)
+    (drivers such as MariaDB Connector/J append STRICT_TRANS_TABLES at connect). The session's
+    current value is safe because the proxy pins it so, and clients only ever add safe modes.
+    DEFAULT is refused: the global value may hold ANSI_QUOTES."""
+    literals: list[exp.Expr] = []
+    if isinstance(value, exp.Concat):
+        first, *rest = value.expressions or [None]
+        if not (isinstance(first, exp.SessionParameter) and str(first.name).lower() == "sql_mode"
+                and str(first.args.get("kind") or "SESSION").upper() == "SESSION"):
+            raise _Denied(DenyCode.SYSTEM_VARIABLE, "sql_mode may only be extended from @@sql_mode")
+        literals = rest
+    else:
+        literals = [value] if value is not None else []
+    if not literals:
+        raise _Denied(DenyCode.SYSTEM_VARIABLE, "sql_mode must be set to a list of modes")
+    for lit in literals:
+        if not (isinstance(lit, exp.Literal) and lit.is_string):
+            raise _Denied(DenyCode.SYSTEM_VARIABLE, "sql_mode must be given as string literals")
+        for mode in str(lit.this).split(","):
+            mode = mode.strip().upper()
+            if mode and mode not in SAFE_SQL_MODES:
+                raise _Denied(
+                    DenyCode.SYSTEM_VARIABLE,
+                    f"sql_mode {mode} is not allowed: it changes how the server reads SQL",
+                )
 
 
 def _system_variable(target: exp.Expr) -> tuple[str, str]:

@@ -85,6 +85,7 @@ class DenyCode(str, enum.Enum):
     UNACCOUNTED_TABLE = "unaccounted_table"
     SUSPICIOUS_NAME = "suspicious_name"
     CHARSET = "charset"
+    STATEMENT_TOO_LONG = "statement_too_long"
     # grant-level denials (decision)
     MISSING_GRANT = "missing_grant"
     DATABASE_ACCESS = "database_access"

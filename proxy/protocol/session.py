@@ -283,20 +283,20 @@ class ProxySession(BaseSession):
         except UnicodeDecodeError:
             return None
 
-    def _analyze_text(self, payload: bytes) -> tuple[str, Analysis]:
+    async def _analyze_text(self, payload: bytes) -> tuple[str, Analysis]:
         """Statement bytes → (text for audit, analysis). Bytes that are not valid in the
         connection's character set could be read differently by the server: denied."""
         sql = self._decode(payload)
         if sql is None:
             text = payload.decode("utf-8", "replace")
             return text, _denied("UNKNOWN", DenyCode.CHARSET, "statement is not valid in the connection's character set")
-        return sql, self.ctx.analyze(sql, self.database)
+        return sql, await self.ctx.analyze.analyze_async(sql, len(payload), self.database)
 
     # -- COM_QUERY -------------------------------------------------------------------------
 
     async def com_query(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        sql, analysis = self._analyze_text(payload)
+        sql, analysis = await self._analyze_text(payload)
         decision = self._decide(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
@@ -455,7 +455,7 @@ class ProxySession(BaseSession):
 
     async def com_stmt_prepare(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        sql, analysis = self._analyze_text(payload)
+        sql, analysis = await self._analyze_text(payload)
         if analysis.kind is not StatementKind.DENIED:
             # Not SET: a prepared SET NAMES would change the server's charset behind the
             # decoder's back (a plain SET is followed by a re-sync, see _sync_charset).

@@ -80,6 +80,7 @@ def test_never_raises_on_sql_token_soup(parts: list[str], gaps: list[str], db: s
 # --- a small query grammar, checked against qualify_tables ------------------------------------
 
 NAMES = ["salary", "employee", "title", "dept"]
+RECURSIVE_CTE = "r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3)"
 
 
 def draw_table(draw: st.DrawFn) -> str:
@@ -127,8 +128,9 @@ def draw_query(draw: st.DrawFn, depth: int) -> str:
         return draw_union(draw, depth)
     body = draw_union(draw, depth) if draw(st.booleans()) else draw_select(draw, depth)
     if shape == "recursive":
-        return f"WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) {body}"
-    names = draw(st.lists(st.sampled_from(NAMES + ["c1", "c2"]), min_size=1, max_size=3, unique=True))
+        return f"WITH RECURSIVE {RECURSIVE_CTE} {body}"
+    cte_names = st.sampled_from(NAMES + ["c1", "c2"])
+    names = draw(st.lists(cte_names, min_size=1, max_size=3, unique=True))
     ctes = ", ".join(f"{name} AS ({draw_query(draw, depth - 1)})" for name in names)
     return f"WITH {ctes} {body}"
 
@@ -142,7 +144,8 @@ def test_grammar_rejects_consecutive_with_clauses() -> None:
     # sqlglot merges them into one clause; MySQL rejects the statement.
     for sql in (
         "WITH salary AS (SELECT 1) WITH RECURSIVE r AS (SELECT 1) SELECT * FROM salary",
-        "SELECT * FROM employee WHERE a IN (WITH salary AS (SELECT 1) WITH r AS (SELECT 1) SELECT * FROM salary)",
+        "SELECT * FROM employee WHERE a IN "
+        "(WITH salary AS (SELECT 1) WITH r AS (SELECT 1) SELECT * FROM salary)",
     ):
         result = analyze(sql, DB)
         assert result.deny is not None and result.deny.code.value == "parse_error", sql

@@ -48,7 +48,6 @@ _ALLOW_KEYS = {
     "kill_target",
     "kill_query_only",
 }
-_DENY_KEYS = {"deny", "class"}
 
 
 def load_cases() -> list[tuple[str, str, str | None, dict[str, Any]]]:

@@ -123,7 +123,8 @@ def strict_proxy(tmp_path_factory, mariadb, tls_files, upstream_credentials, pol
         upstream_user=upstream_credentials.user, upstream_password=upstream_credentials.password,
         cert_file=tls_files.server_cert, key_file=tls_files.server_key, upstream_ca=tls_files.ca_cert,
         policies_dir=policies_dir,
-        extra={"listen": {"handshake_timeout_s": 0.5, "max_packet_bytes": 64 * 1024}},
+        extra={"listen": {"handshake_timeout_s": 0.5, "max_packet_bytes": 64 * 1024},
+               "authz": {"max_statement_bytes": 8192, "thread_offload_bytes": 1024}},
     )
     running = RunningProxy(cfg)
     yield running
@@ -348,3 +349,25 @@ def test_set_names_changes_how_the_proxy_decodes(proxy, tls_files):
         cur.execute("SELECT @@character_set_client, 'Zo\u00eb'")
         assert cur.fetchone() == (b"latin1".decode(), "Zo\u00eb")
     c.close()
+
+
+def test_first_client_sees_the_upstream_version(proxy, tls_files, mariadb, upstream_credentials):
+    ref = direct(mariadb, upstream_credentials, tls_files)
+    c = pym(proxy, tls_files, database=None)
+    assert c.get_server_info() == ref.get_server_info() + "-jitproxy"
+    c.close()
+    ref.close()
+
+
+def test_statement_over_the_analysis_limit_is_denied_clearly(strict_proxy, tls_files, mariadb):
+    c = pym(strict_proxy, tls_files, user="admin")
+    m = uuid.uuid4().hex
+    with c.cursor() as cur:
+        cur.execute("SELECT '" + "y" * 4000 + f"' AS offloaded /*{m}*/")  # analyzed in a worker thread
+        assert len(cur.fetchone()[0]) == 4000
+        with pytest.raises(pymysql.MySQLError) as e:
+            cur.execute("SELECT '" + "x" * 9000 + f"' /*{m}-long*/")
+        assert e.value.args[0] == 1142 and "statement_too_long" in e.value.args[1] and "split it" in e.value.args[1]
+        cur.execute("SELECT 1")  # the session goes on
+    c.close()
+    assert f"{m}-long" not in mariadb.general_log_text()
