@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from proxy.authz.model import ALL_PRIVILEGES, Grant, Privilege
+from proxy.authz.names import canonical_table, split_qualified
 
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
 _KEYS = {"subject", "grant", "privileges", "expires_at"}
@@ -34,15 +35,20 @@ class PolicyError(ValueError):
 
 
 def split_object(text: str) -> tuple[str, str]:
-    """`db.table` (backquotes allowed: `` `my-db`.`t` ``) → (db, table); `*` parts allowed."""
-    text = text.strip()
-    m = re.fullmatch(r"(`[^`]+`|[^.`\s]+)\.(`[^`]+`|[^.`\s]+)", text)
-    if not m:
+    """`db.table` (backquotes allowed: `` `my-db`.`t` ``), `db.*` or `*.*` → (db, table), named by
+    the same rule the analyzer uses for SQL (proxy.authz.names)."""
+    try:
+        db, table = split_qualified(text.strip())
+    except ValueError as e:
+        raise PolicyError(f"grant object {text!r}: {e}") from None
+    if table is None:
         raise PolicyError(f"grant object {text!r} must be db.table, db.* or *.*")
-    db, table = (p[1:-1] if p.startswith("`") else p for p in m.groups())
     if db == "*" and table != "*":
         raise PolicyError(f"grant object {text!r}: *.table is not allowed, use *.*")
-    return db, table
+    if db == "*":
+        return db, table
+    ref = canonical_table(db, None if table == "*" else table)
+    return ref.db, table if table == "*" else ref.table  # type: ignore[return-value]
 
 
 def parse_expiry(value: Any, where: str) -> datetime | None:

@@ -170,3 +170,12 @@ def test_analysis_cache_never_keeps_long_statements():
     cache("SELECT 1", None)
     cache("SELECT 1", "db")  # another database is another entry
     assert (cache.hits, cache.misses) == (1, 4)
+
+
+def test_policy_names_follow_the_analyzer_rule():
+    from proxy.authz.analyze import analyze
+
+    db, table = split_object("INFORMATION_SCHEMA.TABLES")
+    req = next(iter(analyze("SELECT * FROM information_schema.tables", None).requirements))
+    assert (req.target.db, req.target.table) == (db, table)
+    assert split_object("Hr_Prod.Salary") == ("Hr_Prod", "Salary")  # exact otherwise
