@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import struct
 from dataclasses import dataclass
 
 from proxy.protocol.wire import (
@@ -89,7 +90,14 @@ class ResponseParser:
 
     def feed(self, buf: bytearray, start: int, end: int) -> int:
         """Consume complete packets in buf[start:end]; return the position after the last one
-        consumed (stops right after the final packet of the response)."""
+        consumed (stops right after the final packet of the response). A malformed packet
+        raises ProtocolViolation, never a decoding error."""
+        try:
+            return self._feed(buf, start, end)
+        except (IndexError, ValueError, struct.error) as e:
+            raise ProtocolViolation(f"malformed packet from upstream ({type(e).__name__})") from None
+
+    def _feed(self, buf: bytearray, start: int, end: int) -> int:
         pos = start
         state = self.state
         while state is not _S.DONE and pos + 4 <= end:
