@@ -267,6 +267,7 @@ class ProxyServer:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], ProxyConnection] = {}
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -321,18 +322,28 @@ class ProxyServer:
                 server_version=self._server_version(),
             )
             session.connection = conn
+            self._connections[task] = conn
             await conn.start()
         except asyncio.CancelledError:
-            raise
+            # Shutdown past its grace period. This task is the connection's top level: ending it
+            # quietly keeps asyncio's stream callback from logging the cancellation as an error.
+            return
         except Exception:  # noqa: BLE001 - one broken connection never takes the process down
             log.exception("connection failed", connection_id=connection_id)
         finally:
             self._tasks.discard(task)
+            self._connections.pop(task, None)
             writer.close()
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting; close idle sessions now; give sessions in the middle of a statement
+        `grace_s` to finish it; then cancel what is left."""
         if self._server is not None:
             self._server.close()
+        for task, conn in list(self._connections.items()):
+            conn.stopping = True
+            if conn.idle:
+                task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=grace_s)
             for t in pending:

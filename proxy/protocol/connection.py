@@ -86,6 +86,8 @@ class ProxyConnection(Connection):
         self.client_charset_name = "utf8mb4"
         self.client_codec = "utf-8"
         self.killed = False
+        self.idle = False  # waiting for the client's next command: safe to close at shutdown
+        self.stopping = False  # the server is shutting down: finish the current command, then close
 
     # mysql-mimic reads these from its variables; ours come from the handshake.
     @property
@@ -262,8 +264,9 @@ class ProxyConnection(Connection):
     # -- command phase ---------------------------------------------------------------------
 
     async def _command_phase(self) -> None:
-        while True:
+        while not self.stopping:
             self.stream.reset_seq()
+            self.idle = True
             try:
                 async with asyncio.timeout(self.idle_timeout_s):
                     data = await self.stream.read()
@@ -272,6 +275,8 @@ class ProxyConnection(Connection):
             except ClientError as e:  # malformed framing or an oversized packet: answer, then close
                 await self._send_error(e)
                 return
+            finally:
+                self.idle = False
             if not data:
                 await self._send_error(ClientError(ER.UNKNOWN_COM, "Empty command"))
                 continue

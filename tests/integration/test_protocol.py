@@ -371,3 +371,38 @@ def test_statement_over_the_analysis_limit_is_denied_clearly(strict_proxy, tls_f
         cur.execute("SELECT 1")  # the session goes on
     c.close()
     assert f"{m}-long" not in mariadb.general_log_text()
+
+
+def test_shutdown_closes_idle_sessions_and_lets_a_running_statement_finish(
+    tmp_path_factory, mariadb, tls_files, upstream_credentials, policies_dir
+):
+    cfg = proxy_config(
+        tmp_path_factory.mktemp("shutdown"),
+        upstream_host="127.0.0.1", upstream_port=mariadb.port,
+        upstream_user=upstream_credentials.user, upstream_password=upstream_credentials.password,
+        cert_file=tls_files.server_cert, key_file=tls_files.server_key, upstream_ca=tls_files.ca_cert,
+        policies_dir=policies_dir,
+    )
+    running = RunningProxy(cfg)
+    idle = pym(running, tls_files, user="admin")
+    busy = pym(running, tls_files, user="admin")
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        with busy.cursor() as cur:
+            cur.execute("SELECT SLEEP(1.5), 'done' /* shutdown-busy */")
+            result["row"] = cur.fetchone()
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if mariadb.execute_root("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE '%shutdown-busy%' AND info NOT LIKE '%processlist%'")[0][0]:
+            break
+        time.sleep(0.02)
+    running.call(running.server.stop(grace_s=30))
+    t.join(30)
+    assert result.get("row") == (0, "done")  # the running statement finished and was delivered
+    with pytest.raises(pymysql.MySQLError):
+        idle.cursor().execute("SELECT 1")  # the idle session was closed
+    running.stop()

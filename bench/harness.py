@@ -1,0 +1,118 @@
+"""Shared set-up for the benchmarks: a private MariaDB, `jitproxy serve` as its own process (so
+its CPU time and RSS are its own), a token, and client command lines for both paths."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from proxy.demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
+from proxy.demo.mariadb import Credentials, LocalMariaDB  # noqa: E402
+from proxy.demo.sample import create_proxy_upstream_user  # noqa: E402
+from proxy.identity.tokens import TokenIssuer  # noqa: E402
+from proxy.testing import write_keys  # noqa: E402
+
+_SERVE = """
+import asyncio, sys
+from pathlib import Path
+from proxy.cli import LISTENING, configure_logging, serve
+from proxy.config import load_config
+cfg = load_config(Path(sys.argv[1]))
+configure_logging("warning", "console")
+async def main():
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, ready=ready))
+    await ready.wait()
+    Path(sys.argv[2]).write_text(str(LISTENING["port"]))
+    await task
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+@dataclass
+class Bench:
+    db: LocalMariaDB
+    tls: TlsFiles
+    upstream: Credentials
+    proxy: subprocess.Popen[bytes]
+    port: int
+    user: str
+    token: str
+
+    def cli(self, via_proxy: bool) -> list[str]:
+        common = ["mariadb", "--no-defaults", "-h127.0.0.1", f"--ssl-ca={self.tls.ca_cert}", "--ssl-verify-server-cert"]
+        if via_proxy:
+            return [*common, f"-P{self.port}", f"-u{self.user}", f"--password={self.token}"]
+        return [*common, f"-P{self.db.port}", f"-u{self.upstream.user}", f"--password={self.upstream.password}"]
+
+    def proc_stat(self) -> dict[str, float]:
+        """Proxy CPU seconds (user+system), current and peak RSS in MB."""
+        fields = Path(f"/proc/{self.proxy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        status = dict(l.split(":", 1) for l in Path(f"/proc/{self.proxy.pid}/status").read_text().splitlines() if ":" in l)
+        import os
+
+        return {
+            "cpu_s": ticks / os.sysconf("SC_CLK_TCK"),
+            "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+            "peak_mb": int(status["VmHWM"].split()[0]) / 1024,
+        }
+
+
+@contextlib.contextmanager
+def bench_environment(grants: str, setup_sql: list[str], database: str = "hr_prod", audit: bool = True) -> Iterator[Bench]:
+    """`grants`: YAML list entries for user `bench`; `setup_sql`: run as root in `database`."""
+    with tempfile.TemporaryDirectory(prefix="jp-bench-") as tmp:
+        base = Path(tmp)
+        tls = make_ca_and_server_cert(base / "tls")
+        with LocalMariaDB(base / "db", tls=tls, extra_args=("--innodb-buffer-pool-size=512M",)) as db:
+            creds = create_proxy_upstream_user(db, password="bench-password")
+            db.execute_root(f"CREATE DATABASE IF NOT EXISTS {database}")
+            with db.root_connection(database) as conn, conn.cursor() as cur:
+                for sql in setup_sql:
+                    cur.execute(sql)
+                conn.commit()
+            private, public = write_keys(base / "keys")
+            (base / "policies").mkdir()
+            (base / "policies" / "bench.yaml").write_text("grants:\n" + grants)
+            sinks = f"[{{type: file, path: {base / 'audit.jsonl'}}}]" if audit else "[]"
+            (base / "config.yaml").write_text(
+                f"""
+listen: {{host: 127.0.0.1, port: 0, tls: {{cert_file: {tls.server_cert}, key_file: {tls.server_key}}}}}
+identity:
+  issuers: [{{issuer: jitproxy, public_key_file: {public}}}]
+upstream: {{host: 127.0.0.1, port: {db.port}, user: {creds.user}, password: {creds.password}, tls: {{ca_file: {tls.ca_cert}}}}}
+policies: {{dirs: [{base / 'policies'}]}}
+audit: {{sinks: {sinks}}}
+log: {{level: warning}}
+"""
+            )
+            port_file = base / "port"
+            proxy = subprocess.Popen([sys.executable, "-c", _SERVE, str(base / "config.yaml"), str(port_file)], cwd=ROOT)
+            try:
+                deadline = time.monotonic() + 30
+                while not port_file.exists() or not port_file.read_text():
+                    if time.monotonic() > deadline or proxy.poll() is not None:
+                        raise SystemExit("proxy did not start")
+                    time.sleep(0.05)
+                token = TokenIssuer(private.read_bytes(), "jitproxy", "jitproxy", timedelta(hours=1)).issue(
+                    "bench", ttl=timedelta(hours=1)
+                )
+                yield Bench(db, tls, creds, proxy, int(port_file.read_text()), "bench", token)
+            finally:
+                proxy.terminate()
+                proxy.wait(10)
