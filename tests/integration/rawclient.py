@@ -57,12 +57,12 @@ class RawClient:
         self.sock = ctx.wrap_socket(self.sock)
 
     def login(self, user: str, password: bytes, plugin: str = "mysql_clear_password", flags: int = BASE_FLAGS,
-              tls: bool = True) -> bytes:
+              tls: bool = True, collation: int = 45) -> bytes:
         """Send a HandshakeResponse41 and return the server's next packet."""
         if tls:
             flags |= CLIENT_SSL
         auth = password + b"\x00"
-        body = struct.pack("<IIB23x", flags, 1 << 24, 45) + user.encode() + b"\x00"
+        body = struct.pack("<IIB23x", flags, 1 << 24, collation) + user.encode() + b"\x00"
         body += _lenenc(len(auth)) + auth + plugin.encode() + b"\x00"
         self.write(body)
         return self.read()

@@ -406,3 +406,33 @@ def test_shutdown_closes_idle_sessions_and_lets_a_running_statement_finish(
     with pytest.raises(pymysql.MySQLError):
         idle.cursor().execute("SELECT 1")  # the idle session was closed
     running.stop()
+
+
+def test_login_into_an_ungranted_database_is_refused_with_1044(proxy, tls_files):
+    with pytest.raises(pymysql.MySQLError) as e:
+        pym(proxy, tls_files, user="dev", database="hr_test")
+    assert e.value.args[0] == 1044 and "hr_test" in e.value.args[1]
+
+
+@pytest.mark.parametrize("collation,name", [(28, "gbk"), (1, "big5"), (13, "sjis"), (95, "cp932")])
+def test_multibyte_charsets_with_backslash_trail_bytes_are_refused(proxy, collation, name):
+    raw = RawClient(proxy.port)
+    raw.start_tls()
+    reply = raw.login("dev", proxy.token("dev").encode(), collation=collation)
+    assert err_code(reply) == 1115 and name.encode() in reply
+    raw.close()
+
+
+def test_client_vanishing_mid_result_does_not_poison_the_pool(proxy, tls_files):
+    c = pym(proxy, tls_files, user="admin", cursorclass=pymysql.cursors.SSCursor)
+    cur = c.cursor()
+    cur.execute("SELECT a.employee_id, b.employee_id FROM salary a, salary b")  # 360,000 rows, streamed
+    for _ in range(10):
+        cur.fetchone()
+    c._sock.close()  # gone without reading the rest
+    for _ in range(3):
+        fresh = pym(proxy, tls_files, user="admin")
+        with fresh.cursor() as fcur:
+            fcur.execute("SELECT COUNT(*) FROM employee")
+            assert fcur.fetchone() == (300,)
+        fresh.close()
