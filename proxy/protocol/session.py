@@ -304,7 +304,7 @@ class ProxySession(BaseSession):
         kind = analysis.kind
         if kind is StatementKind.KILL:
             return await self._kill(sql, decision, started)
-        if kind is StatementKind.SHOW and analysis.statement_class in ("SHOW DATABASES", "SHOW TABLES"):
+        if kind is StatementKind.SHOW and analysis.statement_class in _FILTERED_SHOWS:
             outcome = await self._filtered_show(payload, analysis)
         else:
             outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT)
@@ -456,16 +456,12 @@ class ProxySession(BaseSession):
     async def com_stmt_prepare(self, payload: bytes) -> bool:
         started = time.perf_counter()
         sql, analysis = await self._analyze_text(payload)
-        if analysis.kind is not StatementKind.DENIED:
-            # Not SET: a prepared SET NAMES would change the server's charset behind the
-            # decoder's back (a plain SET is followed by a re-sync, see _sync_charset).
-            if analysis.kind not in (StatementKind.QUERY, StatementKind.TRANSACTION) and (
-                analysis.kind is not StatementKind.SHOW
-                or analysis.statement_class in ("SHOW DATABASES", "SHOW TABLES")
-            ):
-                if analysis.kind is not StatementKind.DENIED:
-                    analysis = _denied(analysis.statement_class, DenyCode.UNSUPPORTED_STATEMENT,
-                                       f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query")
+        if analysis.kind is not StatementKind.DENIED and not _preparable(analysis):
+            analysis = _denied(
+                analysis.statement_class,
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
+            )
         decision = self._decide(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
@@ -534,6 +530,19 @@ class ProxySession(BaseSession):
 
     async def use(self, database: str) -> None:  # pragma: no cover
         raise ClientError(ER.INTERNAL, "not used")
+
+
+# SHOW statements whose rows the session filters to what the person is granted.
+_FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES"})
+
+
+def _preparable(analysis: Analysis) -> bool:
+    """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a prepared
+    SET NAMES would change the server's charset behind the decoder: plain SETs are re-synced),
+    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters."""
+    if analysis.kind is StatementKind.SHOW:
+        return analysis.statement_class not in _FILTERED_SHOWS
+    return analysis.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
 
 
 def _use_analysis(db: str) -> Analysis:
