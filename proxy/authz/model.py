@@ -19,6 +19,7 @@ class Privilege(str, enum.Enum):
     CREATE = "CREATE"
     ALTER = "ALTER"
     DROP = "DROP"
+    EXECUTE = "EXECUTE"  # a stored routine (TableRef(db, routine)): runs with its definer's rights
 
     @classmethod
     def parse(cls, text: str) -> Privilege:
@@ -65,6 +66,9 @@ class StatementKind(str, enum.Enum):
     SET = "set"  # allow-listed session variable or user variable: forward
     SHOW = "show"  # metadata statement: forward (requirements name what it reveals)
     KILL = "kill"  # KILL [QUERY|CONNECTION] n: the session handles it itself
+    SQL_PREPARE = "sql_prepare"  # PREPARE name FROM 'literal': `prepared` holds (name, inner analysis)
+    SQL_EXECUTE = "sql_execute"  # EXECUTE name [USING @v...]: the session re-decides the inner analysis
+    SQL_DEALLOCATE = "sql_deallocate"  # DEALLOCATE / DROP PREPARE name
     DENIED = "denied"  # never forwarded; `Analysis.deny` says why
 
 
@@ -86,6 +90,9 @@ class DenyCode(str, enum.Enum):
     SUSPICIOUS_NAME = "suspicious_name"
     CHARSET = "charset"
     STATEMENT_TOO_LONG = "statement_too_long"
+    METADATA = "metadata"  # an information_schema table the proxy cannot filter
+    UNKNOWN_PREPARED = "unknown_prepared"  # EXECUTE of a name the session never authorized
+    UNBOUNDED_WRITE = "unbounded_write"  # UPDATE/DELETE without WHERE, and no grant allows it
     # grant-level denials (decision)
     MISSING_GRANT = "missing_grant"
     DATABASE_ACCESS = "database_access"
@@ -111,6 +118,15 @@ class Analysis:
     database_access: frozenset[str] = frozenset()
     kill_target: int | None = None  # for StatementKind.KILL
     kill_query_only: bool = False
+    # information_schema tables read (lower case, e.g. "tables", "columns"). They carry no
+    # Requirement: the session rewrites the statement so they show only granted objects.
+    metadata_tables: frozenset[str] = frozenset()
+    # Tables an UPDATE/DELETE writes without a WHERE clause (every row): a guardrail.
+    unbounded_writes: frozenset[TableRef] = frozenset()
+    # SQL-level prepared statements: name for SQL_PREPARE/SQL_EXECUTE/SQL_DEALLOCATE, and for
+    # SQL_PREPARE the analysis of the literal text being prepared.
+    prepared_name: str | None = None
+    prepared_analysis: Analysis | None = None
 
     @property
     def tables(self) -> frozenset[TableRef]:
@@ -128,6 +144,8 @@ class Grant:
     privileges: frozenset[Privilege]
     expires_at: datetime | None = None
     source: str = ""  # "policies/dev.yaml" or "store:<id>": for audit and `jitproxy check`
+    max_rows: int | None = None  # guardrail: a SELECT through this grant returns at most this many rows
+    allow_unbounded_writes: bool = False  # guardrail: UPDATE/DELETE without WHERE allowed
 
     def active(self, now: datetime) -> bool:
         return self.expires_at is None or now < self.expires_at
@@ -163,3 +181,4 @@ class Decision:
     reason: str = ""
     missing: tuple[Requirement, ...] = ()
     used_grants: tuple[Grant, ...] = field(default=(), compare=False)
+    max_rows: int | None = None  # the smallest max_rows of the grants the statement reads through
