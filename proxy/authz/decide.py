@@ -6,12 +6,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
+from proxy.authz.metadata import Visibility
 from proxy.authz.model import (
     Analysis,
     Decision,
     DenyCode,
     Grant,
     Principal,
+    Privilege,
     Requirement,
     StatementKind,
 )
@@ -45,6 +47,15 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
         assert analysis.deny is not None
         return Decision(False, analysis, analysis.deny.code, analysis.deny.detail)
 
+    if analysis.kind is StatementKind.SQL_PREPARE:
+        inner = analysis.prepared_analysis
+        if inner is None:
+            return Decision(False, analysis, DenyCode.UNSUPPORTED_STATEMENT, "PREPARE without a statement")
+        if inner.metadata_tables:
+            return Decision(False, analysis, DenyCode.METADATA,
+                            "PREPARE of an information_schema query is not supported; send it directly")
+        return decide(inner, principal, grants, now)
+
     held = grants.for_principal(principal, now)
 
     for db in sorted(analysis.database_access):
@@ -56,41 +67,61 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
                 f"no access to database '{db}'",
             )
 
-    used: list[Grant] = []
+    covered: list[tuple[Requirement, Grant]] = []
     missing: list[Requirement] = []
     for req in sorted(analysis.requirements):
         grant = next((g for g in held if g.covers(req)), None)
         if grant is None:
             missing.append(req)
         else:
-            used.append(grant)
+            covered.append((req, grant))
+    used = tuple(g for _, g in covered)
     if missing:
         what = ", ".join(str(r) for r in missing)
-        return Decision(
-            False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), tuple(used)
-        )
-    return Decision(True, analysis, used_grants=tuple(used))
+        return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), used)
+    for table in sorted(analysis.unbounded_writes):
+        writes = [g for r, g in covered if r.target == table and r.privilege in _WRITES]
+        if not writes or not all(g.allow_unbounded_writes for g in writes):
+            return Decision(
+                False,
+                analysis,
+                DenyCode.UNBOUNDED_WRITE,
+                f"UPDATE/DELETE of every row of {table} (no WHERE clause): add a WHERE clause, "
+                "or ask for a grant that allows unbounded writes",
+                used_grants=used,
+            )
+    limits = [g.max_rows for r, g in covered if r.privilege is Privilege.SELECT and g.max_rows is not None]
+    return Decision(True, analysis, used_grants=used, max_rows=min(limits) if limits else None)
+
+
+_WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})
+
+
+def visibility(principal: Principal, grants: GrantSet, now: datetime) -> Visibility:
+    """The objects whose names (and definitions) the person may see: those they hold a grant on."""
+    databases: set[str] = set()
+    objects: set[tuple[str, str]] = set()
+    for g in grants.for_principal(principal, now):
+        if g.db == "*":
+            return Visibility(everything=True)
+        if g.table == "*":
+            databases.add(g.db)
+        else:
+            objects.add((g.db, g.table))
+    return Visibility(databases=frozenset(databases), objects=frozenset(objects))
 
 
 def databases_visible(principal: Principal, grants: GrantSet, now: datetime) -> frozenset[str] | None:
     """Databases the person holds any grant in; None means every database (a `*` grant)."""
-    dbs: set[str] = set()
-    for g in grants.for_principal(principal, now):
-        if g.db == "*":
-            return None
-        dbs.add(g.db)
-    return frozenset(dbs)
+    vis = visibility(principal, grants, now)
+    return None if vis.everything else vis.databases | {db for db, _ in vis.objects}
 
 
 def tables_visible(
     principal: Principal, grants: GrantSet, now: datetime, db: str
 ) -> frozenset[str] | None:
     """Tables of `db` the person holds any grant on; None means all of them."""
-    tables: set[str] = set()
-    for g in grants.for_principal(principal, now):
-        if g.db not in ("*", db):
-            continue
-        if g.table == "*":
-            return None
-        tables.add(g.table)
-    return frozenset(tables)
+    vis = visibility(principal, grants, now)
+    if vis.everything or db in vis.databases:
+        return None
+    return frozenset(t for d, t in vis.objects if d == db)

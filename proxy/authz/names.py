@@ -17,6 +17,8 @@ Two entry points, for two kinds of input:
 
 from __future__ import annotations
 
+import unicodedata
+
 from proxy.authz.model import TableRef
 
 INFORMATION_SCHEMA = "information_schema"
@@ -42,6 +44,26 @@ def canonical_table(db: str, table: str | None = None) -> TableRef:
 def canonical_db(db: str) -> str:
     """The canonical form of an exact database name."""
     return INFORMATION_SCHEMA if db.lower() == INFORMATION_SCHEMA else db
+
+
+def looks_like_information_schema(db: str) -> bool:
+    """A non-ASCII name the server may read as `information_schema`: it compares that name with
+    an accent- and case-insensitive collation (utf8mb3_general_ci), so `ınformation_schema`
+    (dotless i), `informatıon_ſchema` or `ínformation_schema` name it too. Such names are refused
+    rather than guessed either way."""
+    if db.isascii():
+        return False
+    folded = "".join(
+        ch for ch in unicodedata.normalize("NFKD", db) if not unicodedata.combining(ch)
+    )
+    return folded.upper().lower() == INFORMATION_SCHEMA
+
+
+def canonical_routine(db: str, name: str) -> TableRef:
+    """A stored routine (procedure or function), for EXECUTE: routine names are compared
+    case-insensitively by MySQL, so they are folded to lower case (callers accept ASCII names
+    only, where this folding is exactly the server's)."""
+    return TableRef(canonical_db(db), name.lower())
 
 
 def table_ref(db: str, table: str | None = None) -> TableRef:

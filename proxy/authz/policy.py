@@ -27,7 +27,7 @@ from proxy.authz.model import ALL_PRIVILEGES, Grant, Privilege
 from proxy.authz.names import canonical_table, split_qualified
 
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
-_KEYS = {"subject", "grant", "privileges", "expires_at"}
+_KEYS = {"subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes"}
 
 
 class PolicyError(ValueError):
@@ -77,6 +77,20 @@ def parse_privileges(value: Any, where: str) -> frozenset[Privilege]:
         raise PolicyError(f"{where}: {e}") from None
 
 
+def _positive_int(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PolicyError(f"{where}: max_rows must be a positive integer")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}: allow_unbounded_writes must be true or false")
+    return value
+
+
 def grants_from_document(doc: Any, source: str) -> list[Grant]:
     if doc is None:
         return []
@@ -112,6 +126,8 @@ def grants_from_document(doc: Any, source: str) -> list[Grant]:
                 privileges=parse_privileges(entry["privileges"], where),
                 expires_at=parse_expiry(entry.get("expires_at"), where),
                 source=source,
+                max_rows=_positive_int(entry.get("max_rows"), where),
+                allow_unbounded_writes=_flag(entry.get("allow_unbounded_writes", False), where),
             )
         )
     return out

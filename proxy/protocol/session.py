@@ -18,7 +18,9 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import EventType, SessionInfo
-from proxy.authz.decide import databases_visible, decide, tables_visible
+from proxy.authz.analyze import analyze
+from proxy.authz.decide import databases_visible, decide, tables_visible, visibility
+from proxy.authz.metadata import MetadataError, restrict_metadata
 from proxy.authz.model import (
     Analysis,
     Decision,
@@ -51,6 +53,7 @@ _CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
 class Prepared:
     sql: str
     analysis: Analysis
+    rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
 
 
 class UpstreamLost(Exception):
@@ -67,7 +70,8 @@ class ProxySession(BaseSession):
         self.connection: ProxyConnection | None = None
         self.principal: Principal | None = None
         self.upstream: UpstreamConnection | None = None
-        self.prepared: dict[int, Prepared] = {}
+        self.prepared: dict[int, Prepared] = {}  # COM_STMT_PREPARE, by statement id
+        self.sql_prepared: dict[str, Analysis] = {}  # PREPARE name FROM '...', by lower-case name
         self.info = SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=peer)
         self.started = time.monotonic()
         self.statements = 0
@@ -194,12 +198,22 @@ class ProxySession(BaseSession):
         return self.connection.stream.writer
 
     async def _upstream(
-        self, command: int, payload: bytes, expect: Expect | None, relay: bool = True
+        self,
+        command: int,
+        payload: bytes,
+        expect: Expect | None,
+        relay: bool = True,
+        max_rows: int | None = None,
     ) -> Outcome | None:
         assert self.upstream is not None
         try:
             return await self.upstream.request(
-                command, payload, expect, self._client_writer if relay else None
+                command,
+                payload,
+                expect,
+                self._client_writer if relay else None,
+                row_limit=max_rows,
+                limit_error=_max_rows_error,
             )
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError) as e:
             log.warning("upstream lost", error=type(e).__name__, session=self.info.session_id)
@@ -270,6 +284,10 @@ class ProxySession(BaseSession):
                 fields.update(error_code=outcome.error.code, sqlstate=outcome.error.sqlstate, error=outcome.error.message[:512])
                 self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields, **extra)
                 return
+            if outcome.truncated:
+                fields.update(error_code=ER.TOO_BIG_SELECT, reason_code="max_rows", rows_sent=decision.max_rows)
+                self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields, **extra)
+                return
         self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields, **extra)
 
     async def _deny(self, command: int, sql: str, decision: Decision, started: float, **extra: Any) -> bool:
@@ -297,25 +315,63 @@ class ProxySession(BaseSession):
     async def com_query(self, payload: bytes) -> bool:
         started = time.perf_counter()
         sql, analysis = await self._analyze_text(payload)
+        kind = analysis.kind
+        if kind is StatementKind.SQL_EXECUTE:
+            analysis = self._sql_prepared_analysis(analysis)
         decision = self._decide(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
-
-        kind = analysis.kind
         if kind is StatementKind.KILL:
             return await self._kill(sql, decision, started)
+        if analysis.metadata_tables:
+            payload, denied = self._restrict_metadata(sql, analysis)
+            if denied is not None:
+                return await self._deny(wire.COM_QUERY, sql, denied, started)
+
         if kind is StatementKind.SHOW and analysis.statement_class in _FILTERED_SHOWS:
             outcome = await self._filtered_show(payload, analysis)
         else:
-            outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT)
+            outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT, max_rows=decision.max_rows)
         assert outcome is not None
         if outcome.error is None:
             if kind is StatementKind.USE:
                 self.database = analysis.use_db
             elif kind is StatementKind.SET and any(w in sql.lower() for w in _CHARSET_WORDS):
                 await self._sync_charset()
+            elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name and analysis.prepared_analysis:
+                self.sql_prepared[analysis.prepared_name] = analysis.prepared_analysis
+            elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
+                self.sql_prepared.pop(analysis.prepared_name, None)
         self._audit_statement(wire.COM_QUERY, sql, decision, started, outcome)
         return True
+
+    def _sql_prepared_analysis(self, execute: Analysis) -> Analysis:
+        """EXECUTE name: authorized as the statement PREPARE name authorized (re-decided now)."""
+        inner = self.sql_prepared.get(execute.prepared_name or "")
+        if inner is None:
+            return _denied(
+                "EXECUTE",
+                DenyCode.UNKNOWN_PREPARED,
+                f"no statement '{execute.prepared_name}' was prepared through jitproxy in this session",
+            )
+        return inner
+
+    def _restrict_metadata(self, sql: str, analysis: Analysis) -> tuple[bytes, Decision | None]:
+        """information_schema shows only granted objects: rewrite, prove the rewrite reads the
+        same real tables, and return the bytes to forward (or the denial)."""
+        assert self.principal is not None and self.connection is not None
+        vis = visibility(self.principal, self.ctx.grants(), self.ctx.now())
+        try:
+            rewritten = restrict_metadata(sql, self.database, vis)
+            forward = rewritten.encode(self.connection.client_codec)
+        except (MetadataError, UnicodeEncodeError) as e:
+            reason = str(e) if isinstance(e, MetadataError) else "cannot re-encode the statement"
+            return b"", Decision(False, analysis, DenyCode.METADATA, reason)
+        check = analyze(rewritten, self.database)
+        if check.kind is not analysis.kind or check.requirements != analysis.requirements:
+            log.error("metadata rewrite changed the statement's requirements", session=self.info.session_id)
+            return b"", Decision(False, analysis, DenyCode.METADATA, "the statement could not be restricted safely")
+        return forward, None
 
     async def _sync_charset(self) -> None:
         """After SET NAMES / SET character_set_client: decode as the server now does."""
@@ -430,6 +486,7 @@ class ProxySession(BaseSession):
         except (OSError, ProtocolViolation, UpstreamError, asyncio.IncompleteReadError):
             raise UpstreamLost() from None
         self.prepared.clear()
+        self.sql_prepared.clear()
         self.database = raw.decode("utf-8") if raw is not None else None
         self.upstream.database = self.database
         assert self.connection is not None
@@ -465,6 +522,10 @@ class ProxySession(BaseSession):
         decision = self._decide(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
+        if analysis.metadata_tables:
+            payload, denied = self._restrict_metadata(sql, analysis)
+            if denied is not None:
+                return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
         outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
         assert outcome is not None
         if outcome.error is None and outcome.stmt_id is not None:
@@ -489,7 +550,9 @@ class ProxySession(BaseSession):
         decision = self._decide(stmt.analysis)  # grants may have ended since PREPARE
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
-        outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT)
+        outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
+        assert outcome is not None
+        stmt.rows_sent = outcome.rows
         self._audit_statement(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, outcome, stmt_id=stmt_id)
         return True
 
@@ -500,7 +563,10 @@ class ProxySession(BaseSession):
         decision = self._decide(stmt.analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_FETCH, stmt.sql, decision, time.perf_counter(), stmt_id=stmt_id)
-        await self._upstream(wire.COM_STMT_FETCH, payload, Expect.ROWS)
+        left = None if decision.max_rows is None else max(decision.max_rows - stmt.rows_sent, 0)
+        outcome = await self._upstream(wire.COM_STMT_FETCH, payload, Expect.ROWS, max_rows=left)
+        assert outcome is not None
+        stmt.rows_sent += outcome.rows
         return True
 
     async def com_stmt_send_long_data(self, payload: bytes) -> bool:
@@ -532,8 +598,17 @@ class ProxySession(BaseSession):
         raise ClientError(ER.INTERNAL, "not used")
 
 
+def _max_rows_error(limit: int) -> bytes:
+    return wire.make_err(
+        ER.TOO_BIG_SELECT,
+        "42000",
+        f"The result has more than {limit} rows, the limit of your grant (jitproxy: max_rows); "
+        "narrow it with WHERE or LIMIT",
+    )
+
+
 # SHOW statements whose rows the session filters to what the person is granted.
-_FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES"})
+_FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES", "SHOW TABLE STATUS"})
 
 
 def _preparable(analysis: Analysis) -> bool:

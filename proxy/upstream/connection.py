@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiomysql.connection import Connection as _AioConnection
@@ -94,6 +95,8 @@ class UpstreamConnection:
         payload: bytes,
         expect: Expect | None,
         client: asyncio.StreamWriter | None = None,
+        row_limit: int | None = None,
+        limit_error: Callable[[int], bytes] | None = None,
     ) -> Outcome | None:
         """Send one command; relay (or swallow, when client is None) its response. Any I/O or
         protocol failure marks the connection broken: it is never reused."""
@@ -102,7 +105,9 @@ class UpstreamConnection:
             if expect is None:
                 await self.writer.drain()
                 return None
-            outcome = await relay_response(self.reader, client, expect, self.profile.deprecate_eof)
+            outcome = await relay_response(
+                self.reader, client, expect, self.profile.deprecate_eof, row_limit, limit_error
+            )
         except BaseException:
             self.broken = True
             raise

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.protocol.wire import (
     MAX_PAYLOAD,
+    frame,
     SERVER_MORE_RESULTS_EXISTS,
     SERVER_STATUS_CURSOR_EXISTS,
     ErrInfo,
@@ -57,6 +59,7 @@ class Outcome:
     stmt_id: int | None = None  # PREPARE
     num_params: int = 0  # PREPARE
     num_columns: int = 0  # PREPARE
+    truncated: bool = False  # rows past a grant's max_rows were not forwarded
 
 
 class ProtocolViolation(Exception):
@@ -66,11 +69,15 @@ class ProtocolViolation(Exception):
 class ResponseParser:
     """Feeds on complete packets; knows when the response is complete."""
 
-    __slots__ = ("state", "deprecate_eof", "outcome", "_remaining", "_continued", "_prep_cols")
+    __slots__ = ("state", "deprecate_eof", "outcome", "_remaining", "_continued", "_prep_cols",
+                 "_row_limit", "cut_at", "cut_seq")
 
-    def __init__(self, expect: Expect, deprecate_eof: bool) -> None:
+    def __init__(self, expect: Expect, deprecate_eof: bool, row_limit: int | None = None) -> None:
         self.deprecate_eof = deprecate_eof
         self.outcome = Outcome()
+        self._row_limit = row_limit if row_limit is not None else 1 << 62
+        self.cut_at: int | None = None  # where the first row over the limit starts (then: discard)
+        self.cut_seq = 0  # its sequence id: the client's ERR takes its place
         self._remaining = 0
         self._continued = False  # inside a payload split over several 16 MiB packets
         self._prep_cols = 0
@@ -119,6 +126,8 @@ class ResponseParser:
                     state = _S.DONE
                 else:
                     self.outcome.rows += 1
+                    if self.outcome.rows > self._row_limit and self.cut_at is None:
+                        self.cut_at, self.cut_seq = pos, buf[pos + 3]
             else:
                 state = self._other(state, first, buf, pos + 4, nxt)
             pos = nxt
@@ -214,26 +223,37 @@ async def relay_response(
     client: asyncio.StreamWriter | None,
     expect: Expect,
     deprecate_eof: bool,
+    row_limit: int | None = None,
+    limit_error: Callable[[int], bytes] | None = None,
 ) -> Outcome:
     """Read one complete response from `reader`, writing its bytes to `client` as they arrive
-    (None: read and discard). Raises ProtocolViolation, or the reader's/writer's I/O errors."""
-    parser = ResponseParser(expect, deprecate_eof)
+    (None: read and discard). With `row_limit`, the first row over it is replaced by the ERR
+    payload `limit_error(limit)` and the rest of the response is read but not forwarded.
+    Raises ProtocolViolation, or the reader's/writer's I/O errors."""
+    parser = ResponseParser(expect, deprecate_eof, row_limit)
     buf = bytearray()
+    forwarding = client is not None
     while True:
         chunk = await reader.read(READ_CHUNK)
         if not chunk:
             raise ConnectionResetError("upstream closed the connection")
         buf += chunk
         used = parser.feed(buf, 0, len(buf))
-        if parser.state is _S.DONE:
-            if used != len(buf):
-                raise ProtocolViolation("upstream sent data after the end of a response")
-            if client is not None:
-                client.write(bytes(buf))
-                await client.drain()
+        done = parser.state is _S.DONE
+        if done and used != len(buf):
+            raise ProtocolViolation("upstream sent data after the end of a response")
+        if forwarding and parser.cut_at is not None:
+            assert client is not None and limit_error is not None and row_limit is not None
+            client.write(bytes(buf[: parser.cut_at]) + frame(limit_error(row_limit), parser.cut_seq))
+            await client.drain()
+            forwarding = False
+        elif forwarding and used:
+            assert client is not None
+            client.write(bytes(buf[:used]))
+            await client.drain()
+        if done:
+            if parser.cut_at is not None:
+                parser.outcome.truncated = True
             return parser.outcome
         if used:
-            if client is not None:
-                client.write(bytes(buf[:used]))
-                await client.drain()
             del buf[:used]

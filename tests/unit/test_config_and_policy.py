@@ -179,3 +179,32 @@ def test_policy_names_follow_the_analyzer_rule():
     req = next(iter(analyze("SELECT * FROM information_schema.tables", None).requirements))
     assert (req.target.db, req.target.table) == (db, table)
     assert split_object("Hr_Prod.Salary") == ("Hr_Prod", "Salary")  # exact otherwise
+
+
+def test_guardrails_unbounded_writes_and_max_rows(tmp_path):
+    d = _policy(
+        tmp_path,
+        "grants:\n"
+        " - {subject: user:a, grant: hr.t, privileges: [SELECT, UPDATE, DELETE], max_rows: 100}\n"
+        " - {subject: user:a, grant: hr.u, privileges: [SELECT, DELETE], allow_unbounded_writes: true, max_rows: 5}\n",
+    )
+    grants = GrantSet(load_policy_dir(d)[0])
+    t, u = TableRef("hr", "t"), TableRef("hr", "u")
+    delete_all_t = Analysis(StatementKind.QUERY, "DELETE", frozenset({Requirement(t, Privilege.DELETE)}),
+                            unbounded_writes=frozenset({t}))
+    d1 = decide(delete_all_t, Principal("a"), grants, NOW)
+    assert not d1.allowed and d1.code is DenyCode.UNBOUNDED_WRITE
+    delete_all_u = Analysis(StatementKind.QUERY, "DELETE", frozenset({Requirement(u, Privilege.DELETE)}),
+                            unbounded_writes=frozenset({u}))
+    assert decide(delete_all_u, Principal("a"), grants, NOW).allowed
+    join = _select("hr.t", "hr.u")
+    assert decide(join, Principal("a"), grants, NOW).max_rows == 5
+    assert decide(_select("hr.t"), Principal("a"), grants, NOW).max_rows == 100
+
+
+@pytest.mark.parametrize("extra,message", [("max_rows: 0", "positive integer"), ("max_rows: yes", "positive integer"),
+                                           ("allow_unbounded_writes: 1", "true or false")])
+def test_guardrail_keys_are_validated(tmp_path, extra, message):
+    d = _policy(tmp_path, f"grants:\n - {{subject: user:a, grant: db.t, privileges: [SELECT], {extra}}}\n")
+    with pytest.raises(PolicyError, match=message):
+        load_policy_dir(d)

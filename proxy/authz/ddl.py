@@ -1,0 +1,265 @@
+"""DDL on tables: CREATE [TEMPORARY] TABLE (also ... SELECT and ... LIKE), ALTER TABLE,
+DROP [TEMPORARY] TABLE, TRUNCATE, RENAME TABLE. Table options are allow-listed: engines that
+reach outside the table (FEDERATED, CONNECT, MERGE, SPIDER ...) and file placement options are
+refused. Every other object (views, routines, triggers, events, databases, users, servers ...)
+is denied with its reason.
+
+Temporary tables: a temporary table shadows the real table of the same name for the rest of the
+session, so it is authorized exactly as that real table: CREATE TEMPORARY TABLE t needs CREATE on
+(db, t) and every later statement naming t needs the grants on (db, t), as if t were real. A
+person can shadow only names they hold CREATE on, and never reads or writes more through a
+shadow than their grants on that name allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from typing import NoReturn
+
+from sqlglot import exp
+from sqlglot.tokens import Token, TokenType
+
+from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
+from proxy.authz.outcome import Denied, result
+from proxy.authz.parse import parse_one, prepare
+from proxy.authz.tokens import Cursor, leading_words, word
+from proxy.authz.walk import (
+    ALIAS,
+    WRITE,
+    Collector,
+    check_args,
+    cross_check,
+    metadata,
+    reads,
+    resolve_named,
+)
+
+# CREATE/ALTER TABLE options. Engines that reach outside the table (FEDERATED, CONNECT, MERGE,
+# SPIDER ...) and file placement options are not allowed.
+ALLOWED_ENGINES = frozenset({"innodb", "myisam", "memory", "heap", "aria", "archive"})
+_ALLOWED_NAMED_PROPERTIES = frozenset(
+    """
+    KEY_BLOCK_SIZE AVG_ROW_LENGTH MAX_ROWS MIN_ROWS PACK_KEYS STATS_PERSISTENT STATS_AUTO_RECALC
+    STATS_SAMPLE_PAGES CHECKSUM DELAY_KEY_WRITE PAGE_CHECKSUM TRANSACTIONAL
+    """.split()
+)
+_SIMPLE_TABLE_OPTIONS = (
+    exp.CharacterSetProperty,
+    exp.CollateProperty,
+    exp.AutoIncrementProperty,
+    exp.SchemaCommentProperty,
+    exp.RowFormatProperty,
+)
+_ALTER_ACTIONS = (
+    exp.ColumnDef,
+    exp.ModifyColumn,
+    exp.AlterColumn,
+    exp.AddConstraint,
+    exp.DropPrimaryKey,
+    exp.RenameColumn,
+    exp.RenameIndex,
+    exp.ForceProperty,
+)
+_ALTER_DROP_KINDS = frozenset({"COLUMN", "INDEX", "KEY", "FOREIGN KEY", "CONSTRAINT", "CHECK"})
+
+
+def _table_options(
+    options: Iterable[exp.Expr], what: str, *, alter: bool = False, temporary: bool = False
+) -> None:
+    for p in options:
+        if isinstance(p, exp.TemporaryProperty):
+            if not temporary:
+                raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form")
+        elif isinstance(p, exp.EngineProperty):
+            if p.name.lower() not in ALLOWED_ENGINES:
+                raise Denied(
+                    DenyCode.UNSUPPORTED_STATEMENT, f"{what} with ENGINE={p.name} is not supported"
+                )
+        elif isinstance(p, _SIMPLE_TABLE_OPTIONS):
+            continue
+        elif isinstance(p, exp.LikeProperty) and not alter:
+            continue
+        elif alter and isinstance(p, (exp.AlgorithmProperty, exp.LockProperty, exp.Order)):
+            continue
+        elif type(p) is exp.Property and p.name.upper() in _ALLOWED_NAMED_PROPERTIES:
+            continue
+        else:
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{what} option {type(p).__name__} is not supported",
+            )
+
+
+def _ddl_target(node: exp.Expr | None, c: Collector, what: str) -> TableRef:
+    if isinstance(node, exp.Schema):
+        node = node.this
+    if not isinstance(node, exp.Table) or isinstance(node.this, exp.Func) or node.args.get("joins"):
+        raise Denied(DenyCode.UNACCOUNTED_TABLE, f"{what} target of an unsupported form")
+    ref = c.resolve(node, frozenset())
+    if ref is None:
+        raise Denied(DenyCode.UNACCOUNTED_TABLE, f"{what} target is not a table")
+    c.roles[id(node)] = WRITE
+    return ref
+
+
+_CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
+
+
+def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    second = word(tokens[1]) if len(tokens) > 1 else None
+    temporary = second == "TEMPORARY" and len(tokens) > 2 and word(tokens[2]) == "TABLE"
+    if second != "TABLE" and not temporary:
+        _unsupported_object(tokens)
+    what = "CREATE TEMPORARY TABLE" if temporary else "CREATE TABLE"
+    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    if not isinstance(tree, exp.Create) or str(tree.args.get("kind") or "").upper() != "TABLE":
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
+    check_args(tree, _CREATE_ARGS, what)
+    properties = tree.args.get("properties")
+    options = properties.expressions if properties is not None else []
+    if temporary != any(isinstance(p, exp.TemporaryProperty) for p in options):
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
+    _table_options(options, what, temporary=temporary)
+    c = Collector(current_db)
+    ref = _ddl_target(tree.this, c, what)
+    c.walk(tree)
+    cross_check(tree, c)
+    return result(
+        StatementKind.QUERY,
+        what,
+        {Requirement(ref, Privilege.CREATE)} | reads(c),
+        metadata_tables=metadata(c),
+    )
+
+
+def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    if word(tokens[1] if len(tokens) > 1 else None) != "TABLE":
+        _unsupported_object(tokens)
+    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    if not isinstance(tree, exp.Alter) or str(tree.args.get("kind") or "").upper() != "TABLE":
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "ALTER TABLE of an unsupported form")
+    check_args(tree, frozenset({"this", "kind", "actions", "options"}), "ALTER TABLE")
+    c = Collector(current_db)
+    ref = _ddl_target(tree.this, c, "ALTER TABLE")
+    for action in tree.args.get("actions") or []:
+        if isinstance(action, exp.Drop):
+            if str(action.args.get("kind") or "").upper() not in _ALTER_DROP_KINDS:
+                raise Denied(
+                    DenyCode.UNSUPPORTED_STATEMENT,
+                    f"ALTER TABLE ... DROP {action.args.get('kind')} is not supported",
+                )
+            check_args(action, frozenset({"kind", "tables", "exists"}), "ALTER TABLE ... DROP")
+            for name in action.args.get("tables") or []:
+                if isinstance(name, exp.Table):
+                    c.roles[id(name)] = ALIAS  # an index or constraint name
+        elif isinstance(action, exp.AlterRename):
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT,
+                "ALTER TABLE ... RENAME is not supported; use RENAME TABLE a TO b",
+            )
+        elif not isinstance(action, _ALTER_ACTIONS):
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"ALTER TABLE action {type(action).__name__} is not supported",
+            )
+    _table_options(tree.args.get("options") or [], "ALTER TABLE", alter=True)
+    c.walk(tree)
+    cross_check(tree, c)
+    requirements = {Requirement(ref, Privilege.ALTER)} | reads(c)
+    return result(StatementKind.QUERY, "ALTER TABLE", requirements)
+
+
+def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    second = word(tokens[1]) if len(tokens) > 1 else None
+    temporary = second == "TEMPORARY" and len(tokens) > 2 and word(tokens[2]) == "TABLE"
+    if second != "TABLE" and not temporary:
+        _unsupported_object(tokens)
+    what = "DROP TEMPORARY TABLE" if temporary else "DROP TABLE"
+    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    if not isinstance(tree, exp.Drop) or str(tree.args.get("kind") or "").upper() != "TABLE":
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
+    if bool(tree.args.get("temporary")) != temporary:
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
+    check_args(
+        tree, frozenset({"kind", "tables", "exists", "cascade", "restrict", "temporary"}), what
+    )
+    c = Collector(current_db)
+    refs = [_ddl_target(t, c, what) for t in tree.args.get("tables") or []]
+    if not refs:
+        raise Denied(DenyCode.PARSE_ERROR, f"{what} without a table", what)
+    c.walk(tree)
+    cross_check(tree, c)
+    requirements = {Requirement(r, Privilege.DROP) for r in refs}
+    return result(StatementKind.QUERY, what, requirements)
+
+
+def truncate_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    if not isinstance(tree, exp.TruncateTable):
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "TRUNCATE of an unsupported form")
+    check_args(tree, frozenset({"expressions"}), "TRUNCATE")
+    c = Collector(current_db)
+    refs = [_ddl_target(t, c, "TRUNCATE") for t in tree.expressions]
+    if not refs:
+        raise Denied(DenyCode.PARSE_ERROR, "TRUNCATE without a table")
+    c.walk(tree)
+    cross_check(tree, c)
+    # MySQL requires the DROP privilege for TRUNCATE TABLE.
+    return result(StatementKind.QUERY, "TRUNCATE", {Requirement(r, Privilege.DROP) for r in refs})
+
+
+def rename_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    """RENAME TABLE a TO b [, c TO d ...]: ALTER and DROP on each old name, CREATE and INSERT on
+    each new one (MySQL's rule). Unqualified names are in the current database."""
+    c = Cursor(tokens, 1)
+    if not c.accept("TABLE", "TABLES"):
+        _unsupported_object(tokens)
+    requirements: set[Requirement] = set()
+    while True:
+        old = resolve_named(*c.table_name(), current_db)
+        c.expect("TO")
+        new = resolve_named(*c.table_name(), current_db)
+        requirements |= {
+            Requirement(old, Privilege.ALTER),
+            Requirement(old, Privilege.DROP),
+            Requirement(new, Privilege.CREATE),
+            Requirement(new, Privilege.INSERT),
+        }
+        if c.accept_type(TokenType.COMMA) is None:
+            break
+    c.expect_end()
+    return result(StatementKind.QUERY, "RENAME TABLE", requirements)
+
+
+_DEFINER_RIGHTS = (
+    "views, routines, triggers and events run with their definer's rights, so creating or "
+    "changing one would hand the shared account's privileges to everyone who uses it"
+)
+# The word after CREATE / ALTER / DROP / RENAME -> why that statement is denied.
+_OBJECT_REASONS: dict[str, str] = {
+    **dict.fromkeys(
+        """
+        VIEW TRIGGER PROCEDURE FUNCTION EVENT DEFINER ALGORITHM SQL AGGREGATE PACKAGE
+        """.split(),
+        _DEFINER_RIGHTS,
+    ),
+    **dict.fromkeys(
+        ["USER", "ROLE"], "accounts and privileges are managed by jitproxy grants, not upstream"
+    ),
+    **dict.fromkeys(["DATABASE", "SCHEMA"], "databases are created and dropped by their owners"),
+    "SERVER": "a server definition lets tables reach other servers",
+    "INDEX": "use ALTER TABLE ... ADD INDEX / DROP INDEX",
+    "INSTANCE": "it changes the server for every session",
+}
+
+
+def _unsupported_object(tokens: list[Token]) -> NoReturn:
+    second = word(tokens[1]) if len(tokens) > 1 else None
+    what = leading_words(tokens, 3 if second in ("TEMPORARY", "OR") else 2) or "this statement"
+    reason = _OBJECT_REASONS.get(second or "")
+    raise Denied(
+        DenyCode.UNSUPPORTED_STATEMENT,
+        f"{what} is not supported" + (f": {reason}" if reason else ""),
+        what,
+    )

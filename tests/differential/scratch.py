@@ -1,0 +1,190 @@
+"""The scratch schema of the differential suite, its canaries, and the MariaDB account that holds
+exactly the grants of `policy.yaml`.
+
+Three databases on the session's MariaDB, created here and dropped at the end:
+
+    diff_a  employee, department (SELECT) · title (full DML) · audit (INSERT) · ledger (UPDATE,
+            DELETE) · salary, hidden_7c1e (nothing)
+    diff_b  bonus, keys (nothing)
+    diff_c  employee, scratch (SELECT on diff_c.*)
+
+Every table has the same columns, so generated SQL resolves its column names whatever table it
+picks and MariaDB reaches its privilege checks instead of stopping at "unknown column". Every
+table the person may not SELECT holds canary strings in all its text columns; a few names are
+canaries too (a table, a column), for metadata leaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from proxy.authz.model import Grant, Privilege
+from proxy.authz.policy import grants_from_document
+from proxy.demo.mariadb import LocalMariaDB
+
+POLICY_PATH = Path(__file__).with_name("policy.yaml")
+SUBJECT_USER = "difftest"
+PERSON_PASSWORD = "difftest-password"  # the MariaDB account used directly (never through the proxy)
+UPSTREAM_USER = "diffproxy"  # the proxy's one shared identity for this suite: ALL on diff_*
+UPSTREAM_PASSWORD = "diffproxy-password"
+DATABASES = ("diff_a", "diff_b", "diff_c")
+CURRENT_DB = "diff_a"
+
+# (database, table) -> may the person read it? Must agree with policy.yaml (checked in
+# test_setup.py); tables that are not readable hold canaries.
+TABLES: dict[tuple[str, str], bool] = {
+    ("diff_a", "employee"): True,
+    ("diff_a", "department"): True,
+    ("diff_a", "title"): True,
+    ("diff_a", "audit"): False,
+    ("diff_a", "ledger"): False,
+    ("diff_a", "salary"): False,
+    ("diff_a", "hidden_7c1e"): False,
+    ("diff_b", "bonus"): False,
+    ("diff_b", "keys"): False,
+    ("diff_c", "employee"): True,
+    ("diff_c", "scratch"): True,
+}
+ROWS_PER_TABLE = 4
+COLUMNS = """
+  emp_no    INT NOT NULL PRIMARY KEY,
+  name      VARCHAR(100), dept VARCHAR(100), title VARCHAR(100), note VARCHAR(100),
+  amount    DECIMAL(12, 2), band INT, flag INT, flags INT, manager INT, a INT, b INT, c INT,
+  hired     DATE, from_date DATE, to_date DATE,
+  doc       JSON, bio TEXT,
+  FULLTEXT KEY ft_bio (bio)
+"""
+TEXT_COLUMNS = ("name", "dept", "title", "note", "bio")
+# Names that only an unauthorized metadata read can reveal.
+CANARY_TABLE = "hidden_7c1e"
+CANARY_COLUMN = "cnry_col_3a7d"  # an extra column of diff_a.salary
+SAMPLE_CANARY = "CANARY-SALARY-7f3a"  # hr_prod.salary's canary (proxy/demo/sample_data.sql)
+
+
+def canary(db: str, table: str) -> str:
+    """The unique value planted in every text column of an unreadable table."""
+    tag = hashlib.sha256(f"{db}.{table}".encode()).hexdigest()[:6]
+    return f"CANARY-{db}.{table}-{tag}"
+
+
+def value_canaries() -> list[str]:
+    return [canary(db, t) for (db, t), readable in TABLES.items() if not readable] + [SAMPLE_CANARY]
+
+
+def name_canaries() -> list[str]:
+    return [CANARY_TABLE, CANARY_COLUMN]
+
+
+def load_policy() -> list[Grant]:
+    return grants_from_document(yaml.safe_load(POLICY_PATH.read_text(encoding="utf-8")), str(POLICY_PATH))
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def grant_statements(grants: list[Grant]) -> list[str]:
+    """The MariaDB GRANTs equivalent to the policy, as `create_user` takes them (text between
+    GRANT and TO). Only privileges both systems define are used."""
+    out = []
+    for g in grants:
+        assert g.subject == f"user:{SUBJECT_USER}" and g.expires_at is None
+        assert Privilege.EXECUTE not in g.privileges, "routines are not part of this suite"
+        privileges = ", ".join(sorted(p.value for p in g.privileges))
+        obj = "*" if g.table == "*" else quote(g.table)
+        out.append(f"{privileges} ON {quote(g.db)}.{obj}")
+    return out
+
+
+def _rows(db: str, table: str, readable: bool) -> list[str]:
+    rows = []
+    for n in range(1, ROWS_PER_TABLE + 1):
+        if readable:
+            text = [f"'{table}-{col}-{n}'" for col in TEXT_COLUMNS]
+            doc = f"'{{\"k\": \"{table}-{n}\"}}'"
+        else:
+            value = canary(db, table)
+            text = [f"'{value}#{col}{n}'" for col in TEXT_COLUMNS]
+            doc = f"'{{\"secret\": \"{value}#doc{n}\"}}'"
+        name, dept, title, note, bio = text
+        rows.append(
+            f"({n}, {name}, {dept}, {title}, {note}, {n * 1000}.50, {n}, {n % 2}, {n}, {max(n - 1, 1)}, "
+            f"{n}, {n * 2}, {n * 3}, '2020-01-0{n}', '2020-01-0{n}', NULL, {doc}, {bio})"
+        )
+    return rows
+
+
+def schema_statements() -> list[str]:
+    out = [f"DROP DATABASE IF EXISTS {db}" for db in DATABASES]
+    out += [f"CREATE DATABASE {db} CHARACTER SET utf8mb4" for db in DATABASES]
+    for (db, table), readable in TABLES.items():
+        extra = f", {CANARY_COLUMN} VARCHAR(100)" if (db, table) == ("diff_a", "salary") else ""
+        out.append(f"CREATE TABLE {db}.{quote(table)} ({COLUMNS}{extra}) ENGINE=InnoDB")
+        columns = (
+            "emp_no, name, dept, title, note, amount, band, flag, flags, manager, a, b, c, "
+            "hired, from_date, to_date, doc, bio"
+        )
+        out.append(f"INSERT INTO {db}.{quote(table)} ({columns}) VALUES {', '.join(_rows(db, table, readable))}")
+    out.append(f"UPDATE diff_a.salary SET {CANARY_COLUMN} = '{canary('diff_a', 'salary')}#col'")
+    return out
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """What the tests need to know about the prepared server."""
+
+    mariadb: LocalMariaDB
+    grants: tuple[Grant, ...]
+    person: str = SUBJECT_USER
+    person_password: str = PERSON_PASSWORD
+    current_db: str = CURRENT_DB
+
+
+def create(mariadb: LocalMariaDB) -> Scratch:
+    """(Re)create the scratch databases, the person's account and the proxy's upstream account."""
+    grants = load_policy()
+    drop_accounts(mariadb)
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        for sql in schema_statements():
+            cur.execute(sql)
+    mariadb.create_user(SUBJECT_USER, PERSON_PASSWORD, grant_statements(grants))
+    mariadb.create_user(UPSTREAM_USER, UPSTREAM_PASSWORD, [f"ALL PRIVILEGES ON {db}.*" for db in DATABASES])
+    return Scratch(mariadb, tuple(grants))
+
+
+def drop(mariadb: LocalMariaDB) -> None:
+    drop_accounts(mariadb)
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        for db in DATABASES:
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+def drop_accounts(mariadb: LocalMariaDB) -> None:
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        for user in (SUBJECT_USER, UPSTREAM_USER):
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+
+
+def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
+    """Everything a statement could have changed for good: tables, their contents, the person's
+    grants. Compared before and after each run; nothing may persist between cases."""
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+            "WHERE table_schema IN ('diff_a', 'diff_b', 'diff_c') ORDER BY 1, 2"
+        )
+        tables = cur.fetchall()
+        names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, _ in tables)
+        cur.execute(f"CHECKSUM TABLE {names} EXTENDED")
+        checksums = cur.fetchall()
+        cur.execute(f"SHOW GRANTS FOR {SUBJECT_USER}@'%'")
+        person_grants = sorted(r[0] for r in cur.fetchall())
+        cur.execute(
+            "SELECT db, name, type FROM mysql.proc WHERE db IN ('diff_a', 'diff_b', 'diff_c')"
+        )
+        routines = cur.fetchall()
+    return {"tables": tables, "checksums": checksums, "grants": person_grants, "routines": routines}

@@ -1,0 +1,81 @@
+"""Differential run of file-based statement sets: the authorization corpus translated onto the
+scratch schema, and extra_cases.yaml. Then the same statements through the real proxy: no
+response ever carries a canary, and nothing the proxy refused reaches MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.differential import scratch as schema
+from tests.differential.corpus import corpus_cases, extra_cases
+from tests.differential.harness import CanaryCheck, Case, Direct, Jit, Tally, Verdict, compare, through_proxy
+
+# The issue's bar is 5% of the statements MariaDB allows. Where a set is above it today the
+# measured ceiling is asserted instead (and reported); lower it as the analyzer improves.
+FALSE_DENIAL_CEILING = {"corpus": 0.05, "extra": 0.05}
+
+
+def run_set(label: str, cases: list[Case], jit: Jit, direct: Direct) -> Tally:
+    tally = Tally(label)
+    for case in cases:
+        tally.add(compare(case, jit, direct))
+    return tally
+
+
+def summarize(tally: Tally, report: list[str]) -> None:
+    report.append(tally.summary())
+    reasons = tally.false_denial_reasons()
+    if reasons:
+        report.append(f"  false denials by reason: {', '.join(f'{k} {v}' for k, v in reasons.most_common())}")
+
+
+def check_set(tally: Tally) -> None:
+    leaks = tally.of(Verdict.LEAK)
+    assert leaks == [], f"{len(leaks)} leaks (jitproxy allows, MariaDB refuses):\n" + tally.report(Verdict.LEAK)
+    ceiling = FALSE_DENIAL_CEILING[tally.label]
+    assert tally.false_denial_ratio <= ceiling, (
+        f"false denials {tally.false_denial_ratio:.1%} > {ceiling:.1%}:\n" + tally.report(Verdict.FALSE_DENIAL)
+    )
+
+
+@pytest.mark.parametrize("label", ["corpus", "extra"])
+def test_differential(label, scratch, jit, direct, report) -> None:
+    before = schema.fingerprint(scratch.mariadb)
+    if label == "corpus":
+        cases, skipped = corpus_cases()
+    else:
+        cases, skipped = extra_cases(), 0
+    tally = run_set(label, cases, jit, direct)
+    tally.skipped = skipped
+    summarize(tally, report)
+    assert schema.fingerprint(scratch.mariadb) == before, "a statement changed the scratch data for good"
+    check_set(tally)
+
+
+def test_no_canary_through_the_proxy(scratch, jit, via_proxy, markers, report) -> None:
+    """Every corpus and extra statement through the real proxy as the person: allowed ones run
+    (and are rolled back), refused ones must never reach MariaDB (general log)."""
+    before = schema.fingerprint(scratch.mariadb)
+    check = CanaryCheck(schema.value_canaries(), schema.name_canaries())
+    corpus, _ = corpus_cases()
+    leaks, bypasses = [], []
+    for case in [*corpus, *extra_cases()]:
+        marker, sql = markers.tag(case.sql)
+        result = through_proxy(case, sql, marker, jit, via_proxy, check)
+        if result.canaries:
+            leaks.append(f"[{case.name}] {sql!r} -> {result.canaries} in {result.response}")
+        if result.bypassed_decision:
+            bypasses.append(f"[{case.name}] {sql!r} -> {result.response}")
+    sentinel, sql = markers.tag("SELECT 1")
+    assert via_proxy.run(sql, scratch.current_db, keep_session=False).ok
+    log = scratch.mariadb.general_log_text()
+    allowed = check.sent - len(check.refused)
+    report.append(
+        f"canary[corpus+extra]: {check.sent} statements through the proxy, {allowed} forwarded, "
+        f"{len(check.refused)} refused, {len(leaks)} responses with a canary, "
+        f"{sum(1 for m, _ in check.refused if m in log)} refused statements in the general log"
+    )
+    assert leaks == [], "canaries reached the client:\n" + "\n".join(leaks)
+    assert bypasses == [], "the session forwarded statements analyze+decide refuse:\n" + "\n".join(bypasses)
+    check.assert_never_reached(log, sentinel)
+    assert schema.fingerprint(scratch.mariadb) == before, "a statement through the proxy changed data for good"
