@@ -5,10 +5,12 @@ only through an explicit branch; everything else is DENIED with a reason code.
 
 The pipeline (each step can deny):
 1. lexical checks on the raw text and sqlglot's MySQL tokens (tokens.py);
-2. dispatch on the leading keyword to the handler of that statement class (below). Statements
-   with a fixed grammar (SHOW, DESCRIBE, USE, KILL, transaction control) are read straight from
-   the tokens; the rest are parsed by sqlglot after token-level repairs and spelling checks
-   (parse.py), and the parse must produce the tree type the keyword promises;
+2. dispatch on the leading keyword (or two) to the handler of that statement class (below); a
+   keyword without a handler is denied (unsupported.py explains the notable ones). Statements
+   with a fixed grammar (SHOW, DESCRIBE, USE, KILL, transaction and lock control, CALL,
+   PREPARE / EXECUTE, RENAME TABLE) are read straight from the tokens; the rest are parsed by
+   sqlglot after token-level repairs and spelling checks (parse.py), and the parse must produce
+   the tree type the keyword promises;
 3. one walk over the tree resolves every table, checks every function call and collects reads;
    statement handlers mark write targets first (walk.py, dml.py, ddl.py);
 4. cross-check: every `exp.Table` in the tree must have been classified by the walk.
@@ -17,11 +19,23 @@ The pipeline (each step can deny):
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token
 
-from proxy.authz import ddl, dml, explain, show, transactions, utility, variables
+from proxy.authz import (
+    ddl,
+    dml,
+    explain,
+    prepared,
+    routines,
+    show,
+    transactions,
+    unsupported,
+    utility,
+    variables,
+)
 from proxy.authz.model import Analysis, DenyCode
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied, denied, parse_error_detail
@@ -53,7 +67,12 @@ def analyze(sql: str, current_db: str | None) -> Analysis:
 def _statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
     first = tokens[0]
     keyword = "(" if first.token_type is T_LPAREN else word(first) or ""
+    statement_class = _CLASS_OF_KEYWORD.get(keyword, keyword)
     handler = _HANDLERS.get(keyword)
+    if keyword in _TWO_WORD_KEYWORDS and len(tokens) > 1:
+        handler, statement_class = _TWO_WORD_HANDLERS.get(
+            (keyword, word(tokens[1])), (handler, statement_class)
+        )
     if handler is None:
         raise Denied(
             DenyCode.UNSUPPORTED_STATEMENT,
@@ -64,12 +83,10 @@ def _statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysi
         return handler(sql, tokens, current_db)
     except Denied as d:
         if not d.statement_class:
-            d.statement_class = _CLASS_OF_KEYWORD.get(keyword, keyword)
+            d.statement_class = statement_class
         raise
     except (ParseError, TokenError) as e:
-        raise Denied(
-            DenyCode.PARSE_ERROR, parse_error_detail(e), _CLASS_OF_KEYWORD.get(keyword, keyword)
-        ) from None
+        raise Denied(DenyCode.PARSE_ERROR, parse_error_detail(e), statement_class) from None
 
 
 _Handler = Callable[[str, list[Token], "str | None"], Analysis]
@@ -92,7 +109,30 @@ _HANDLERS: dict[str, _Handler] = {
     "DESCRIBE": explain.explain,
     "DESC": explain.explain,
     "ANALYZE": explain.explain,
+    "REPLACE": dml.replace_statement,
+    "DO": dml.do_statement,
+    "CALL": routines.call,
+    "PREPARE": partial(prepared.prepare, analyze),
+    "EXECUTE": prepared.execute,
+    "DEALLOCATE": prepared.deallocate,
+    "RENAME": ddl.rename_statement,
+    "SAVEPOINT": transactions.savepoint,
+    "RELEASE": transactions.release,
+    "XA": transactions.xa,
+    "LOCK": transactions.lock_tables,
+    "LOCK TABLES": transactions.lock_tables,
+    "UNLOCK": transactions.unlock_tables,
+    "UNLOCK TABLES": transactions.unlock_tables,
+    "HELP": utility.help_statement,
+    "GET": utility.get_diagnostics,
+    **{k: unsupported.denier(k) for k in unsupported.REASONS},
 }
+
+# (keyword, next word) -> (handler, statement class), where the second word picks the class.
+_TWO_WORD_HANDLERS: dict[tuple[str, str | None], tuple[_Handler | None, str]] = {
+    ("DROP", "PREPARE"): (prepared.deallocate, "DEALLOCATE PREPARE"),
+}
+_TWO_WORD_KEYWORDS = frozenset(k for k, _ in _TWO_WORD_HANDLERS)
 
 _CLASS_OF_KEYWORD = {
     "(": "SELECT",
@@ -105,4 +145,9 @@ _CLASS_OF_KEYWORD = {
     "START": "START TRANSACTION",
     "DESCRIBE": "EXPLAIN",
     "DESC": "EXPLAIN",
+    "DEALLOCATE": "DEALLOCATE PREPARE",
+    "LOCK": "LOCK TABLES",
+    "UNLOCK": "UNLOCK TABLES",
+    "RENAME": "RENAME TABLE",
+    "GET": "GET DIAGNOSTICS",
 }

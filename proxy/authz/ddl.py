@@ -14,7 +14,6 @@ shadow than their grants on that name allow.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
 from typing import NoReturn
 
 from sqlglot import exp
@@ -29,9 +28,8 @@ from proxy.authz.walk import (
     WRITE,
     Collector,
     check_args,
+    collected,
     cross_check,
-    metadata,
-    reads,
     resolve_named,
 )
 
@@ -125,12 +123,7 @@ def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> A
     ref = _ddl_target(tree.this, c, what)
     c.walk(tree)
     cross_check(tree, c)
-    return result(
-        StatementKind.QUERY,
-        what,
-        {Requirement(ref, Privilege.CREATE)} | reads(c),
-        metadata_tables=metadata(c),
-    )
+    return collected(StatementKind.QUERY, what, c, {Requirement(ref, Privilege.CREATE)})
 
 
 def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -166,8 +159,7 @@ def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> An
     _table_options(tree.args.get("options") or [], "ALTER TABLE", alter=True)
     c.walk(tree)
     cross_check(tree, c)
-    requirements = {Requirement(ref, Privilege.ALTER)} | reads(c)
-    return result(StatementKind.QUERY, "ALTER TABLE", requirements)
+    return collected(StatementKind.QUERY, "ALTER TABLE", c, {Requirement(ref, Privilege.ALTER)})
 
 
 def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -190,8 +182,7 @@ def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Ana
         raise Denied(DenyCode.PARSE_ERROR, f"{what} without a table", what)
     c.walk(tree)
     cross_check(tree, c)
-    requirements = {Requirement(r, Privilege.DROP) for r in refs}
-    return result(StatementKind.QUERY, what, requirements)
+    return collected(StatementKind.QUERY, what, c, {Requirement(r, Privilege.DROP) for r in refs})
 
 
 def truncate_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -206,7 +197,8 @@ def truncate_statement(sql: str, tokens: list[Token], current_db: str | None) ->
     c.walk(tree)
     cross_check(tree, c)
     # MySQL requires the DROP privilege for TRUNCATE TABLE.
-    return result(StatementKind.QUERY, "TRUNCATE", {Requirement(r, Privilege.DROP) for r in refs})
+    requirements = {Requirement(r, Privilege.DROP) for r in refs}
+    return collected(StatementKind.QUERY, "TRUNCATE", c, requirements)
 
 
 def rename_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:

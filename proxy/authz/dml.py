@@ -2,8 +2,8 @@
 queries), INSERT, REPLACE, UPDATE and DELETE (single and multi-table), and DO. Write targets need
 the write privilege; every table read needs SELECT, including a target whose values are read (a
 WHERE, ORDER BY or SET expression that reads columns). REPLACE needs INSERT and DELETE on its
-target (MySQL's rule). An UPDATE or DELETE without a WHERE clause that reads a column lists its
-targets in `Analysis.unbounded_writes`: the decision applies the guardrail."""
+target (MySQL's rule). An UPDATE or DELETE without a WHERE clause (or with one that reads no
+column) lists its targets in `Analysis.unbounded_writes`: the decision applies the guardrail."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlglot.tokens import Token, TokenType
 
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import canonical_db
-from proxy.authz.outcome import Denied, result
+from proxy.authz.outcome import Denied
 from proxy.authz.parse import main_keyword_after_with, parse_one, prepare
 from proxy.authz.tokens import T_LPAREN, retyped, word
 from proxy.authz.walk import (
@@ -22,10 +22,9 @@ from proxy.authz.walk import (
     WRITE,
     Collector,
     check_args,
+    collected,
     cross_check,
     cte_names,
-    metadata,
-    reads,
 )
 
 # The statement keyword -> the tree types its parse must produce (sqlglot falls back to
@@ -63,7 +62,7 @@ def parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> A
             DenyCode.UNSUPPORTED_STATEMENT,
             f"{keyword} statement of an unsupported form ({type(tree).__name__})",
         )
-    return analyze_dml_tree(tree, current_db)
+    return _analyze_dml_tree(tree, current_db)
 
 
 def replace_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -88,10 +87,10 @@ def do_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analy
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return result(StatementKind.QUERY, "DO", reads(c), metadata_tables=metadata(c))
+    return collected(StatementKind.QUERY, "DO", c)
 
 
-def analyze_dml_tree(tree: exp.Expr, current_db: str | None) -> Analysis:
+def _analyze_dml_tree(tree: exp.Expr, current_db: str | None) -> Analysis:
     try:
         return _analyze_dml_tree_unlabelled(tree, current_db)
     except Denied as d:
@@ -116,9 +115,14 @@ def _query(tree: exp.Expr, current_db: str | None) -> Analysis:
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return result(StatementKind.QUERY, "SELECT", reads(c), metadata_tables=metadata(c))
+    return collected(StatementKind.QUERY, "SELECT", c)
 
 
+# sqlglot cannot parse REPLACE or CALL as written, so the session cannot rewrite the
+# information_schema tables inside them to show only granted objects.
+METADATA_IN_COMMAND = (
+    "information_schema cannot be read inside {}; read it with SELECT (or INSERT ... SELECT)"
+)
 _INSERT_ARGS = frozenset({"this", "expression", "conflict", "ignore", "hint"})
 
 
@@ -147,9 +151,9 @@ def _insert(tree: exp.Insert, current_db: str | None, *, replace: bool = False) 
         requirements.add(Requirement(ref, Privilege.UPDATE))
     c.walk(tree)
     cross_check(tree, c)
-    return result(
-        StatementKind.QUERY, what, requirements | reads(c), metadata_tables=metadata(c)
-    )
+    if replace and c.metadata:
+        raise Denied(DenyCode.METADATA, METADATA_IN_COMMAND.format("REPLACE"), what)
+    return collected(StatementKind.QUERY, what, c, requirements)
 
 
 class _Source:
@@ -215,8 +219,14 @@ def _unbounded(tree: exp.Expr, targets: Iterable[TableRef]) -> frozenset[TableRe
     reads no column at all (`WHERE 1`, `WHERE 1 = 1`). A LIMIT does not bound it. A guardrail
     against mistakes, not a security boundary: `WHERE id = id` is not caught."""
     where = tree.args.get("where")
-    if where is not None and where.find(exp.Column) is not None:
-        return frozenset()
+    if where is not None:
+        cond = where.this
+        if isinstance(cond, exp.Binary) and (
+            type(cond.this) is exp.Column or type(cond.expression) is exp.Column
+        ):
+            return frozenset()  # the common `col = value`, without a walk
+        if where.find(exp.Column) is not None:
+            return frozenset()
     return frozenset(targets)
 
 
@@ -261,11 +271,11 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
         requirements.add(Requirement(ref, Privilege.UPDATE))
         if reads_values:
             requirements.add(Requirement(ref, Privilege.SELECT))
-    return result(
+    return collected(
         StatementKind.QUERY,
         "UPDATE",
-        requirements | reads(c),
-        metadata_tables=metadata(c),
+        c,
+        requirements,
         unbounded_writes=_unbounded(tree, targets.values()),
     )
 
@@ -328,11 +338,11 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
         requirements.add(Requirement(ref, Privilege.DELETE))
         if reads_values:
             requirements.add(Requirement(ref, Privilege.SELECT))
-    return result(
+    return collected(
         StatementKind.QUERY,
         "DELETE",
-        requirements | reads(c),
-        metadata_tables=metadata(c),
+        c,
+        requirements,
         unbounded_writes=_unbounded(tree, target_refs),
     )
 

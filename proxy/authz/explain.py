@@ -65,4 +65,4 @@ def explain(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
             c.ident()
         c.expect_end()
     ref = resolve_named(db, table, current_db)
-    return show_result("DESCRIBE", describe_requirements(ref))
+    return show_result("DESCRIBE", describe_requirements(ref, "DESCRIBE"))

@@ -28,6 +28,7 @@ _SHARED_IDENTITY = (
 )
 _OTHER_SESSIONS = "shows other sessions of the shared database account"
 _SERVER_WIDE = "shows server-wide state"
+_UNFILTERABLE = "cannot be filtered to the objects you are granted"
 
 _REASONS: dict[str, str] = {
     **dict.fromkeys(
@@ -62,10 +63,7 @@ def readable(table: str) -> str:
     if name in READABLE:
         return name
     reason = _REASONS.get(name)
-    if reason is None and name.startswith("innodb_"):
-        reason = _SERVER_WIDE
-    raise Denied(
-        DenyCode.METADATA,
-        f"information_schema.{table} is not available through jitproxy"
-        + (f": it {reason}" if reason else ": it cannot be filtered to the objects you are granted"),
-    )
+    if reason is None:
+        reason = _SERVER_WIDE if name.startswith("innodb_") else _UNFILTERABLE
+    detail = f"information_schema.{table} is not available through jitproxy: it {reason}"
+    raise Denied(DenyCode.METADATA, detail)

@@ -79,9 +79,8 @@ def visible_condition(table: str, vis: Visibility) -> exp.Expression | None:
     schema_col, name_col = spec
     if name_col is None:
         return _in(schema_col, sorted(vis.database_names))
-    conditions: list[exp.Expression] = []
-    if vis.databases:
-        conditions.append(_in(schema_col, sorted(vis.databases)))
+    # information_schema's own objects are public on every MySQL server (clients list them).
+    conditions: list[exp.Expression] = [_in(schema_col, sorted(vis.databases | {INFORMATION_SCHEMA}))]
     for db, name in sorted(vis.objects):
         conditions.append(
             exp.and_(
@@ -89,8 +88,6 @@ def visible_condition(table: str, vis: Visibility) -> exp.Expression | None:
                 exp.EQ(this=_binary(name_col), expression=exp.Literal.string(name)),
             )
         )
-    if not conditions:
-        return exp.false()
     return exp.or_(*conditions) if len(conditions) > 1 else conditions[0]
 
 

@@ -3,9 +3,11 @@
 The upstream runs with `lower_case_table_names=0` (Aurora MySQL on Linux): database and table
 names are compared exactly, case-sensitively. A name means the same thing whether it comes from
 SQL (`hr_prod`.`salary`) or from a policy file (hr_prod.salary): surrounding backquotes are
-removed (a doubled backquote inside stands for one) and nothing else changes. The one exception
-is `information_schema`, whose database and table names MySQL always compares
-case-insensitively; they are folded to lower case on both sides.
+removed (a doubled backquote inside stands for one) and nothing else changes. The exceptions:
+`information_schema`, whose database and table names MySQL always compares case-insensitively
+(they are folded to lower case on both sides; a non-ASCII database name the server might also
+read as information_schema is refused by the analyzer, see `looks_like_information_schema`),
+and stored routine names, which are case-insensitive too (`canonical_routine` folds them).
 
 Two entry points, for two kinds of input:
 - `table_ref(db, table)` / `split_qualified(text)` take names *as written* (possibly backquoted),

@@ -77,6 +77,7 @@ def prepare(tokens: list[Token], upper_sql: str) -> list[Token]:
         tokens = _strip_delete_star(tokens)
     elif tokens[0].token_type is TokenType.INSERT:
         into_at = 2 if len(tokens) > 1 and tokens[1].token_type is T_HINT else 1
+        _check_insert_source(tokens)
     if "INTO" in upper_sql:
         _check_into(tokens, into_at)
     if "WITH" in upper_sql:
@@ -147,6 +148,29 @@ def _check_token_calls(tokens: list[Token]) -> None:
         verdict = functions.check_token_call(call.text, quoted, nxt.start == call.end + 1)
         if verdict is not None:
             raise Denied(*verdict)
+
+
+_INSERT_SOURCE_IDS = frozenset(
+    id(t)
+    for t in (TokenType.VALUES, TokenType.SELECT, TokenType.TABLE, TokenType.SET, TokenType.WITH)
+)
+
+
+def _check_insert_source(tokens: list[Token]) -> None:
+    """sqlglot reads `INSERT INTO t FROM s` as `INSERT INTO t SELECT * FROM s` (a FROM-first
+    dialect's syntax); MySQL has no such form."""
+    depth = 0
+    for tok in tokens[1:]:
+        tt = tok.token_type
+        if tt is T_LPAREN:
+            depth += 1
+        elif tt is T_RPAREN:
+            depth -= 1
+        elif depth == 0:
+            if tt is TokenType.FROM:
+                raise Denied(DenyCode.PARSE_ERROR, "INSERT ... FROM is not MySQL")
+            if id(tt) in _INSERT_SOURCE_IDS:
+                return
 
 
 def _check_into(tokens: list[Token], allowed_at: int = -1) -> None:

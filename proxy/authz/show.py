@@ -19,7 +19,7 @@ from proxy.authz.tokens import T_LPAREN, T_RPAREN, Cursor, word
 from proxy.authz.walk import resolve_named, table_ref
 
 
-def like_or_where(c: Cursor, *, allow_like: bool = True) -> None:
+def _like_or_where(c: Cursor, *, allow_like: bool = True) -> None:
     if c.at_end():
         return
     if allow_like and c.accept("LIKE"):
@@ -56,19 +56,19 @@ def show_result(
 def show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
     c = Cursor(tokens, 1)
     if c.accept("DATABASES", "SCHEMAS"):
-        like_or_where(c)
+        _like_or_where(c)
         return show_result("SHOW DATABASES")
     if c.accept("SESSION", "LOCAL"):
         w = c.expect("VARIABLES", "STATUS")
-        like_or_where(c)
+        _like_or_where(c)
         return show_result(f"SHOW {w}")
     w = c.accept("VARIABLES", "STATUS", "COLLATION", "CHARSET")
     if w:
-        like_or_where(c)
+        _like_or_where(c)
         return show_result("SHOW CHARACTER SET" if w == "CHARSET" else f"SHOW {w}")
     if c.accept("CHARACTER"):
         c.expect("SET")
-        like_or_where(c)
+        _like_or_where(c)
         return show_result("SHOW CHARACTER SET")
     w = c.accept("WARNINGS", "ERRORS")
     if w:
@@ -99,7 +99,7 @@ def show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
         db, table = c.table_name()
         c.expect_end()
         ref = resolve_named(db, table, current_db)
-        return show_result("SHOW CREATE TABLE", describe_requirements(ref))
+        return show_result("SHOW CREATE TABLE", describe_requirements(ref, "SHOW CREATE TABLE"))
     if c.accept("TABLE"):
         c.expect("STATUS")
         return show_result(
@@ -122,9 +122,9 @@ def show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
                     statement_class,
                 )
             db = c.ident()
-        like_or_where(c, allow_like=statement_class == "SHOW COLUMNS")
+        _like_or_where(c, allow_like=statement_class == "SHOW COLUMNS")
         ref = resolve_named(db, table, current_db)
-        return show_result(statement_class, describe_requirements(ref))
+        return show_result(statement_class, describe_requirements(ref, statement_class))
     what = f"SHOW {c.word() or ''}".strip()
     raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} is not supported", what)
 
@@ -132,7 +132,7 @@ def show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
 def _database(c: Cursor, current_db: str | None) -> str:
     """`[FROM | IN db] [LIKE ... | WHERE ...]` of SHOW TABLES / SHOW TABLE STATUS: the database."""
     db_name = c.ident() if c.accept("FROM", "IN") else None
-    like_or_where(c)
+    _like_or_where(c)
     if db_name is None:
         if current_db is None:
             raise Denied(DenyCode.NO_DATABASE, "no database selected; use SHOW ... FROM db")
@@ -140,10 +140,14 @@ def _database(c: Cursor, current_db: str | None) -> str:
     return table_ref(db_name, "-").db
 
 
-def describe_requirements(ref: TableRef) -> set[Requirement]:
+def describe_requirements(ref: TableRef, statement_class: str) -> set[Requirement]:
     """What showing the definition of `ref` needs: SELECT on it; nothing for a readable
     information_schema table (its definition is the same on every server)."""
     if ref.db == INFORMATION_SCHEMA:
-        infoschema.readable(ref.table or "")
+        try:
+            infoschema.readable(ref.table or "")
+        except Denied as d:
+            d.statement_class = statement_class
+            raise
         return set()
     return {Requirement(ref, Privilege.SELECT)}

@@ -119,6 +119,9 @@ def _single_statement(tokens: list[Token]) -> list[Token]:
         tokens = tokens[:-1]
     if not tokens:
         raise Denied(DenyCode.EMPTY_STATEMENT, "the statement is empty")
+    if tokens[-1].token_type is TokenType.COMMA:
+        # Never valid MySQL; sqlglot silently drops it (`SELECT * FROM t ,`).
+        raise Denied(DenyCode.PARSE_ERROR, "the statement ends with a comma")
     depth = 0
     for t in tokens:
         tt = t.token_type
@@ -215,6 +218,19 @@ class Cursor:
                 self.i += 1
                 return tok.text
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "expected a name")
+
+    def user_variable(self, detail: str) -> None:
+        """`@name` (also `@'name'`, `` @`name` ``), written without a space after `@`."""
+        at = self.accept_type(TokenType.PARAMETER)
+        tok = self.peek()
+        if (
+            at is None
+            or tok is None
+            or tok.start != at.end + 1
+            or tok.token_type not in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.STRING)
+        ):
+            raise Denied(DenyCode.UNSUPPORTED_STATEMENT, detail)
+        self.i += 1
 
     def table_name(self) -> tuple[str | None, str]:
         first = self.ident()

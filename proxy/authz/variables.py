@@ -11,7 +11,7 @@ from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
 from proxy.authz.tokens import Cursor, leading_words, word
-from proxy.authz.walk import Collector, check_args, cross_check, reads
+from proxy.authz.walk import Collector, check_args, collected, cross_check
 
 # SET: session variables a client may change (names compare case-insensitively, as in MySQL).
 SESSION_VARIABLES = frozenset(
@@ -60,7 +60,7 @@ def set_statement(sql: str, tokens: list[Token], current_db: str | None) -> Anal
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return result(StatementKind.SET, "SET", reads(c))
+    return collected(StatementKind.SET, "SET", c)
 
 
 def _set_transaction(tokens: list[Token], i: int) -> Analysis:

@@ -1,5 +1,7 @@
 """The tree walk: one pass over a parsed statement that resolves every table reference with
-MySQL's CTE visibility rules, checks every function call, and collects the real tables read.
+MySQL's CTE visibility rules, checks every function call, and collects the real tables read
+(information_schema tables apart: they need no grant, and `collected` lists them as
+`metadata_tables` for the session to restrict).
 
 A CTE is visible in its WITH clause's statement and to later CTEs of the same clause; to itself
 only under RECURSIVE; names compare case-sensitively. Statement handlers mark write targets and
@@ -13,14 +15,14 @@ DML targets; the test suite checks the two agree on real tables (tests/authz).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlglot import exp
 
 from proxy.authz import functions, infoschema
-from proxy.authz.model import DenyCode, Privilege, Requirement, TableRef
+from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import INFORMATION_SCHEMA, canonical_table, looks_like_information_schema
-from proxy.authz.outcome import Denied
+from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import MODIFIER_WORDS
 
 _TREE_CHECKED_FUNCS = tuple(getattr(exp, n) for n in sorted(functions.TREE_CHECKED_CLASS_NAMES))
@@ -28,6 +30,7 @@ _DENIED_FUNC_CLASSES = (exp.NextValueFor,)
 _ANONYMOUS = (exp.Anonymous, exp.AnonymousAggFunc)
 
 READ, WRITE, ALIAS = 0, 1, 2
+_SELECT = Privilege.SELECT
 # Node types with no expression below them (a Column holds only identifiers).
 _LEAVES = frozenset(
     {exp.Identifier, exp.Literal, exp.Var, exp.Star, exp.Null, exp.Boolean, exp.Placeholder}
@@ -146,12 +149,11 @@ class Collector:
                 raise Denied(DenyCode.UNACCOUNTED_TABLE, "JSON_TABLE in an unsupported place")
         elif role == READ:
             ref = self.resolve(node, env)
-            if ref is None:
-                pass
-            elif ref.db == INFORMATION_SCHEMA:
-                self.metadata.add(infoschema.readable(ref.table or ""))
-            else:
-                self.reads.add(ref)
+            if ref is not None:
+                if ref.db == INFORMATION_SCHEMA:
+                    self.metadata.add(infoschema.readable(ref.table or ""))
+                else:
+                    self.reads.add(ref)
         for key, value in node.args.items():
             if value is None or key in ("db", "catalog"):
                 continue
@@ -198,7 +200,7 @@ class Collector:
         recursive = bool(with_.args.get("recursive"))
         visible = env
         for cte in with_.expressions:
-            name = cte_name(cte)
+            name = _cte_name(cte)
             push((cte.this, visible | {name} if recursive else visible))
             visible = visible | {name}
         return visible
@@ -222,7 +224,7 @@ class Collector:
                     self.roles[id(t)] = ALIAS
 
 
-def cte_name(cte: exp.Expr) -> str:
+def _cte_name(cte: exp.Expr) -> str:
     alias = cte.args.get("alias") if isinstance(cte, exp.CTE) else None
     ident = alias.this if isinstance(alias, exp.TableAlias) else None
     if not isinstance(ident, exp.Identifier) or not isinstance(ident.this, str) or not ident.this:
@@ -235,13 +237,13 @@ def cte_names(with_: exp.Expr | None) -> frozenset[str]:
         return frozenset()
     if not isinstance(with_, exp.With):
         raise Denied(DenyCode.UNACCOUNTED_TABLE, "a WITH clause of an unsupported form")
-    return frozenset(cte_name(cte) for cte in with_.expressions)
+    return frozenset(_cte_name(cte) for cte in with_.expressions)
 
 
 def table_ref(db: str, table: str) -> TableRef:
     if not table or not db or table != table.rstrip() or db != db.rstrip():
         raise Denied(DenyCode.SUSPICIOUS_NAME, "empty names or names ending in a space")
-    if looks_like_information_schema(db):
+    if not db.isascii() and looks_like_information_schema(db):
         raise Denied(
             DenyCode.SUSPICIOUS_NAME, f"the database name {db} reads like information_schema"
         )
@@ -265,12 +267,22 @@ def check_args(node: exp.Expr, allowed: frozenset[str], what: str) -> None:
             )
 
 
-def reads(c: Collector) -> set[Requirement]:
-    return {Requirement(ref, Privilege.SELECT) for ref in c.reads}
-
-
-def metadata(c: Collector) -> frozenset[str]:
-    return frozenset(c.metadata)
+def collected(
+    kind: StatementKind,
+    statement_class: str,
+    c: Collector,
+    requirements: Iterable[Requirement] = (),
+    **extra: object,
+) -> Analysis:
+    """The result of a walked statement: `requirements` plus SELECT on every table the walk saw
+    read, and the information_schema tables it read. Every handler that walks ends here, so none
+    can drop what the walk found."""
+    reqs = {Requirement(ref, _SELECT) for ref in c.reads}
+    if requirements:
+        reqs.update(requirements)
+    if c.metadata:
+        extra["metadata_tables"] = frozenset(c.metadata)
+    return result(kind, statement_class, reqs, **extra)
 
 
 def resolve_named(db: str | None, table: str, current_db: str | None) -> TableRef:

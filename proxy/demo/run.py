@@ -29,6 +29,7 @@ grants:
   - subject: user:admin          # admin may do anything
     grant: "*.*"
     privileges: ALL
+    allow_unbounded_writes: true # UPDATE/DELETE without WHERE (refused by default)
 """
 
 

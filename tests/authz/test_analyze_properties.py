@@ -12,10 +12,15 @@ from sqlglot import exp
 from sqlglot.optimizer.qualify_tables import qualify_tables
 
 from proxy.authz.analyze import analyze
+from proxy.authz.infoschema import READABLE
 from proxy.authz.model import Analysis, Privilege, StatementKind, TableRef
-from proxy.authz.names import canonical_table
+from proxy.authz.names import INFORMATION_SCHEMA, canonical_table
 
 DB = "hr_prod"
+WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})
+PREPARED_KINDS = frozenset(
+    {StatementKind.SQL_PREPARE, StatementKind.SQL_EXECUTE, StatementKind.SQL_DEALLOCATE}
+)
 # JITPROXY_PROPERTY_EXAMPLES=5000 for a deeper local run.
 PROPERTY_SETTINGS = settings(
     max_examples=int(os.environ.get("JITPROXY_PROPERTY_EXAMPLES", "300")),
@@ -34,6 +39,8 @@ def check_well_formed(result: Analysis) -> None:
         assert result.requirements == frozenset()
         assert result.database_access == frozenset()
         assert result.use_db is None and result.kill_target is None
+        assert result.metadata_tables == frozenset() and result.unbounded_writes == frozenset()
+        assert result.prepared_name is None and result.prepared_analysis is None
     else:
         assert result.deny is None
     for req in result.requirements:
@@ -41,6 +48,18 @@ def check_well_formed(result: Analysis) -> None:
         assert isinstance(req.target, TableRef)
         assert req.target.db and req.target.table
         assert req.target.table == req.target.table.rstrip()
+        assert req.target.db != INFORMATION_SCHEMA  # metadata_tables instead
+    assert result.metadata_tables <= READABLE
+    writes = {r.target for r in result.requirements if r.privilege in WRITES}
+    assert result.unbounded_writes <= writes
+    prepared = result.kind in PREPARED_KINDS
+    assert (result.prepared_name is not None) == prepared
+    assert (result.prepared_analysis is not None) == (result.kind is StatementKind.SQL_PREPARE)
+    if result.prepared_analysis is not None:
+        inner = result.prepared_analysis
+        check_well_formed(inner)
+        assert inner.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
+        assert result.requirements == inner.requirements
 
 
 # --- arbitrary text ----------------------------------------------------------------------------
@@ -63,6 +82,10 @@ FRAGMENTS = [
     "0x41", "1e5", "-- c\n", "# c\n", "/* c */", "/*!50000 ", "/*M!1 ", "*/", "/*+ BKA(t) */",
     "LOAD_FILE(", "SLEEP(", "leak(", "COUNT (", "db.fn(", "`count`(", "JSON_TABLE(", "COLUMNS (",
     "\u00a0", "\t", "\n", "\x0b", "\\", "`", "'", '"',
+    "REPLACE", "DO", "CALL", "PREPARE", "EXECUTE", "DEALLOCATE", "IMMEDIATE", "HANDLER", "OPEN",
+    "READ", "WRITE", "LOCK TABLES", "UNLOCK TABLES", "XA", "START", "SAVEPOINT", "RELEASE", "TO",
+    "RENAME", "TEMPORARY", "HELP", "GET DIAGNOSTICS", "information_schema.tables",
+    "INFORMATION_SCHEMA.PROCESSLIST", "'SELECT * FROM salary'", "'SELECT 1'",
 ]
 
 
@@ -185,3 +208,68 @@ def test_second_statement_is_always_denied(first: str, second: str) -> None:
     result = analyze(f"{first}; {second}", DB)
     check_well_formed(result)
     assert result.deny is not None and result.deny.code.value == "multiple_statements"
+
+
+# --- statements read from their tokens: nothing hides behind them ------------------------------
+
+TOKEN_GRAMMAR_STATEMENTS = [
+    "CALL p(1, (SELECT amount FROM salary))",
+    "PREPARE s FROM 'SELECT amount FROM salary'",
+    "EXECUTE s USING @a",
+    "DEALLOCATE PREPARE s",
+    "LOCK TABLES salary READ, title WRITE",
+    "UNLOCK TABLES",
+    "XA START 'x'",
+    "SAVEPOINT s",
+    "RENAME TABLE a TO b",
+    "DO (SELECT amount FROM salary)",
+    "REPLACE INTO title SELECT * FROM salary",
+    "HELP 'contents'",
+    "GET DIAGNOSTICS @n = NUMBER",
+]
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.sampled_from(TOKEN_GRAMMAR_STATEMENTS),
+    st.sampled_from(["/*!50000 ", "/*M!100000 ", "/*!"]),
+    st.integers(0, 40),
+)
+def test_executable_comment_in_token_grammar_statements_is_denied(
+    sql: str, opener: str, at: int
+) -> None:
+    # sqlglot would swallow the rest of a CALL / PREPARE / LOCK TABLES ... into one string
+    # token; the analyzer tokenizes them in full, so the lexical checks see everything.
+    words = sql.split(" ")
+    cuts = [i for i in range(1, len(words) + 1) if " ".join(words[:i]).count("'") % 2 == 0]
+    cut = cuts[at % len(cuts)]  # a token boundary outside string literals
+    smuggled = " ".join(words[:cut]) + f" {opener}" + " ".join(words[cut:]) + " */"
+    result = analyze(smuggled, DB)
+    check_well_formed(result)
+    assert result.deny is not None and result.deny.code.value == "executable_comment", smuggled
+
+
+@PROPERTY_SETTINGS
+@given(st.sampled_from(TOKEN_GRAMMAR_STATEMENTS), query(1))
+def test_second_statement_after_token_grammar_statement_is_denied(first: str, second: str) -> None:
+    result = analyze(f"{first}; {second}", DB)
+    check_well_formed(result)
+    assert result.deny is not None and result.deny.code.value == "multiple_statements"
+
+
+def mysql_quote(text: str, quote: str) -> str:
+    """`text` as a MySQL string literal, escaped one of the ways the server accepts."""
+    if quote == "\\":
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return quote + text.replace(quote, quote + quote) + quote
+
+
+@PROPERTY_SETTINGS
+@given(query(2), st.sampled_from(["'", '"', "\\"]))
+def test_prepare_authorizes_its_text_as_that_statement(sql: str, quote: str) -> None:
+    direct = analyze(sql, DB)
+    prepared = analyze(f"PREPARE s FROM {mysql_quote(sql, quote)}", DB)
+    check_well_formed(prepared)
+    assert prepared.kind is StatementKind.SQL_PREPARE, prepared.deny
+    assert prepared.prepared_analysis == direct
+    assert prepared.requirements == direct.requirements

@@ -17,6 +17,11 @@ File format (one YAML document per file):
             database_access: [hr_prod]            # optional exact set (default: empty)
             kill_target: 12      # optional (default: none)
             kill_query_only: true                 # optional (default: false)
+            metadata_tables: [tables, columns]    # optional exact set (default: empty)
+            unbounded_writes: [hr_prod.salary]    # optional exact set (default: empty)
+            prepared_name: s     # optional (default: none)
+            prepared: {kind: query, requires: [...]}   # PREPARE: the analysis of the text, with
+                                 # the same keys as `allow` (default: no prepared analysis)
       - sql: SELECT 1; DROP TABLE salary
         expect: {deny: multiple_statements}      # a DenyCode value; optional `class` beside it
 
@@ -34,7 +39,7 @@ import pytest
 import yaml
 
 from proxy.authz.analyze import analyze
-from proxy.authz.model import DenyCode, Privilege, Requirement, StatementKind
+from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import canonical_table, split_qualified
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -47,6 +52,10 @@ _ALLOW_KEYS = {
     "database_access",
     "kill_target",
     "kill_query_only",
+    "metadata_tables",
+    "unbounded_writes",
+    "prepared_name",
+    "prepared",
 }
 
 
@@ -65,11 +74,18 @@ def load_cases() -> list[tuple[str, str, str | None, dict[str, Any]]]:
             expect = case["expect"]
             if set(expect) not in ({"allow"}, {"deny"}, {"deny", "class"}):
                 raise ValueError(f"{path.name} case {index}: bad expect {expect}")
-            if "allow" in expect and set(expect["allow"]) - _ALLOW_KEYS:
-                raise ValueError(f"{path.name} case {index}: bad allow keys {expect['allow']}")
+            if "allow" in expect:
+                _check_allow_keys(expect["allow"], f"{path.name} case {index}")
             db = case["db"] if "db" in case else default_db
             cases.append((f"{path.stem}:{case.get('name', index)}", case["sql"], db, expect))
     return cases
+
+
+def _check_allow_keys(allow: dict[str, Any], where: str) -> None:
+    if set(allow) - _ALLOW_KEYS:
+        raise ValueError(f"{where}: bad allow keys {allow}")
+    if "prepared" in allow:
+        _check_allow_keys(allow["prepared"], where)
 
 
 CASES = load_cases()
@@ -77,14 +93,18 @@ CASES = load_cases()
 
 def parse_requirement(text: str) -> Requirement:
     privilege, name = text.split(" ", 1)
+    return Requirement(parse_table(name), Privilege.parse(privilege))
+
+
+def parse_table(name: str) -> TableRef:
     db, table = split_qualified(name)
-    return Requirement(canonical_table(db, table), Privilege.parse(privilege))
+    return canonical_table(db, table)
 
 
 def test_corpus_is_large_and_ids_are_unique() -> None:
     ids = Counter(case_id for case_id, *_ in CASES)
     assert [i for i, n in ids.items() if n > 1] == []
-    assert len(CASES) >= 250
+    assert len(CASES) >= 400
 
 
 @pytest.mark.parametrize(("sql", "db", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -98,7 +118,10 @@ def test_case(sql: str, db: str | None, expect: dict[str, Any]) -> None:
         if "class" in expect:
             assert result.statement_class == expect["class"]
         return
-    allow = expect["allow"]
+    check_allowed(result, expect["allow"])
+
+
+def check_allowed(result: Analysis, allow: dict[str, Any]) -> None:
     assert result.deny is None, result.deny
     assert result.kind is StatementKind(allow["kind"])
     if "class" in allow:
@@ -109,3 +132,12 @@ def test_case(sql: str, db: str | None, expect: dict[str, Any]) -> None:
     assert result.database_access == frozenset(allow.get("database_access", []))
     assert result.kill_target == allow.get("kill_target")
     assert result.kill_query_only == allow.get("kill_query_only", False)
+    assert result.metadata_tables == frozenset(allow.get("metadata_tables", []))
+    unbounded = frozenset(parse_table(t) for t in allow.get("unbounded_writes", []))
+    assert result.unbounded_writes == unbounded
+    assert result.prepared_name == allow.get("prepared_name")
+    if "prepared" in allow:
+        assert result.prepared_analysis is not None
+        check_allowed(result.prepared_analysis, allow["prepared"])
+    else:
+        assert result.prepared_analysis is None

@@ -1,19 +1,24 @@
-"""The naming rule (names.py) and the function lists (functions.py)."""
+"""The naming rule (names.py), the function lists (functions.py), the readable
+information_schema tables (infoschema.py) and string literals of PREPARE (prepared.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.authz import functions
+from proxy.authz import functions, infoschema, metadata
 from proxy.authz.analyze import analyze
 from proxy.authz.model import DenyCode, TableRef
 from proxy.authz.names import (
     canonical_db,
+    canonical_routine,
     canonical_table,
+    looks_like_information_schema,
     normalize_ident,
     split_qualified,
     table_ref,
 )
+from proxy.authz.outcome import Denied
+from proxy.authz.prepared import literal_text
 
 
 @pytest.mark.parametrize(
@@ -91,3 +96,57 @@ def test_sqlglot_only_functions_are_unknown(name: str) -> None:
     result = analyze(f"SELECT {name}(1)", "hr_prod")
     assert result.deny is not None
     assert result.deny.code in (DenyCode.UNKNOWN_FUNCTION, DenyCode.PARSE_ERROR), name
+
+
+@pytest.mark.parametrize(
+    ("name", "lookalike"),
+    [
+        ("information_schema", False),  # the real one: ASCII, folded by canonical_db
+        ("INFORMATION_SCHEMA", False),
+        ("\u0131nformation_schema", True),  # dotless i
+        ("informat\u0131on_\u017fchema", True),  # dotless i, long s
+        ("\u00ednformation_schema", True),  # accented
+        ("\uff49\uff4e\uff46\uff4f\uff52\uff4d\uff41\uff54\uff49\uff4f\uff4e_schema", True),
+        ("informaci\u00f3n", False),
+        ("hr_prod", False),
+    ],
+)
+def test_information_schema_lookalikes(name: str, lookalike: bool) -> None:
+    assert looks_like_information_schema(name) is lookalike
+
+
+def test_routines_fold_case() -> None:
+    assert canonical_routine("Payroll", "Run_Payroll") == TableRef("Payroll", "run_payroll")
+    assert canonical_routine("INFORMATION_SCHEMA", "X") == TableRef("information_schema", "x")
+
+
+def test_readable_metadata_tables_are_the_ones_the_session_can_filter() -> None:
+    assert infoschema.READABLE == metadata.FILTERABLE
+    assert all(name == name.lower() for name in infoschema.READABLE)
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("'abc'", "abc"),
+        ('"abc"', "abc"),
+        ("'it''s'", "it's"),
+        ('"say ""hi"""', 'say "hi"'),
+        ("'a\\'b'", "a'b"),
+        ("'a\\\"b'", 'a"b'),
+        ("'\\n\\r\\t\\b\\0\\Z'", "\n\r\t\b\x00\x1a"),
+        ("'\\\\'", "\\"),
+        ("'\\%\\_'", "\\%\\_"),  # kept for LIKE
+        ("'\\x\\`'", "x`"),  # any other escaped character stands for itself
+        ("'\"'", '"'),
+        ("''", ""),
+    ],
+)
+def test_literal_text_unescapes_like_mysql(raw: str, text: str) -> None:
+    assert literal_text(raw) == text
+
+
+@pytest.mark.parametrize("raw", ["abc", "'abc", "'ab'c'", "'abc\\'", "`abc`", "'"])
+def test_literal_text_rejects_what_is_not_one_literal(raw: str) -> None:
+    with pytest.raises(Denied):
+        literal_text(raw)

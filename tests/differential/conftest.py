@@ -46,12 +46,12 @@ def scratch(mariadb: LocalMariaDB) -> Iterator[Scratch]:
 
 @pytest.fixture(scope="session")
 def jit(scratch: Scratch) -> Jit:
-    return Jit(scratch.grants, scratch.person)
+    return Jit(scratch.grants, scratch.person.user)
 
 
 @pytest.fixture(scope="session")
 def direct(scratch: Scratch) -> Direct:
-    return Direct(scratch.mariadb, scratch.person, scratch.person_password)
+    return Direct(scratch.mariadb, scratch.person, scratch.nobody, scratch.upstream)
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +65,8 @@ def diff_proxy(
         tmp_path_factory.mktemp("differential-proxy"),
         upstream_host="127.0.0.1",
         upstream_port=scratch.mariadb.port,
-        upstream_user=scratch_schema.UPSTREAM_USER,
-        upstream_password=scratch_schema.UPSTREAM_PASSWORD,
+        upstream_user=scratch.upstream.user,
+        upstream_password=scratch.upstream.password,
         cert_file=tls_files.server_cert,
         key_file=tls_files.server_key,
         upstream_ca=tls_files.ca_cert,
@@ -80,7 +80,7 @@ def diff_proxy(
 @pytest.fixture
 def via_proxy(diff_proxy: RunningProxy, tls_files: TlsFiles, scratch: Scratch) -> Iterator[ViaProxy]:
     tls = ssl.create_default_context(cafile=str(tls_files.ca_cert))
-    session = ViaProxy(diff_proxy.port, scratch.person, diff_proxy.token(scratch.person), tls)
+    session = ViaProxy(diff_proxy.port, scratch.person.user, diff_proxy.token(scratch.person.user), tls)
     yield session
     session.close()
 

@@ -28,8 +28,10 @@ DATABASE_MAP = {
     "other": "diff_b",
     "sandbox": "diff_c",
 }
-# Current databases a translated case may run in (None: no database selected).
-RUNNABLE_DBS = {None, "diff_a", "diff_b", "diff_c", "information_schema"}
+# Current databases the person can be in (None: no database selected). Neither MariaDB nor
+# jitproxy lets them into diff_b (the corpus's USE cases check that), so a case that starts
+# there describes a session that cannot exist.
+RUNNABLE_DBS = {None, "diff_a", "diff_c", "information_schema"}
 _NAME = re.compile(r"(?<![\w$@])(" + "|".join(DATABASE_MAP) + r")(?![\w$])", re.IGNORECASE)
 
 

@@ -3,13 +3,21 @@ policy's grants) against MariaDB's own privilege check (the statement executed a
 equivalent account, inside a transaction that is rolled back).
 
 Vocabulary:
-- MariaDB *denies* a statement when it answers with a privilege error (`PRIVILEGE_ERRORS`);
-  it *allows* it when it runs it or fails for another reason after its privilege checks
-  (unknown column, duplicate key, time limit...). A syntax error (`SYNTAX_ERRORS`) is neither:
-  MariaDB never reached its privilege checks.
-- A **leak**: jitproxy allows, MariaDB denies. Never acceptable.
+- MariaDB *denies* a statement when it answers the person's account with a privilege error
+  (`PRIVILEGE_ERRORS`). It *allows* it when it runs it, or fails for another reason after its
+  privilege checks (unknown column, duplicate key, time limit...). Which errors come before the
+  privilege checks is found out, not listed: a statement that fails the same way for an account
+  without any privilege ("nobody") was rejected before them (syntax, malformed or duplicate
+  names, bad CTEs...): MariaDB has no verdict on it, it counts neither as allowed nor denied.
+- A **leak**: jitproxy allows, MariaDB denies. Never acceptable. One exception is checked, not
+  assumed: MariaDB answers some invalid statements with a table or column privilege error that
+  even an account holding ALL on the scratch databases gets (a multi-table UPDATE naming a
+  column its JSON_TABLE lacks: 1143 for root too). Such a denial of a query/DML statement is
+  re-run as the proxy's own upstream account (ALL on diff_*, nothing else); if that gets the
+  very same error about a scratch object, forwarding it could not leak anything either: it is
+  reported apart as "refused to every account".
 - A **false denial**: jitproxy denies for a grant-related reason (missing grant, unaccounted
-  table, naming...) while MariaDB allows.
+  table, naming, parse failure...) while MariaDB allows.
 - A **deliberate denial**: jitproxy refuses the statement whoever runs it, for a reason MariaDB
   has no notion of (`DELIBERATE`): counted apart, whatever MariaDB says.
 """
@@ -17,8 +25,10 @@ Vocabulary:
 from __future__ import annotations
 
 import enum
+import re
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +38,7 @@ import pymysql
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet, decide
 from proxy.authz.model import Decision, DenyCode, Grant, Principal, StatementKind
-from proxy.demo.mariadb import LocalMariaDB
+from proxy.demo.mariadb import Credentials, LocalMariaDB, native_password_hash
 
 # MariaDB error codes that mean "your account may not do this".
 PRIVILEGE_ERRORS = {
@@ -47,7 +57,9 @@ PRIVILEGE_ERRORS = {
     1410: "ER_CANT_CREATE_USER_WITH_GRANT",
     1698: "ER_ACCESS_DENIED_NO_PASSWORD_ERROR",
 }
-SYNTAX_ERRORS = {1064: "ER_PARSE_ERROR", 1149: "ER_SYNTAX_ERROR"}
+# Client-side errors: the server is gone (or crashed: see grammar.crashes_mariadb).
+CONNECTION_LOST = frozenset({0, 2002, 2003, 2006, 2013})
+STATEMENT_TIMEOUT = 1969  # ER_STATEMENT_TIMEOUT: it was executing, so its privilege checks passed
 
 # Statement-level refusals MariaDB has no equivalent of (README "what the proxy cannot fully
 # understand is denied", plus the guardrails).
@@ -71,13 +83,32 @@ DELIBERATE = frozenset(
 # nothing about the proxy (KILL names proxy sessions, not server threads).
 PROXY_HANDLED = frozenset({StatementKind.KILL})
 
-STATEMENT_TIME_LIMIT_S = 0.5  # bounds SLEEP()/BENCHMARK() in the corpus on both paths
+# Bounds BENCHMARK() and the like in the corpus on both paths. Generous on purpose: MariaDB
+# 10.11.19 can crash when this limit interrupts a statement while it creates a temporary table
+# (seen for a plain UNION under load), so ordinary statements must never come near it.
+STATEMENT_TIME_LIMIT_S = 1.5
+LOCK_WAIT_TIMEOUT_S = 2  # a lock left behind (LOCK TABLES, FOR UPDATE) fails a case, never hangs it
+SESSION_LIMITS = (
+    f"max_statement_time = {STATEMENT_TIME_LIMIT_S}, lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}, "
+    f"innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}"
+)
+# Statement classes that leave nothing behind in a session once rolled back; any other forwarded
+# statement (SET, USE, LOCK TABLES, temporary tables, XA...) gets a fresh session afterwards.
+STATELESS_CLASSES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "EXPLAIN"})
+# Classes re-run as the upstream account to check a denial (rolled back; scratch tables are InnoDB).
+REPLAYABLE_CLASSES = STATELESS_CLASSES
+SCRATCH_DATABASES = frozenset({"diff_a", "diff_b", "diff_c"})
+_DENIED_TABLE = re.compile(r"for table `([^`]*)`\.`")
+# Statements that may change an account itself (its own password, default role): the accounts
+# are put back after them, so that no case affects the next.
+_ACCOUNT_WORDS = re.compile(r"\b(PASSWORD|IDENTIFIED|ROLE|USER)\b", re.IGNORECASE)
 
 
 class Server(str, enum.Enum):
     RAN = "ran"
-    FAILED = "failed"  # a non-privilege error: the privilege checks passed
-    SYNTAX = "syntax"
+    FAILED = "failed"  # a non-privilege error after the privilege checks passed
+    INVALID = "rejected before privilege checks"  # the same error for an account without privileges
+    REFUSES_EVERYONE = "refused to every account"  # the same privilege error for an all-privileged one
     DENIED = "denied"
     NOT_RUN = "not run"
 
@@ -88,9 +119,14 @@ class Verdict(str, enum.Enum):
     LEAK = "leak"
     FALSE_DENIAL = "false-denial"
     DELIBERATE = "deliberate"
-    BOTH_SYNTAX = "jitproxy-denies-mariadb-syntax-error"
-    ALLOWED_SYNTAX = "jitproxy-allows-mariadb-syntax-error"
+    BOTH_REFUSE_INVALID = "jitproxy-denies-unchecked"
+    ALLOWS_INVALID = "jitproxy-allows-unchecked"  # MariaDB rejects it unread: not a leak
+    ALLOWS_REFUSED_TO_ALL = "jitproxy-allows-refused-to-everyone"  # see the module docstring
     PROXY_HANDLED = "proxy-handled"
+
+
+class MariaDBCrashed(RuntimeError):
+    """The shared MariaDB stopped answering after a statement: every later test would fail."""
 
 
 @dataclass(frozen=True)
@@ -143,65 +179,124 @@ class Jit:
 
 class Direct:
     """Statements as the person's own MariaDB account, each on a fresh connection (no session
-    state carries over) inside a transaction that is rolled back."""
+    state carries over) inside a transaction that is rolled back. A statement that fails for a
+    non-privilege reason is run again as `nobody` to tell "rejected before the privilege checks"
+    from "failed after them"."""
 
-    def __init__(self, mariadb: LocalMariaDB, user: str, password: str) -> None:
-        self.mariadb, self.user, self.password = mariadb, user, password
+    def __init__(
+        self, mariadb: LocalMariaDB, person: Credentials, nobody: Credentials, upstream: Credentials
+    ) -> None:
+        self.mariadb, self.person, self.nobody, self.upstream = mariadb, person, nobody, upstream
+        self._previous_sql = ""
 
-    def connect(self, db: str | None) -> pymysql.Connection:
+    def _connect(self, account: Credentials, db: str | None) -> pymysql.Connection:
         return pymysql.connect(
             unix_socket=str(self.mariadb.socket_path),
-            user=self.user,
-            password=self.password,
+            user=account.user,
+            password=account.password,
             database=db,
             charset="utf8mb4",
             autocommit=False,
             ssl_disabled=True,  # a unix socket; also skips PyMySQL's costly default TLS context
-            init_command=f"SET SESSION max_statement_time = {STATEMENT_TIME_LIMIT_S}",
+            init_command=f"SET SESSION {SESSION_LIMITS}",
         )
 
-    def run(self, sql: str, db: str | None) -> ServerOutcome:
-        conn = self.connect(db)
+    def _execute(self, account: Credentials, sql: str, db: str | None) -> tuple[int | None, str]:
+        """(error code or None, message)."""
+        try:
+            conn = self._connect(account, db)
+        except pymysql.MySQLError as e:  # e.g. 1044: this account may not use `db` at all
+            if e.args and e.args[0] in CONNECTION_LOST:
+                self._check_alive(self._previous_sql)  # the statement before did it
+            return e.args[0], str(e.args[-1])
+        result: tuple[int | None, str] = (None, "")
         try:
             with conn.cursor() as cur:
                 cur.execute(sql)
                 cur.fetchall()
                 while cur.nextset():
                     cur.fetchall()
-            return ServerOutcome(Server.RAN)
         except pymysql.MySQLError as e:
             code = e.args[0] if e.args and isinstance(e.args[0], int) else -1
-            message = str(e.args[-1]) if e.args else repr(e)
-            if code in PRIVILEGE_ERRORS:
-                return ServerOutcome(Server.DENIED, code, message)
-            if code in SYNTAX_ERRORS:
-                return ServerOutcome(Server.SYNTAX, code, message)
-            return ServerOutcome(Server.FAILED, code, message)
+            if code in CONNECTION_LOST:
+                self._check_alive(sql)
+            result = (code, str(e.args[-1]) if e.args else repr(e))
+        finally:
+            self._previous_sql = sql
+            _quietly(conn.rollback)
+            _quietly(conn.close)
+        if _ACCOUNT_WORDS.search(sql):
+            self._restore_accounts()
+        return result
+
+    def _restore_accounts(self) -> None:
+        with self.mariadb.root_connection(ssl_disabled=True) as conn, conn.cursor() as cur:
+            for account in (self.person, self.nobody):
+                hashed = native_password_hash(account.password)
+                cur.execute("SET PASSWORD FOR %s@'%%' = %s", (account.user, hashed))
+                cur.execute("SET DEFAULT ROLE NONE FOR %s@'%%'", (account.user,))
+
+    def _check_alive(self, sql: str) -> None:
+        try:
+            self.mariadb.execute_root("SELECT 1")
+        except pymysql.MySQLError:
+            raise MariaDBCrashed(f"MariaDB stopped answering after: {sql!r}") from None
+
+    def run(self, sql: str, db: str | None) -> ServerOutcome:
+        try:
+            code, message = self._execute(self.person, sql, db)
         except UnicodeEncodeError as e:  # e.g. a lone surrogate: nothing could be sent
             return ServerOutcome(Server.NOT_RUN, None, f"not sendable: {e}")
-        finally:
-            try:
-                conn.rollback()
-            except pymysql.MySQLError:
-                pass
-            conn.close()
+        if code is None:
+            return ServerOutcome(Server.RAN)
+        if code in PRIVILEGE_ERRORS:
+            return ServerOutcome(Server.DENIED, code, message)
+        if code == STATEMENT_TIMEOUT:
+            return ServerOutcome(Server.FAILED, code, message)
+        nobody_code, _ = self._execute(self.nobody, sql, db)
+        if nobody_code == code:
+            return ServerOutcome(Server.INVALID, code, message)
+        return ServerOutcome(Server.FAILED, code, message)
+
+    def refused_to_everyone(self, sql: str, db: str | None, outcome: ServerOutcome) -> bool:
+        """Does the upstream account (ALL on the scratch databases) get the very same table or
+        column privilege error about a scratch object? Then the error is not about privileges."""
+        if outcome.code == 1142:
+            named = _DENIED_TABLE.search(outcome.message)
+            if named is None or named.group(1) not in SCRATCH_DATABASES:
+                return False
+        elif outcome.code != 1143:  # a column error: the upstream holds every column of diff_*
+            return False
+        code, message = self._execute(self.upstream, sql, db)
+        mine = outcome.message.replace(f"'{self.person.user}'", "'?'")
+        return code == outcome.code and message.replace(f"'{self.upstream.user}'", "'?'") == mine
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """Roll back / close a connection that may already be gone."""
+    try:
+        action()
+    except (pymysql.MySQLError, OSError):
+        pass
 
 
 def classify(decision: Decision, server: ServerOutcome) -> Verdict:
     if decision.analysis.kind in PROXY_HANDLED:
         return Verdict.PROXY_HANDLED
     if decision.allowed:
+        if server.server is Server.REFUSES_EVERYONE:
+            return Verdict.ALLOWS_REFUSED_TO_ALL
         if server.server is Server.DENIED:
             return Verdict.LEAK
-        if server.server is Server.SYNTAX:
-            return Verdict.ALLOWED_SYNTAX
+        if server.server is Server.INVALID:
+            return Verdict.ALLOWS_INVALID
         return Verdict.AGREE_ALLOW
     if decision.code in DELIBERATE:
         return Verdict.DELIBERATE
     if server.server is Server.DENIED:
         return Verdict.AGREE_DENY
-    if server.server is Server.SYNTAX:
-        return Verdict.BOTH_SYNTAX
+    if server.server is Server.INVALID:
+        return Verdict.BOTH_REFUSE_INVALID
     return Verdict.FALSE_DENIAL
 
 
@@ -211,6 +306,13 @@ def compare(case: Case, jit: Jit, direct: Direct) -> Result:
         server = ServerOutcome(Server.NOT_RUN, None, "answered by the proxy itself")
     else:
         server = direct.run(case.sql, case.db)
+        if (
+            decision.allowed
+            and server.server is Server.DENIED
+            and decision.analysis.statement_class in REPLAYABLE_CLASSES
+            and direct.refused_to_everyone(case.sql, case.db, server)
+        ):
+            server = ServerOutcome(Server.REFUSES_EVERYONE, server.code, server.message)
     return Result(case, decision, server, classify(decision, server))
 
 
@@ -241,6 +343,7 @@ class Tally:
         fd = len(self.of(Verdict.FALSE_DENIAL))
         deliberate = self.of(Verdict.DELIBERATE)
         deliberate_ran = sum(1 for r in deliberate if r.server.server in (Server.RAN, Server.FAILED))
+        invalid = len(self.of(Verdict.BOTH_REFUSE_INVALID)) + len(self.of(Verdict.ALLOWS_INVALID))
         parts = [
             f"differential[{self.label}]: {n} statements",
             f"{len(self.of(Verdict.LEAK))} leaks",
@@ -248,19 +351,29 @@ class Tally:
             f"{len(deliberate)} deliberate denials ({deliberate_ran} of them MariaDB-allowed)",
             f"{len(self.of(Verdict.AGREE_ALLOW))} agree-allow",
             f"{len(self.of(Verdict.AGREE_DENY))} agree-deny",
-            f"{len(self.of(Verdict.BOTH_SYNTAX)) + len(self.of(Verdict.ALLOWED_SYNTAX))} MariaDB syntax errors "
-            f"({len(self.of(Verdict.ALLOWED_SYNTAX))} allowed by jitproxy)",
+            f"{invalid} rejected by MariaDB before its privilege checks "
+            f"({len(self.of(Verdict.ALLOWS_INVALID))} of them allowed by jitproxy)",
         ]
+        if self.of(Verdict.ALLOWS_REFUSED_TO_ALL):
+            parts.append(
+                f"{len(self.of(Verdict.ALLOWS_REFUSED_TO_ALL))} allowed by jitproxy and refused by MariaDB "
+                "to every account"
+            )
         if self.of(Verdict.PROXY_HANDLED):
             parts.append(f"{len(self.of(Verdict.PROXY_HANDLED))} answered by the proxy")
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
         return ", ".join(parts)
 
-    def false_denial_reasons(self) -> Counter[str]:
-        return Counter(
+    def summary_lines(self) -> list[str]:
+        """The summary, and the false denials counted by jitproxy's reason code."""
+        reasons = Counter(
             r.decision.code.value if r.decision.code else "?" for r in self.of(Verdict.FALSE_DENIAL)
         )
+        if not reasons:
+            return [self.summary()]
+        by_reason = ", ".join(f"{code} {n}" for code, n in reasons.most_common())
+        return [self.summary(), f"  false denials by reason: {by_reason}"]
 
     def report(self, verdict: Verdict, limit: int = 40) -> str:
         found = sorted(self.of(verdict), key=lambda r: r.case.name)
@@ -272,7 +385,8 @@ class Tally:
 
 # -- through the real proxy -----------------------------------------------------------------
 
-JITPROXY_DENIAL_TAG = "jitproxy"  # every denial message of the proxy names itself
+# Every denial message of the proxy ends with its reason code in this form (session.py).
+_PROXY_DENIAL = re.compile(r"\(jitproxy: [a-z_]+\)|denied by jitproxy \(")
 
 
 @dataclass
@@ -287,7 +401,7 @@ class ProxyResponse:
 
     @property
     def denied_by_proxy(self) -> bool:
-        return not self.ok and JITPROXY_DENIAL_TAG in self.error_message
+        return not self.ok and _PROXY_DENIAL.search(self.error_message) is not None
 
     def texts(self) -> list[str]:
         """Every piece of text the client received."""
@@ -322,7 +436,7 @@ class ViaProxy:
                 ssl=self.tls,
                 charset="utf8mb4",
                 autocommit=False,  # every statement is rolled back afterwards
-                init_command=f"SET max_statement_time = {STATEMENT_TIME_LIMIT_S}",
+                init_command=f"SET {SESSION_LIMITS}",
                 program_name="differential",
             )
             self._conns[db] = conn
@@ -331,10 +445,7 @@ class ViaProxy:
     def reset(self, db: str | None) -> None:
         conn = self._conns.pop(db, None)
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already gone
-                pass
+            _quietly(conn.close)
 
     def close(self) -> None:
         for db in list(self._conns):
@@ -409,7 +520,14 @@ class ProxyCheck:
 
 def through_proxy(case: Case, tagged_sql: str, marker: str, jit: Jit, via: ViaProxy, check: CanaryCheck) -> ProxyCheck:
     decision = jit.decide(tagged_sql, case.db)
-    stateless = decision.allowed and decision.analysis.kind in (StatementKind.QUERY, StatementKind.SHOW)
+    # A refused statement changes nothing; a forwarded one other than a query may change the
+    # session (SET, USE, LOCK TABLES, transactions): the next statement gets a fresh session.
+    analysis = decision.analysis
+    stateless = (
+        not decision.allowed
+        or analysis.kind is StatementKind.SHOW
+        or (analysis.kind is StatementKind.QUERY and analysis.statement_class in STATELESS_CLASSES)
+    )
     response = via.run(tagged_sql, case.db, keep_session=stateless)
     if not response.not_sent:
         check.sent += 1

@@ -24,13 +24,15 @@ import yaml
 
 from proxy.authz.model import Grant, Privilege
 from proxy.authz.policy import grants_from_document
-from proxy.demo.mariadb import LocalMariaDB
+from proxy.demo.mariadb import Credentials, LocalMariaDB
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 SUBJECT_USER = "difftest"
 PERSON_PASSWORD = "difftest-password"  # the MariaDB account used directly (never through the proxy)
 UPSTREAM_USER = "diffproxy"  # the proxy's one shared identity for this suite: ALL on diff_*
 UPSTREAM_PASSWORD = "diffproxy-password"
+NOBODY_USER = "diffnobody"  # no table privilege: tells which errors precede privilege checks
+NOBODY_PASSWORD = "diffnobody-password"
 DATABASES = ("diff_a", "diff_b", "diff_c")
 CURRENT_DB = "diff_a"
 
@@ -94,6 +96,7 @@ def grant_statements(grants: list[Grant]) -> list[str]:
     for g in grants:
         assert g.subject == f"user:{SUBJECT_USER}" and g.expires_at is None
         assert Privilege.EXECUTE not in g.privileges, "routines are not part of this suite"
+        assert getattr(g, "max_rows", None) is None, "max_rows changes results, not privileges"
         privileges = ", ".join(sorted(p.value for p in g.privileges))
         obj = "*" if g.table == "*" else quote(g.table)
         out.append(f"{privileges} ON {quote(g.db)}.{obj}")
@@ -139,8 +142,9 @@ class Scratch:
 
     mariadb: LocalMariaDB
     grants: tuple[Grant, ...]
-    person: str = SUBJECT_USER
-    person_password: str = PERSON_PASSWORD
+    person: Credentials = Credentials(SUBJECT_USER, PERSON_PASSWORD)  # holds exactly the policy
+    upstream: Credentials = Credentials(UPSTREAM_USER, UPSTREAM_PASSWORD)  # ALL on diff_*
+    nobody: Credentials = Credentials(NOBODY_USER, NOBODY_PASSWORD)  # EVENT on diff_* only
     current_db: str = CURRENT_DB
 
 
@@ -153,6 +157,8 @@ def create(mariadb: LocalMariaDB) -> Scratch:
             cur.execute(sql)
     mariadb.create_user(SUBJECT_USER, PERSON_PASSWORD, grant_statements(grants))
     mariadb.create_user(UPSTREAM_USER, UPSTREAM_PASSWORD, [f"ALL PRIVILEGES ON {db}.*" for db in DATABASES])
+    # EVENT only lets it select the databases as current database; it reads and writes nothing.
+    mariadb.create_user(NOBODY_USER, NOBODY_PASSWORD, [f"EVENT ON {db}.*" for db in DATABASES])
     return Scratch(mariadb, tuple(grants))
 
 
@@ -165,7 +171,7 @@ def drop(mariadb: LocalMariaDB) -> None:
 
 def drop_accounts(mariadb: LocalMariaDB) -> None:
     with mariadb.root_connection() as conn, conn.cursor() as cur:
-        for user in (SUBJECT_USER, UPSTREAM_USER):
+        for user in (SUBJECT_USER, UPSTREAM_USER, NOBODY_USER):
             cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
 
 
@@ -173,6 +179,7 @@ def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
     """Everything a statement could have changed for good: tables, their contents, the person's
     grants. Compared before and after each run; nothing may persist between cases."""
     with mariadb.root_connection() as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10")  # never hang
         cur.execute(
             "SELECT table_schema, table_name, table_type FROM information_schema.tables "
             "WHERE table_schema IN ('diff_a', 'diff_b', 'diff_c') ORDER BY 1, 2"

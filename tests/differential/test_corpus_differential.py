@@ -10,9 +10,12 @@ from tests.differential import scratch as schema
 from tests.differential.corpus import corpus_cases, extra_cases
 from tests.differential.harness import CanaryCheck, Case, Direct, Jit, Tally, Verdict, compare, through_proxy
 
-# The bar is 5% of the statements MariaDB allows. Where a set is above it today the
-# measured ceiling is asserted instead (and reported); lower it as the analyzer improves.
-FALSE_DENIAL_CEILING = {"corpus": 0.05, "extra": 0.05}
+# The bar: false denials below 5% of the statements MariaDB allows (a float is that
+# ratio). extra_cases.yaml aims at MariaDB's finer rules on purpose (write-only grants need no
+# SELECT for constant WHERE clauses or SHOW CREATE TABLE, CTE names compare case-insensitively,
+# RECURSIVE sees later siblings): there the measured count is the ceiling (an int). Lower it as
+# the analyzer improves.
+FALSE_DENIAL_CEILING: dict[str, float | int] = {"corpus": 0.05, "extra": 15}
 
 
 def run_set(label: str, cases: list[Case], jit: Jit, direct: Direct) -> Tally:
@@ -22,20 +25,20 @@ def run_set(label: str, cases: list[Case], jit: Jit, direct: Direct) -> Tally:
     return tally
 
 
-def summarize(tally: Tally, report: list[str]) -> None:
-    report.append(tally.summary())
-    reasons = tally.false_denial_reasons()
-    if reasons:
-        report.append(f"  false denials by reason: {', '.join(f'{k} {v}' for k, v in reasons.most_common())}")
-
-
 def check_set(tally: Tally) -> None:
+    problems = []
     leaks = tally.of(Verdict.LEAK)
-    assert leaks == [], f"{len(leaks)} leaks (jitproxy allows, MariaDB refuses):\n" + tally.report(Verdict.LEAK)
+    if leaks:
+        problems.append(f"{len(leaks)} leaks (jitproxy allows, MariaDB refuses):\n" + tally.report(Verdict.LEAK))
     ceiling = FALSE_DENIAL_CEILING[tally.label]
-    assert tally.false_denial_ratio <= ceiling, (
-        f"false denials {tally.false_denial_ratio:.1%} > {ceiling:.1%}:\n" + tally.report(Verdict.FALSE_DENIAL)
-    )
+    found = len(tally.of(Verdict.FALSE_DENIAL))
+    within = found <= ceiling if isinstance(ceiling, int) else tally.false_denial_ratio <= ceiling
+    if not within:
+        problems.append(
+            f"{found} false denials ({tally.false_denial_ratio:.1%}), ceiling {ceiling}:\n"
+            + tally.report(Verdict.FALSE_DENIAL)
+        )
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.mark.parametrize("label", ["corpus", "extra"])
@@ -47,7 +50,7 @@ def test_differential(label, scratch, jit, direct, report) -> None:
         cases, skipped = extra_cases(), 0
     tally = run_set(label, cases, jit, direct)
     tally.skipped = skipped
-    summarize(tally, report)
+    report.extend(tally.summary_lines())
     assert schema.fingerprint(scratch.mariadb) == before, "a statement changed the scratch data for good"
     check_set(tally)
 

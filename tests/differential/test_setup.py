@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from proxy.authz.model import Privilege
+from proxy.authz.model import Grant, Privilege
 from tests.differential import scratch as schema
-from tests.differential.harness import Server
+from tests.differential.harness import CanaryCheck, Case, Jit, ProxyResponse, Server, Verdict, compare
 
 
 def test_mariadb_account_holds_exactly_the_policy(scratch) -> None:
@@ -64,3 +64,23 @@ def test_both_paths_allow_and_deny_the_basics(scratch, jit, direct, via_proxy) -
         assert (direct.run(sql, "diff_a").server is Server.RAN) is allowed
         response = via_proxy.run(sql, "diff_a", keep_session=True)
         assert response.ok is allowed and response.denied_by_proxy is (not allowed)
+
+
+def test_a_broader_policy_shows_up_as_leaks(scratch, direct) -> None:
+    """Control for the oracle: a jitproxy that grants more than the MariaDB account holds
+    (SELECT on all of diff_a) must produce leaks on the canary table, not agreement."""
+    broad = [Grant("user:difftest", "diff_a", "*", frozenset({Privilege.SELECT}))]
+    result = compare(Case("control", "SELECT note FROM salary", "diff_a"), Jit(broad, "difftest"), direct)
+    assert result.verdict is Verdict.LEAK, result.describe()
+
+
+def test_canary_scan_finds_canaries_but_not_what_was_typed() -> None:
+    """Control for the scanner: a canary anywhere in a response is found (any case, bytes too);
+    a name the statement itself typed is not counted (the proxy's denial echoes it)."""
+    check = CanaryCheck(schema.value_canaries(), schema.name_canaries())
+    value = schema.canary("diff_b", "bonus")
+    assert check.scan("SELECT 1", ProxyResponse(True, ["x"], [(value.lower().encode(),)])) == [value.lower()]
+    assert check.scan("SELECT 1", ProxyResponse(False, error_message=f"Duplicate entry '{value}'")) != []
+    typed = f"SELECT * FROM {schema.CANARY_TABLE}"
+    denial = ProxyResponse(False, error_message=f"... for table 'diff_a.{schema.CANARY_TABLE}' (jitproxy: missing_grant)")
+    assert check.scan(typed, denial) == [] and denial.denied_by_proxy

@@ -29,6 +29,7 @@ grants:
   - subject: user:admin
     grant: "*.*"
     privileges: ALL
+    allow_unbounded_writes: true
 """
 
 

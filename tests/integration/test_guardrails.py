@@ -60,3 +60,29 @@ def test_max_rows_applies_to_prepared_statements(capped):
     assert rows == 50 and err_code(pkt) == 1104
     assert raw.command(b"\x0e")[:1] == b"\x00"  # the session goes on (the rest was drained)
     raw.close()
+
+
+def test_update_or_delete_without_where_needs_a_grant_that_allows_it(proxy, policies_dir, tls_files, mariadb):
+    (policies_dir / "writer.yaml").write_text(
+        "grants:\n  - {subject: user:writer, grant: hr_test.employee, privileges: [SELECT, UPDATE, DELETE]}\n"
+    )
+    proxy.ctx.grants.reload()
+    try:
+        c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="writer", password=proxy.token("writer"),
+                            database="hr_test", ssl=client_ssl(tls_files), autocommit=True)
+        with c.cursor() as cur:
+            for sql in ("UPDATE employee SET dept = dept /*unbounded-1*/", "DELETE FROM employee LIMIT 1 /*unbounded-2*/"):
+                with pytest.raises(pymysql.MySQLError) as e:
+                    cur.execute(sql)
+                assert e.value.args[0] == 1142 and "unbounded_write" in e.value.args[1]
+            assert cur.execute("UPDATE employee SET dept = dept WHERE id = 1") in (0, 1)
+        c.close()
+        assert "unbounded-1" not in mariadb.general_log_text() and "unbounded-2" not in mariadb.general_log_text()
+        admin = pymysql.connect(host="127.0.0.1", port=proxy.port, user="admin", password=proxy.token("admin"),
+                                database="hr_test", ssl=client_ssl(tls_files), autocommit=True)
+        with admin.cursor() as cur:  # allow_unbounded_writes: true
+            cur.execute("UPDATE employee SET dept = dept")
+        admin.close()
+    finally:
+        (policies_dir / "writer.yaml").unlink()
+        proxy.ctx.grants.reload()

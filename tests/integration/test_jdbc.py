@@ -29,3 +29,7 @@ def test_jdbc_client_through_the_proxy(proxy, tls_files, tmp_path):
     assert out["injection_count"] == "0"
     assert out["salary_denied"] == "1142"
     assert out["tables"] == "employee title"
+    assert out["md_tables"] == "employee title"
+    assert out["md_salary_columns"] == "0" and int(out["md_employee_columns"]) > 5
+    assert all("salary" not in value for value in out.values())
+    assert set(out["md_catalogs"].split()) <= {"hr_prod", "information_schema"}

@@ -175,10 +175,9 @@ def test_analysis_cache_never_keeps_long_statements():
 def test_policy_names_follow_the_analyzer_rule():
     from proxy.authz.analyze import analyze
 
-    db, table = split_object("INFORMATION_SCHEMA.TABLES")
-    req = next(iter(analyze("SELECT * FROM information_schema.tables", None).requirements))
-    assert (req.target.db, req.target.table) == (db, table)
-    assert split_object("Hr_Prod.Salary") == ("Hr_Prod", "Salary")  # exact otherwise
+    assert split_object("INFORMATION_SCHEMA.TABLES") == ("information_schema", "tables")
+    req = next(iter(analyze("SELECT * FROM `Hr_Prod`.`Salary`", None).requirements))
+    assert (req.target.db, req.target.table) == split_object("Hr_Prod.Salary") == ("Hr_Prod", "Salary")
 
 
 def test_guardrails_unbounded_writes_and_max_rows(tmp_path):

@@ -23,6 +23,21 @@ public class Probe {
             } catch (SQLException e) {
                 System.out.println("salary_denied=" + e.getErrorCode());
             }
+            DatabaseMetaData md = c.getMetaData();
+            StringBuilder t = new StringBuilder();
+            try (ResultSet r = md.getTables("hr_prod", null, "%", null)) {
+                while (r.next()) t.append(r.getString("TABLE_NAME")).append(' ');
+            }
+            System.out.println("md_tables=" + t.toString().trim());
+            int cols = 0;
+            try (ResultSet r = md.getColumns("hr_prod", null, "salary", "%")) { while (r.next()) cols++; }
+            System.out.println("md_salary_columns=" + cols);
+            cols = 0;
+            try (ResultSet r = md.getColumns("hr_prod", null, "employee", "%")) { while (r.next()) cols++; }
+            System.out.println("md_employee_columns=" + cols);
+            StringBuilder cat = new StringBuilder();
+            try (ResultSet r = md.getCatalogs()) { while (r.next()) cat.append(r.getString(1)).append(' '); }
+            System.out.println("md_catalogs=" + cat.toString().trim());
             try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("SHOW TABLES")) {
                 StringBuilder b = new StringBuilder();
                 while (r.next()) b.append(r.getString(1)).append(' ');
