@@ -18,6 +18,7 @@ import structlog
 from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
+from proxy.authz.fingerprint import Fingerprint, fingerprint
 from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
 from proxy.authz.policy import check_overlaps, load_policy_dir
 from proxy.config import Config
@@ -89,9 +90,13 @@ class PolicyStore:
 
 
 class AnalysisCache:
-    """analyze() results keyed by the exact statement text and current database: two different
-    statements never share an entry. Bounded in entries and in key size (long statements are
-    analyzed every time); cleared whole when full."""
+    """analyze() results, two levels:
+    - by exact statement text and current database (any statement kind);
+    - by literal-normalized fingerprint and current database (proxy.authz.fingerprint), for
+      QUERY analyses only, so `... WHERE id = 5` and `... WHERE id = 6` share one parse.
+    Analyses do not depend on grants, so grant changes need no invalidation: every statement is
+    still decided against the grants in effect. Bounded in entries and key size; cleared whole
+    when full. `hits`/`fingerprint_hits`/`misses` are reported in the operator log."""
 
     def __init__(
         self,
@@ -101,12 +106,17 @@ class AnalysisCache:
         thread_offload_bytes: int = 16 * 1024,
     ) -> None:
         self._entries: dict[tuple[str, str | None], Analysis] = {}
+        self._shapes: dict[tuple[Fingerprint, str | None], Analysis] = {}
         self.max_entries = max_entries
         self.max_statement_chars = max_statement_chars
         self.max_statement_bytes = max_statement_bytes
         self.thread_offload_bytes = thread_offload_bytes
         self.hits = 0
+        self.fingerprint_hits = 0
         self.misses = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "fingerprint_hits": self.fingerprint_hits, "misses": self.misses}
 
     async def analyze_async(self, sql: str, size: int, db: str | None) -> Analysis:
         """Like calling the cache, for a statement of `size` bytes on the wire: too long is
@@ -132,14 +142,27 @@ class AnalysisCache:
         if hit is not None:
             self.hits += 1
             return hit
+        if len(sql) > self.max_statement_chars:
+            self.misses += 1
+            return analyze(sql, db)
+        shape = fingerprint(sql)
+        if shape is not None:
+            hit = self._shapes.get((shape, db))
+            if hit is not None:
+                self.fingerprint_hits += 1
+                self._remember(self._entries, key, hit)
+                return hit
         self.misses += 1
         result = analyze(sql, db)
-        if len(sql) > self.max_statement_chars:
-            return result
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key] = result
+        self._remember(self._entries, key, result)
+        if shape is not None and result.kind is StatementKind.QUERY:
+            self._remember(self._shapes, (shape, db), result)
         return result
+
+    def _remember(self, table: dict, key: object, value: Analysis) -> None:
+        if len(table) >= self.max_entries:
+            table.clear()
+        table[key] = value
 
 
 def request_hint(user: str, decision: Decision) -> str:
@@ -350,4 +373,5 @@ class ProxyServer:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.ctx.pool.close()
+        log.info("stopped", analysis_cache=self.ctx.analyze.stats(), upstream_connections_opened=self.ctx.pool.opened)
         self.ctx.audit.close()

@@ -17,7 +17,8 @@ from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import LocalMariaDB
 from proxy.testing import RunningProxy, proxy_config
 from tests.differential import scratch as scratch_schema
-from tests.differential.harness import Direct, Jit, ViaProxy
+from tests.differential.canary import ViaProxy
+from tests.differential.harness import Direct, Jit
 from tests.differential.scratch import Scratch
 
 _REPORT = pytest.StashKey[list[str]]()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.differential import scratch as schema
+from tests.differential.canary import CanaryCheck, through_proxy
 from tests.differential.corpus import corpus_cases, extra_cases
-from tests.differential.harness import CanaryCheck, Case, Direct, Jit, Tally, Verdict, compare, through_proxy
+from tests.differential.harness import Case, Direct, Jit, Tally, Verdict, compare
 
 # The bar: false denials below 5% of the statements MariaDB allows (a float is that
 # ratio). extra_cases.yaml aims at MariaDB's finer rules on purpose (write-only grants need no

@@ -10,8 +10,9 @@ import os
 from hypothesis import HealthCheck, given, settings
 
 from tests.differential import scratch as schema
+from tests.differential.canary import CanaryCheck, through_proxy
 from tests.differential.grammar import statement
-from tests.differential.harness import CanaryCheck, Case, Tally, Verdict, compare, through_proxy
+from tests.differential.harness import Case, Tally, Verdict, compare
 
 # JITPROXY_DIFFERENTIAL_EXAMPLES=5000 (with --timeout=0) for a deeper local run; the ceiling
 # below is for the default.

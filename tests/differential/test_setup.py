@@ -7,7 +7,8 @@ from collections import defaultdict
 
 from proxy.authz.model import Grant, Privilege
 from tests.differential import scratch as schema
-from tests.differential.harness import CanaryCheck, Case, Jit, ProxyResponse, Server, Verdict, compare
+from tests.differential.canary import CanaryCheck, ProxyResponse
+from tests.differential.harness import Case, Jit, Server, Verdict, compare
 
 
 def test_mariadb_account_holds_exactly_the_policy(scratch) -> None:

@@ -170,6 +170,8 @@ def test_analysis_cache_never_keeps_long_statements():
     cache("SELECT 1", None)
     cache("SELECT 1", "db")  # another database is another entry
     assert (cache.hits, cache.misses) == (1, 4)
+    cache("SELECT 2", "db")  # same shape, another literal: served by the fingerprint
+    assert cache.fingerprint_hits == 1
 
 
 def test_policy_names_follow_the_analyzer_rule():
