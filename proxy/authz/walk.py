@@ -201,6 +201,14 @@ class Collector:
         visible = env
         for cte in with_.expressions:
             name = _cte_name(cte)
+            if isinstance(cte.this, exp.Expr) and cte.this.find(exp.With) is not None:
+                # A WITH nested in a CTE body crashes MariaDB 10.11 (SIGSEGV, found by the
+                # differential tests): one SELECT grant would be enough to take the shared
+                # database down. No ordinary query needs it: move the inner CTEs up.
+                raise Denied(
+                    DenyCode.UNSUPPORTED_STATEMENT,
+                    "a WITH clause inside a CTE body is not supported; define all CTEs in the outer WITH",
+                )
             push((cte.this, visible | {name} if recursive else visible))
             visible = visible | {name}
         return visible

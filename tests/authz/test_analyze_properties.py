@@ -179,11 +179,18 @@ def qualify_tables_reads(sql: str) -> set[TableRef]:
     return {canonical_table(t.db, t.name) for t in tree.find_all(exp.Table) if t.db}
 
 
+def nested_with_denial(result) -> bool:
+    """A WITH inside a CTE body is denied on purpose (it crashes MariaDB 10.11)."""
+    return result.deny is not None and "WITH clause inside a CTE body" in result.deny.detail
+
+
 @PROPERTY_SETTINGS
 @given(query(3))
 def test_grammar_queries_read_what_qualify_tables_reads(sql: str) -> None:
     result = analyze(sql, DB)
     check_well_formed(result)
+    if nested_with_denial(result):
+        return
     assert result.deny is None, (sql, result.deny)
     assert result.kind is StatementKind.QUERY
     assert {r.privilege for r in result.requirements} <= {Privilege.SELECT}
@@ -270,6 +277,9 @@ def test_prepare_authorizes_its_text_as_that_statement(sql: str, quote: str) -> 
     direct = analyze(sql, DB)
     prepared = analyze(f"PREPARE s FROM {mysql_quote(sql, quote)}", DB)
     check_well_formed(prepared)
+    if nested_with_denial(direct):
+        assert nested_with_denial(prepared)
+        return
     assert prepared.kind is StatementKind.SQL_PREPARE, prepared.deny
     assert prepared.prepared_analysis == direct
     assert prepared.requirements == direct.requirements

@@ -43,7 +43,7 @@ from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, Statem
 from proxy.authz.names import canonical_table, split_qualified
 
 CORPUS = Path(__file__).parent / "corpus"
-_CASE_KEYS = {"name", "why", "sql", "db", "expect"}
+_CASE_KEYS = {"name", "why", "sql", "db", "expect", "never_run"}  # never_run: must not reach a real server
 _ALLOW_KEYS = {
     "kind",
     "class",
