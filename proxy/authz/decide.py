@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from proxy.authz.metadata import Visibility
+from proxy.authz.metadata import INFORMATION_SCHEMA, Visibility
 from proxy.authz.model import (
     Analysis,
     Decision,
@@ -59,6 +59,8 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
     held = grants.for_principal(principal, now)
 
     for db in sorted(analysis.database_access):
+        if db == INFORMATION_SCHEMA:
+            continue  # public on every server; its tables are restricted row by row
         if not any(g.db in ("*", db) for g in held):
             return Decision(
                 False,
@@ -122,6 +124,6 @@ def tables_visible(
 ) -> frozenset[str] | None:
     """Tables of `db` the person holds any grant on; None means all of them."""
     vis = visibility(principal, grants, now)
-    if vis.everything or db in vis.databases:
+    if vis.everything or db in vis.databases or db == INFORMATION_SCHEMA:
         return None
     return frozenset(t for d, t in vis.objects if d == db)

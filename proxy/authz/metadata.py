@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
+from proxy.authz.outcome import Denied
+from proxy.authz.parse import parse_one, prepare
+from proxy.authz.tokens import tokenize
+
 INFORMATION_SCHEMA = "information_schema"
 
 # information_schema table → (schema column, object-name column or None). Rows are kept when the
@@ -26,7 +30,7 @@ _FILTERS: dict[str, tuple[str, str | None] | None] = {
     "key_column_usage": ("TABLE_SCHEMA", "TABLE_NAME"),
     "table_constraints": ("TABLE_SCHEMA", "TABLE_NAME"),
     "referential_constraints": ("CONSTRAINT_SCHEMA", "TABLE_NAME"),
-    "check_constraints": ("CONSTRAINT_SCHEMA", "TABLE_NAME"),
+    "check_constraints": ("CONSTRAINT_SCHEMA", ""),  # no TABLE_NAME on MySQL 8: whole-db grants
     "views": ("TABLE_SCHEMA", "TABLE_NAME"),
     "partitions": ("TABLE_SCHEMA", "TABLE_NAME"),
     "triggers": ("EVENT_OBJECT_SCHEMA", "EVENT_OBJECT_TABLE"),
@@ -79,6 +83,8 @@ def visible_condition(table: str, vis: Visibility) -> exp.Expression | None:
     schema_col, name_col = spec
     if name_col is None:
         return _in(schema_col, sorted(vis.database_names))
+    if name_col == "":  # rows name no table: only databases granted whole
+        return _in(schema_col, sorted(vis.databases | {INFORMATION_SCHEMA}))
     # information_schema's own objects are public on every MySQL server (clients list them).
     conditions: list[exp.Expression] = [_in(schema_col, sorted(vis.databases | {INFORMATION_SCHEMA}))]
     for db, name in sorted(vis.objects):
@@ -95,25 +101,28 @@ def _cte_names(tree: exp.Expression) -> set[str]:
     return {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
 
 
-def restrict_metadata(sql: str, current_db: str | None, vis: Visibility) -> str:
-    """Rewrite `sql` so its information_schema tables show only what `vis` allows."""
+def restrict_metadata(sql: str, current_db: str | None, vis: Visibility) -> tuple[str, frozenset[str]]:
+    """Rewrite `sql` so its information_schema tables show only what `vis` allows. Returns the
+    text to forward and the information_schema tables found (the caller checks them against
+    the analysis). Parsed with the analyzer's own token repairs, so both read the same tree."""
     try:
-        trees = sqlglot.parse(sql, read="mysql")
+        tokens = tokenize(sql)
+        tree = parse_one(sql, prepare(tokens, sql.upper()))
+    except Denied as e:
+        raise MetadataError(f"cannot parse the statement: {e.code.value}") from None
     except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as e:
         raise MetadataError(f"cannot parse the statement: {type(e).__name__}") from None
-    if len(trees) != 1 or trees[0] is None:
-        raise MetadataError("one statement expected")
-    tree = trees[0]
+    if isinstance(tree, exp.Command):
+        raise MetadataError("the statement's tables cannot be located for rewriting")
     in_metadata_db = (current_db or "").lower() == INFORMATION_SCHEMA
     ctes = _cte_names(tree)
+    found: set[str] = set()
     replaced = 0
     for table in list(tree.find_all(exp.Table)):
         db = table.db
         if not db:
-            if not in_metadata_db:
+            if not in_metadata_db or table.name in ctes:
                 continue
-            if table.name in ctes:
-                raise MetadataError("a CTE named like an information_schema table")
         elif db.lower() != INFORMATION_SCHEMA:
             continue
         if table.args.get("catalog"):
@@ -121,6 +130,7 @@ def restrict_metadata(sql: str, current_db: str | None, vis: Visibility) -> str:
         name = table.name.lower()
         if name not in _FILTERS:
             raise MetadataError(f"information_schema.{name} cannot be filtered")
+        found.add(name)
         condition = visible_condition(name, vis)
         if condition is None:
             continue
@@ -130,5 +140,5 @@ def restrict_metadata(sql: str, current_db: str | None, vis: Visibility) -> str:
         table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
         replaced += 1
     if not replaced:
-        return sql
-    return tree.sql(dialect="mysql")
+        return sql, frozenset(found)
+    return tree.sql(dialect="mysql"), frozenset(found)

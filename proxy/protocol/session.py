@@ -342,6 +342,9 @@ class ProxySession(BaseSession):
                 self.sql_prepared[analysis.prepared_name] = analysis.prepared_analysis
             elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
                 self.sql_prepared.pop(analysis.prepared_name, None)
+        elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
+            # MySQL drops a statement of that name before preparing the new text, even if that fails
+            self.sql_prepared.pop(analysis.prepared_name, None)
         self._audit_statement(wire.COM_QUERY, sql, decision, started, outcome)
         return True
 
@@ -362,13 +365,18 @@ class ProxySession(BaseSession):
         assert self.principal is not None and self.connection is not None
         vis = visibility(self.principal, self.ctx.grants(), self.ctx.now())
         try:
-            rewritten = restrict_metadata(sql, self.database, vis)
+            rewritten, found = restrict_metadata(sql, self.database, vis)
             forward = rewritten.encode(self.connection.client_codec)
         except (MetadataError, UnicodeEncodeError) as e:
             reason = str(e) if isinstance(e, MetadataError) else "cannot re-encode the statement"
             return b"", Decision(False, analysis, DenyCode.METADATA, reason)
         check = analyze(rewritten, self.database)
-        if check.kind is not analysis.kind or check.requirements != analysis.requirements:
+        if (
+            found != analysis.metadata_tables
+            or check.kind is not analysis.kind
+            or check.requirements != analysis.requirements
+            or check.metadata_tables != analysis.metadata_tables
+        ):
             log.error("metadata rewrite changed the statement's requirements", session=self.info.session_id)
             return b"", Decision(False, analysis, DenyCode.METADATA, "the statement could not be restricted safely")
         return forward, None

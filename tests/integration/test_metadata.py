@@ -84,3 +84,10 @@ def test_metadata_denial_never_reaches_the_server(dev, mariadb):
     with pytest.raises(pymysql.MySQLError):
         dev.execute(f"SELECT * FROM information_schema.PROCESSLIST /*{m}*/")
     assert m not in mariadb.general_log_text()
+
+
+def test_use_information_schema_then_unqualified_reads_stay_restricted(dev):
+    dev.execute("USE information_schema")
+    assert names(dev, "SELECT TABLE_NAME FROM TABLES WHERE TABLE_SCHEMA LIKE 'hr%'") == ["employee", "title"]
+    assert "TABLES" in names(dev, "SHOW TABLES")  # information_schema's own tables are public
+    dev.execute("USE hr_prod")
