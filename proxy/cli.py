@@ -131,7 +131,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     grants = PolicyStore(cfg.policies.dirs)()
     principal = Principal(user=args.user, groups=tuple(args.group or ()))
     analysis = analyze(args.sql, args.db)
-    decision = decide(analysis, principal, grants, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    decision = decide(analysis, principal, grants, now)
     print(f"decision:   {'ALLOW' if decision.allowed else 'DENY'}")
     print(f"statement:  {analysis.statement_class} ({analysis.kind.value})")
     if analysis.requirements:
@@ -142,6 +143,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         for g in decision.used_grants:
             until = g.expires_at.isoformat() if g.expires_at else "no expiry"
             print(f"granted by: {g.subject} {g.db}.{g.table} ({until}) in {g.source}")
+        if decision.max_rows is not None:
+            print(f"max rows:   {decision.max_rows} (a longer result is cut with error 1104)")
+        if analysis.metadata_tables:
+            from proxy.authz.decide import visibility
+            from proxy.authz.metadata import MetadataError, restrict_metadata
+
+            tables = ", ".join(f"information_schema.{t}" for t in sorted(analysis.metadata_tables))
+            print(f"metadata:   {tables} restricted to granted objects")
+            try:
+                rewritten, _ = restrict_metadata(args.sql, args.db, visibility(principal, grants, now))
+                print(f"forwarded:  {rewritten}")
+            except MetadataError as e:
+                print(f"DENY at run time: {e}")
+                return 1
     else:
         print(f"reason:     {decision.code.value if decision.code else '?'}: {decision.reason}")
         if decision.missing:

@@ -82,3 +82,12 @@ def test_config_error_names_key_and_file(tmp_path, capsys):
     assert main(["config", "check", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: listen.bogus: unknown key" in err
+
+
+def test_check_explains_metadata_restriction_and_guardrails(config, capsys):
+    assert main(["check", "--config", str(config), "--user", "dev",
+                 "SELECT TABLE_NAME FROM information_schema.TABLES"]) == 0
+    out = capsys.readouterr().out
+    assert "information_schema.tables restricted to granted objects" in out and "forwarded:  SELECT" in out
+    assert main(["check", "--config", str(config), "--user", "dev", "--db", "hr_prod", "DELETE FROM employee"]) == 1
+    assert "missing" in capsys.readouterr().out
