@@ -81,6 +81,10 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
     if missing:
         what = ", ".join(str(r) for r in missing)
         return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), used)
+    if any(g.columns is not None for g in held):
+        column_denial = _column_denial(analysis, held)
+        if column_denial is not None:
+            return Decision(False, analysis, DenyCode.MISSING_GRANT, column_denial, used_grants=used)
     for table in sorted(analysis.unbounded_writes):
         writes = [g for r, g in covered if r.target == table and r.privilege in _WRITES]
         if not writes or not all(g.allow_unbounded_writes for g in writes):
@@ -97,6 +101,29 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
 
 
 _WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})
+
+
+def _column_denial(analysis: Analysis, held: list[Grant]) -> str | None:
+    """Column-restricted grants: every column the statement uses through one must be listed.
+
+    MySQL's privileges are a union: a use is allowed when any held grant covering its table and
+    privilege allows the column. A use no held grant covers at all needs no grant (the
+    statement has no table-level requirement for it: e.g. INSERT ... ON DUPLICATE KEY UPDATE
+    reading the target without SELECT), as before column grants existed."""
+    for req in sorted(analysis.star_tables):
+        covering = [g for g in held if g.covers(req)]
+        if covering and all(g.columns is not None for g in covering):
+            return (
+                f"missing {req.privilege.value} on every column of {req.target} "
+                "(SELECT *, TABLE, NATURAL JOIN or INSERT without a column list): "
+                "name the columns you were granted"
+            )
+    for target, column, privilege in sorted(analysis.columns):
+        req = Requirement(target, privilege)
+        covering = [g for g in held if g.covers(req)]
+        if covering and not any(g.allows_column(column) for g in covering):
+            return f"missing {privilege.value} on column {target}.{column}"
+    return None
 
 
 def visibility(principal: Principal, grants: GrantSet, now: datetime) -> Visibility:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from sqlglot import exp
 from sqlglot.tokens import Token, TokenType
 
+from proxy.authz import columns
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied
@@ -87,7 +88,7 @@ def do_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analy
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return collected(StatementKind.QUERY, "DO", c)
+    return collected(StatementKind.QUERY, "DO", c, column_uses=columns.of_query(tree, c.resolved))
 
 
 def _analyze_dml_tree(tree: exp.Expr, current_db: str | None) -> Analysis:
@@ -115,7 +116,9 @@ def _query(tree: exp.Expr, current_db: str | None) -> Analysis:
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return collected(StatementKind.QUERY, "SELECT", c)
+    return collected(
+        StatementKind.QUERY, "SELECT", c, column_uses=columns.of_query(tree, c.resolved)
+    )
 
 
 # sqlglot cannot parse REPLACE or CALL as written, so the session cannot rewrite the
@@ -153,7 +156,9 @@ def _insert(tree: exp.Insert, current_db: str | None, *, replace: bool = False) 
     cross_check(tree, c)
     if replace and c.metadata:
         raise Denied(DenyCode.METADATA, METADATA_IN_COMMAND.format("REPLACE"), what)
-    return collected(StatementKind.QUERY, what, c, requirements)
+    return collected(
+        StatementKind.QUERY, what, c, requirements, columns.of_insert(tree, c.resolved, ref)
+    )
 
 
 class _Source:
@@ -261,8 +266,9 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
             if s.ref is None:
                 raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be updated")
             targets[id(s.node)] = s.ref
-    for nid in targets:
+    for nid, ref in targets.items():
         c.roles[nid] = WRITE
+        c.resolved[nid] = ref
     c.walk(tree)
     cross_check(tree, c)
     reads_values = _reads_values(tree, c, len(assignments))
@@ -276,6 +282,7 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
         "UPDATE",
         c,
         requirements,
+        columns.of_update(tree, c.resolved),
         unbounded_writes=_unbounded(tree, targets.values()),
     )
 
@@ -298,6 +305,7 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
         if ref is None:
             raise Denied(DenyCode.UNACCOUNTED_TABLE, "DELETE target is not a table")
         c.roles[id(target)] = WRITE
+        c.resolved[id(target)] = ref
         target_refs.append(ref)
     else:
         sources: list[_Source] = []
@@ -329,6 +337,7 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
                         DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be deleted from"
                     )
                 c.roles[id(s.node)] = WRITE
+                c.resolved[id(s.node)] = s.ref
                 target_refs.append(s.ref)
     c.walk(tree)
     cross_check(tree, c)
@@ -343,6 +352,7 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
         "DELETE",
         c,
         requirements,
+        columns.of_delete(tree, c.resolved),
         unbounded_writes=_unbounded(tree, target_refs),
     )
 

@@ -56,6 +56,8 @@ def explain(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
             inner.requirements,
             metadata_tables=inner.metadata_tables,
             unbounded_writes=inner.unbounded_writes if executes else frozenset(),
+            columns=inner.columns,
+            star_tables=inner.star_tables,
         )
     if options:
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "EXPLAIN of an unsupported form")

@@ -33,6 +33,7 @@ class Privilege(str, enum.Enum):
 
 ALL_PRIVILEGES = frozenset(Privilege)
 DML_PRIVILEGES = frozenset({Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE, Privilege.DELETE})
+COLUMN_PRIVILEGES = frozenset({Privilege.SELECT, Privilege.INSERT, Privilege.UPDATE})
 
 
 @dataclass(frozen=True, order=True)
@@ -127,10 +128,21 @@ class Analysis:
     # SQL_PREPARE the analysis of the literal text being prepared.
     prepared_name: str | None = None
     prepared_analysis: Analysis | None = None
+    # Column-level uses, for grants that name columns (proxy.authz.columns): (table, lower-case
+    # column, privilege) for every column read (SELECT) or written (UPDATE SET, INSERT list);
+    # `star_tables` holds the (table, privilege) uses whose columns are not known by name
+    # (SELECT *, t.*, TABLE t, NATURAL JOIN, INSERT without a column list, any form the column
+    # pass has no branch for). Only column-restricted grants look at them.
+    columns: frozenset[tuple[TableRef, str, Privilege]] = frozenset()
+    star_tables: frozenset[Requirement] = frozenset()
 
     @property
     def tables(self) -> frozenset[TableRef]:
         return frozenset(r.target for r in self.requirements)
+
+    @classmethod
+    def denied(cls, statement_class: str, code: DenyCode, detail: str) -> Analysis:
+        return cls(kind=StatementKind.DENIED, statement_class=statement_class, deny=Deny(code, detail))
 
 
 @dataclass(frozen=True)
@@ -146,9 +158,16 @@ class Grant:
     source: str = ""  # "policies/dev.yaml" or "store:<id>": for audit and `jitproxy check`
     max_rows: int | None = None  # guardrail: a SELECT through this grant returns at most this many rows
     allow_unbounded_writes: bool = False  # guardrail: UPDATE/DELETE without WHERE allowed
+    # Column-level grant: only these columns (lower case) of `table`; None = every column.
+    # Only for a table object and SELECT / INSERT / UPDATE (MySQL's column privileges).
+    columns: frozenset[str] | None = None
 
     def active(self, now: datetime) -> bool:
         return self.expires_at is None or now < self.expires_at
+
+    def allows_column(self, column: str) -> bool:
+        """`column` is lower case."""
+        return self.columns is None or column in self.columns
 
     def covers(self, req: Requirement) -> bool:
         t = req.target

@@ -7,6 +7,8 @@ A policy file:
         grant: hr_prod.employee      # db.table, db.* or *.*
         privileges: [SELECT]         # or ALL
         expires_at: 2026-12-31T00:00:00Z   # optional
+        columns: [id, name]          # optional: only these columns (db.table objects, and
+                                     # SELECT / INSERT / UPDATE only); SELECT * is then denied
 
 Overlapping entries for one subject and object are an error at load time, so nobody has to
 guess which expiry wins (Vitess does the same).
@@ -23,11 +25,13 @@ from typing import Any
 
 import yaml
 
-from proxy.authz.model import ALL_PRIVILEGES, Grant, Privilege
+from proxy.authz.model import ALL_PRIVILEGES, COLUMN_PRIVILEGES, Grant, Privilege
 from proxy.authz.names import canonical_table, split_qualified
 
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
-_KEYS = {"subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes"}
+_KEYS = {
+    "subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes", "columns"
+}
 
 
 class PolicyError(ValueError):
@@ -91,6 +95,39 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
+def parse_columns(
+    value: Any, where: str, db: str, table: str, privileges: frozenset[Privilege]
+) -> frozenset[str] | None:
+    """`columns: [id, name]`: identifiers as written, compared case-insensitively (MySQL's rule
+    for column names), stored lower case."""
+    if value is None:
+        return None
+    if db == "*" or table == "*":
+        raise PolicyError(f"{where}: columns need a db.table object, not {db}.{table}")
+    extra = privileges - COLUMN_PRIVILEGES
+    if extra:
+        names = ", ".join(sorted(p.value for p in extra))
+        raise PolicyError(
+            f"{where}: columns apply to SELECT, INSERT and UPDATE only (not {names}); "
+            "put the other privileges in their own entry for another object or drop columns"
+        )
+    if not isinstance(value, list) or not value:
+        raise PolicyError(f"{where}: columns must be a non-empty list of column names")
+    out: set[str] = set()
+    for name in value:
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 64
+            or name != name.strip()
+            or name == "*"
+            or "`" in name
+        ):
+            raise PolicyError(f"{where}: column {name!r} is not a column name")
+        out.add(name.lower())
+    return frozenset(out)
+
+
 def grants_from_document(doc: Any, source: str) -> list[Grant]:
     if doc is None:
         return []
@@ -118,16 +155,18 @@ def grants_from_document(doc: Any, source: str) -> list[Grant]:
             db, table = split_object(str(entry["grant"]))
         except PolicyError as e:
             raise PolicyError(f"{where}: {e}") from None
+        privileges = parse_privileges(entry["privileges"], where)
         out.append(
             Grant(
                 subject=subject,
                 db=db,
                 table=table,
-                privileges=parse_privileges(entry["privileges"], where),
+                privileges=privileges,
                 expires_at=parse_expiry(entry.get("expires_at"), where),
                 source=source,
                 max_rows=_positive_int(entry.get("max_rows"), where),
                 allow_unbounded_writes=_flag(entry.get("allow_unbounded_writes", False), where),
+                columns=parse_columns(entry.get("columns"), where, db, table, privileges),
             )
         )
     return out

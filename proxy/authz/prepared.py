@@ -72,6 +72,8 @@ def prepare(
         metadata_tables=inner.metadata_tables,
         unbounded_writes=inner.unbounded_writes,
         prepared_name=name,
+        columns=inner.columns,
+        star_tables=inner.star_tables,
         prepared_analysis=inner,
     )
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from sqlglot import exp
 
 from proxy.authz import functions, infoschema
+from proxy.authz.columns import ColumnUses
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import INFORMATION_SCHEMA, canonical_table, looks_like_information_schema
 from proxy.authz.outcome import Denied, result
@@ -40,7 +41,7 @@ _LEAVES = frozenset(
 class Collector:
     """One walk over a statement tree: table resolution, function checks, reads."""
 
-    __slots__ = ("current_db", "reads", "metadata", "roles", "accounted", "columns")
+    __slots__ = ("current_db", "reads", "metadata", "roles", "accounted", "columns", "resolved")
 
     def __init__(self, current_db: str | None) -> None:
         self.current_db = current_db
@@ -49,6 +50,9 @@ class Collector:
         self.roles: dict[int, int] = {}  # id(exp.Table) -> WRITE / ALIAS, set by handlers
         self.accounted: set[int] = set()
         self.columns = 0  # exp.Column nodes seen (does the statement read column values?)
+        # id(exp.Table) -> what it names (None: a CTE or DUAL), for the column pass (columns.py);
+        # the walk fills it for tables read, handlers for the targets they resolve.
+        self.resolved: dict[int, TableRef | None] = {}
 
     def resolve(self, node: exp.Table, env: frozenset[str]) -> TableRef | None:
         """The real table `node` names; None for a CTE reference or DUAL."""
@@ -149,6 +153,7 @@ class Collector:
                 raise Denied(DenyCode.UNACCOUNTED_TABLE, "JSON_TABLE in an unsupported place")
         elif role == READ:
             ref = self.resolve(node, env)
+            self.resolved[id(node)] = ref
             if ref is not None:
                 if ref.db == INFORMATION_SCHEMA:
                     self.metadata.add(infoschema.readable(ref.table or ""))
@@ -280,16 +285,24 @@ def collected(
     statement_class: str,
     c: Collector,
     requirements: Iterable[Requirement] = (),
+    column_uses: ColumnUses | None = None,
     **extra: object,
 ) -> Analysis:
     """The result of a walked statement: `requirements` plus SELECT on every table the walk saw
     read, and the information_schema tables it read. Every handler that walks ends here, so none
-    can drop what the walk found."""
+    can drop what the walk found. Without `column_uses` (a handler that does not compute them,
+    or a form columns.py has no branch for) every requirement is a star use: column-restricted
+    grants deny it."""
     reqs = {Requirement(ref, _SELECT) for ref in c.reads}
     if requirements:
         reqs.update(requirements)
     if c.metadata:
         extra["metadata_tables"] = frozenset(c.metadata)
+    if column_uses is None:
+        extra["star_tables"] = frozenset(r for r in reqs if r.target.db != INFORMATION_SCHEMA)
+    else:
+        extra["columns"] = frozenset(column_uses.uses)
+        extra["star_tables"] = frozenset(column_uses.stars)
     return result(kind, statement_class, reqs, **extra)
 
 

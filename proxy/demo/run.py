@@ -10,7 +10,6 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from proxy.config import config_from_dict
 from proxy.demo.certs import make_ca_and_server_cert
 from proxy.demo.mariadb import LocalMariaDB
 from proxy.demo.sample import create_proxy_upstream_user, load_sample_data

@@ -290,7 +290,7 @@ class ProxyConnection(Connection):
                 keep_going = e.keep_connection
             except (ConnectionClosed, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
                 raise
-            except Exception as e:  # noqa: BLE001 - a bug or malformed input: one clear error, no details
+            except Exception:  # noqa: BLE001 - a bug or malformed input: one clear error, no details
                 incident = uuid.uuid4().hex[:12]
                 log.exception("command failed", incident=incident, command=command, session=self.session.info.session_id)
                 upstream = self.session.upstream

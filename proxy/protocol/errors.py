@@ -60,3 +60,7 @@ class ClientError(Exception):
         self.sqlstate = SQLSTATES.get(code, "HY000")
         self.message = message
         self.keep_connection = keep_connection
+
+
+class UpstreamLost(Exception):
+    """The pinned upstream connection failed mid-command; the session cannot continue."""

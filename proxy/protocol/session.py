@@ -7,10 +7,8 @@ upstream's answer is relayed to the client unchanged (see upstream/relay.py)."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -18,13 +16,10 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import EventType, SessionInfo
-from proxy.authz.analyze import analyze
-from proxy.authz.decide import databases_visible, decide, tables_visible, visibility
-from proxy.authz.metadata import MetadataError, restrict_metadata
+from proxy.authz.decide import decide
 from proxy.authz.model import (
     Analysis,
     Decision,
-    Deny,
     DenyCode,
     Principal,
     Privilege,
@@ -34,8 +29,9 @@ from proxy.authz.model import (
 )
 from proxy.identity.tokens import TokenError
 from proxy.protocol import wire
-from proxy.protocol.errors import ER, ClientError
-from proxy.protocol.filtering import filter_rows_by_first_column
+from proxy.protocol.errors import ER, ClientError, UpstreamLost
+from proxy.protocol.metadata_commands import FILTERED_SHOWS, MetadataCommands
+from proxy.protocol.prepared import Prepared, PreparedStatementCommands
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 
@@ -45,22 +41,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("jitproxy.session")
 
-_STMT_ID = struct.Struct("<I")
 _CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
 
 
-@dataclass
-class Prepared:
-    sql: str
-    analysis: Analysis
-    rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
 
 
-class UpstreamLost(Exception):
-    """The pinned upstream connection failed mid-command; the session cannot continue."""
 
 
-class ProxySession(BaseSession):
+class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
     def __init__(self, ctx: ProxyContext, connection_id: int, peer: str) -> None:
         self.variables = SessionVariables(GlobalVariables())
         self.username: str | None = None
@@ -307,7 +295,7 @@ class ProxySession(BaseSession):
         sql = self._decode(payload)
         if sql is None:
             text = payload.decode("utf-8", "replace")
-            return text, _denied("UNKNOWN", DenyCode.CHARSET, "statement is not valid in the connection's character set")
+            return text, Analysis.denied("UNKNOWN", DenyCode.CHARSET, "statement is not valid in the connection's character set")
         return sql, await self.ctx.analyze.analyze_async(sql, len(payload), self.database)
 
     # -- COM_QUERY -------------------------------------------------------------------------
@@ -328,7 +316,7 @@ class ProxySession(BaseSession):
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)
 
-        if kind is StatementKind.SHOW and analysis.statement_class in _FILTERED_SHOWS:
+        if kind is StatementKind.SHOW and analysis.statement_class in FILTERED_SHOWS:
             outcome = await self._filtered_show(payload, analysis)
         else:
             outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT, max_rows=decision.max_rows)
@@ -352,34 +340,12 @@ class ProxySession(BaseSession):
         """EXECUTE name: authorized as the statement PREPARE name authorized (re-decided now)."""
         inner = self.sql_prepared.get(execute.prepared_name or "")
         if inner is None:
-            return _denied(
+            return Analysis.denied(
                 "EXECUTE",
                 DenyCode.UNKNOWN_PREPARED,
                 f"no statement '{execute.prepared_name}' was prepared through jitproxy in this session",
             )
         return inner
-
-    def _restrict_metadata(self, sql: str, analysis: Analysis) -> tuple[bytes, Decision | None]:
-        """information_schema shows only granted objects: rewrite, prove the rewrite reads the
-        same real tables, and return the bytes to forward (or the denial)."""
-        assert self.principal is not None and self.connection is not None
-        vis = visibility(self.principal, self.ctx.grants(), self.ctx.now())
-        try:
-            rewritten, found = restrict_metadata(sql, self.database, vis)
-            forward = rewritten.encode(self.connection.client_codec)
-        except (MetadataError, UnicodeEncodeError) as e:
-            reason = str(e) if isinstance(e, MetadataError) else "cannot re-encode the statement"
-            return b"", Decision(False, analysis, DenyCode.METADATA, reason)
-        check = analyze(rewritten, self.database)
-        if (
-            found != analysis.metadata_tables
-            or check.kind is not analysis.kind
-            or check.requirements != analysis.requirements
-            or check.metadata_tables != analysis.metadata_tables
-        ):
-            log.error("metadata rewrite changed the statement's requirements", session=self.info.session_id)
-            return b"", Decision(False, analysis, DenyCode.METADATA, "the statement could not be restricted safely")
-        return forward, None
 
     async def _sync_charset(self) -> None:
         """After SET NAMES / SET character_set_client: decode as the server now does."""
@@ -396,33 +362,6 @@ class ProxySession(BaseSession):
             raise UpstreamLost()
         self.connection.set_client_charset(name)
         self.upstream.charset = name
-
-    async def _filtered_show(self, payload: bytes, analysis: Analysis) -> Outcome:
-        """SHOW DATABASES / SHOW TABLES: only what the person holds grants on."""
-        assert self.principal is not None and self.upstream is not None
-        now, grants = self.ctx.now(), self.ctx.grants()
-        if analysis.statement_class == "SHOW DATABASES":
-            visible = databases_visible(self.principal, grants, now)
-            if visible is not None:
-                visible = visible | {"information_schema"}
-        else:
-            db = next(iter(analysis.database_access))
-            visible = tables_visible(self.principal, grants, now, db)
-        if visible is None:
-            outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT)
-            assert outcome is not None
-            return outcome
-        try:
-            payloads, outcome = await self.upstream.fetch_payloads(wire.COM_QUERY, payload)
-        except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
-            raise UpstreamLost() from None
-        kept, outcome.rows = filter_rows_by_first_column(
-            payloads, self.upstream.profile.deprecate_eof, visible.__contains__
-        )
-        assert self.connection is not None
-        self.connection.stream.write_many(kept)
-        await self.connection.stream.drain()
-        return outcome
 
     async def _kill(self, sql: str, decision: Decision, started: float) -> bool:
         analysis = decision.analysis
@@ -467,7 +406,7 @@ class ProxySession(BaseSession):
         started = time.perf_counter()
         table = self._decode(payload.split(b"\x00", 1)[0]) or ""
         if self.database is None:
-            analysis = _denied("FIELD LIST", DenyCode.NO_DATABASE, "no database selected")
+            analysis = Analysis.denied("FIELD LIST", DenyCode.NO_DATABASE, "no database selected")
         else:
             analysis = Analysis(
                 kind=StatementKind.SHOW,
@@ -516,87 +455,6 @@ class ProxySession(BaseSession):
     async def com_set_option(self, payload: bytes) -> bool:
         raise ClientError(ER.NOT_SUPPORTED, "jitproxy does not support COM_SET_OPTION (multi-statements stay off)")
 
-    # -- prepared statements ---------------------------------------------------------------
-
-    async def com_stmt_prepare(self, payload: bytes) -> bool:
-        started = time.perf_counter()
-        sql, analysis = await self._analyze_text(payload)
-        if analysis.kind is not StatementKind.DENIED and not _preparable(analysis):
-            analysis = _denied(
-                analysis.statement_class,
-                DenyCode.UNSUPPORTED_STATEMENT,
-                f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
-            )
-        decision = self._decide(analysis)
-        if not decision.allowed:
-            return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
-        if analysis.metadata_tables:
-            payload, denied = self._restrict_metadata(sql, analysis)
-            if denied is not None:
-                return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
-        outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
-        assert outcome is not None
-        if outcome.error is None and outcome.stmt_id is not None:
-            self.prepared[outcome.stmt_id] = Prepared(sql, analysis)
-        self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
-        return True
-
-    def _stmt(self, payload: bytes) -> tuple[int, Prepared | None]:
-        if len(payload) < 4:
-            raise ClientError(ER.HANDSHAKE_ERROR, "Malformed packet")
-        stmt_id = _STMT_ID.unpack_from(payload)[0]
-        return stmt_id, self.prepared.get(stmt_id)
-
-    def _unknown_stmt(self, stmt_id: int, command: str) -> ClientError:
-        return ClientError(ER.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({stmt_id}) given to {command}")
-
-    async def com_stmt_execute(self, payload: bytes) -> bool:
-        started = time.perf_counter()
-        stmt_id, stmt = self._stmt(payload)
-        if stmt is None:
-            raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
-        decision = self._decide(stmt.analysis)  # grants may have ended since PREPARE
-        if not decision.allowed:
-            return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
-        outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
-        assert outcome is not None
-        stmt.rows_sent = outcome.rows
-        self._audit_statement(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, outcome, stmt_id=stmt_id)
-        return True
-
-    async def com_stmt_fetch(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
-        if stmt is None:
-            raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
-        decision = self._decide(stmt.analysis)
-        if not decision.allowed:
-            return await self._deny(wire.COM_STMT_FETCH, stmt.sql, decision, time.perf_counter(), stmt_id=stmt_id)
-        left = None if decision.max_rows is None else max(decision.max_rows - stmt.rows_sent, 0)
-        outcome = await self._upstream(wire.COM_STMT_FETCH, payload, Expect.ROWS, max_rows=left)
-        assert outcome is not None
-        stmt.rows_sent += outcome.rows
-        return True
-
-    async def com_stmt_send_long_data(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
-        if stmt is not None:  # no response is ever sent for this command
-            await self._upstream(wire.COM_STMT_SEND_LONG_DATA, payload, None)
-        return True
-
-    async def com_stmt_close(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
-        if stmt is not None:
-            del self.prepared[stmt_id]
-            await self._upstream(wire.COM_STMT_CLOSE, payload, None)
-        return True
-
-    async def com_stmt_reset(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
-        if stmt is None:
-            raise self._unknown_stmt(stmt_id, "mysqld_stmt_reset")
-        await self._upstream(wire.COM_STMT_RESET, payload, Expect.OK)
-        return True
-
     # -- mysql-mimic BaseSession interface (our connection dispatches directly) ------------
 
     async def handle_query(self, sql: str, attrs: dict[str, str]) -> Any:  # pragma: no cover
@@ -615,25 +473,14 @@ def _max_rows_error(limit: int) -> bytes:
     )
 
 
-# SHOW statements whose rows the session filters to what the person is granted.
-_FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES", "SHOW TABLE STATUS"})
 
 
-def _preparable(analysis: Analysis) -> bool:
-    """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a prepared
-    SET NAMES would change the server's charset behind the decoder: plain SETs are re-synced),
-    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters."""
-    if analysis.kind is StatementKind.SHOW:
-        return analysis.statement_class not in _FILTERED_SHOWS
-    return analysis.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
 
 
 def _use_analysis(db: str) -> Analysis:
     return Analysis(kind=StatementKind.USE, statement_class="USE", use_db=db, database_access=frozenset({db}))
 
 
-def _denied(statement_class: str, code: DenyCode, detail: str) -> Analysis:
-    return Analysis(kind=StatementKind.DENIED, statement_class=statement_class, deny=Deny(code, detail))
 
 
 _HANDLERS = {

@@ -1,0 +1,120 @@
+"""Prepared statements on the binary protocol (COM_STMT_*), a part of the client session.
+
+Each text is authorized at PREPARE and prepared on the database itself; every EXECUTE and FETCH
+is decided again against the grants in effect and relayed as is, so parameters are bound by the
+server (never pasted into SQL) and binary rows reach the client exactly."""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from proxy.authz.model import Analysis, DenyCode, StatementKind
+from proxy.protocol import wire
+from proxy.protocol.errors import ER, ClientError
+from proxy.protocol.metadata_commands import FILTERED_SHOWS
+from proxy.upstream.relay import Expect
+
+_STMT_ID = struct.Struct("<I")
+
+
+@dataclass
+class Prepared:
+    sql: str
+    analysis: Analysis
+    rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
+
+
+def _preparable(analysis: Analysis) -> bool:
+    """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a prepared
+    SET NAMES would change the server's charset behind the decoder: plain SETs are re-synced),
+    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters."""
+    if analysis.kind is StatementKind.SHOW:
+        return analysis.statement_class not in FILTERED_SHOWS
+    return analysis.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
+
+
+class PreparedStatementCommands:
+    """COM_STMT_PREPARE / EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET for ProxySession."""
+
+    prepared: dict[int, Prepared]
+
+    async def com_stmt_prepare(self, payload: bytes) -> bool:
+        started = time.perf_counter()
+        sql, analysis = await self._analyze_text(payload)
+        if analysis.kind is not StatementKind.DENIED and not _preparable(analysis):
+            analysis = Analysis.denied(
+                analysis.statement_class,
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
+            )
+        decision = self._decide(analysis)
+        if not decision.allowed:
+            return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
+        if analysis.metadata_tables:
+            payload, denied = self._restrict_metadata(sql, analysis)
+            if denied is not None:
+                return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
+        outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
+        assert outcome is not None
+        if outcome.error is None and outcome.stmt_id is not None:
+            self.prepared[outcome.stmt_id] = Prepared(sql, analysis)
+        self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
+        return True
+
+    def _stmt(self, payload: bytes) -> tuple[int, Prepared | None]:
+        if len(payload) < 4:
+            raise ClientError(ER.HANDSHAKE_ERROR, "Malformed packet")
+        stmt_id = _STMT_ID.unpack_from(payload)[0]
+        return stmt_id, self.prepared.get(stmt_id)
+
+    def _unknown_stmt(self, stmt_id: int, command: str) -> ClientError:
+        return ClientError(ER.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({stmt_id}) given to {command}")
+
+    async def com_stmt_execute(self, payload: bytes) -> bool:
+        started = time.perf_counter()
+        stmt_id, stmt = self._stmt(payload)
+        if stmt is None:
+            raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
+        decision = self._decide(stmt.analysis)  # grants may have ended since PREPARE
+        if not decision.allowed:
+            return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
+        outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
+        assert outcome is not None
+        stmt.rows_sent = outcome.rows
+        self._audit_statement(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, outcome, stmt_id=stmt_id)
+        return True
+
+    async def com_stmt_fetch(self, payload: bytes) -> bool:
+        stmt_id, stmt = self._stmt(payload)
+        if stmt is None:
+            raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
+        decision = self._decide(stmt.analysis)
+        if not decision.allowed:
+            return await self._deny(wire.COM_STMT_FETCH, stmt.sql, decision, time.perf_counter(), stmt_id=stmt_id)
+        left = None if decision.max_rows is None else max(decision.max_rows - stmt.rows_sent, 0)
+        outcome = await self._upstream(wire.COM_STMT_FETCH, payload, Expect.ROWS, max_rows=left)
+        assert outcome is not None
+        stmt.rows_sent += outcome.rows
+        return True
+
+    async def com_stmt_send_long_data(self, payload: bytes) -> bool:
+        stmt_id, stmt = self._stmt(payload)
+        if stmt is not None:  # no response is ever sent for this command
+            await self._upstream(wire.COM_STMT_SEND_LONG_DATA, payload, None)
+        return True
+
+    async def com_stmt_close(self, payload: bytes) -> bool:
+        stmt_id, stmt = self._stmt(payload)
+        if stmt is not None:
+            del self.prepared[stmt_id]
+            await self._upstream(wire.COM_STMT_CLOSE, payload, None)
+        return True
+
+    async def com_stmt_reset(self, payload: bytes) -> bool:
+        stmt_id, stmt = self._stmt(payload)
+        if stmt is None:
+            raise self._unknown_stmt(stmt_id, "mysqld_stmt_reset")
+        await self._upstream(wire.COM_STMT_RESET, payload, Expect.OK)
+        return True
