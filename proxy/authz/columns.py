@@ -11,8 +11,8 @@ an INSERT's column list. A "star" is a `Requirement` whose columns are not known
 The rules are conservative (more uses are a false denial at worst; fewer would be a leak):
 - an unqualified column counts on every real table of its query block *and of every enclosing
   block* (it may be an outer reference: without the schema we cannot tell);
-- a qualified column `q.c` counts on the tables named (or aliased) `q` in the innermost block
-  that has one; if no block has one, on every real table of the statement;
+- a qualified column `q.c` counts on the tables named (or aliased) `q`, compared without case,
+  in every block in reach; if no block has one, on every real table of the statement;
 - a derived table or CTE contributes no columns itself: every column its body uses is counted
   where it is written, so `SELECT x FROM (SELECT salary AS x FROM t) d` uses t.salary;
 - USING (c) counts c on every real table of the block; NATURAL JOIN is a star on all of them;
@@ -74,6 +74,9 @@ class _Pass:
         self.resolved = resolved
         self.out = ColumnUses()
         self.scopes: list[_Scope] = []
+        # qualified columns whose qualifier names no source in reach: (column or None for
+        # `q.*`, privilege), counted on every real table of the statement once all are known
+        self.unplaced: list[tuple[str | None, Privilege]] = []
 
     def scope(self, parent: _Scope | None) -> _Scope:
         s = _Scope(parent)
@@ -229,31 +232,50 @@ class _Pass:
         star = isinstance(col.this, exp.Star)
         if not star and not isinstance(col.this, exp.Identifier):
             raise _Unknown("column")
-        for ref in self.candidates(col, scope):
-            if star:
-                self.out.stars.add(Requirement(ref, privilege))
-            else:
-                self.use(ref, col.name, privilege)
+        candidates = self.candidates(col, scope)
+        if candidates is None:
+            self.unplaced.append((None if star else col.name, privilege))
+            return
+        for ref in candidates:
+            self.place(ref, None if star else col.name, privilege)
 
-    def candidates(self, col: exp.Column, scope: _Scope) -> list[TableRef]:
+    def place(self, ref: TableRef, name: str | None, privilege: Privilege) -> None:
+        if name is None:
+            self.out.stars.add(Requirement(ref, privilege))
+        else:
+            self.use(ref, name, privilege)
+
+    def candidates(self, col: exp.Column, scope: _Scope) -> list[TableRef] | None:
+        """The real tables `col` may belong to; None when its qualifier names no source.
+
+        Names compare case-insensitively and every block in reach that has the qualifier
+        counts (not only the innermost): an inner alias `E` must not hide an outer `e` that
+        the server, comparing aliases case-sensitively, would pick."""
         table = col.args.get("table")
         if table is None:
             return [ref for s in scope.chain() for ref in s.real()]
         qualifier = table.name.lower()
         db_node = col.args.get("db")
         db = db_node.name.lower() if db_node is not None else None
+        found = False
+        out: list[TableRef] = []
         for s in scope.chain():
-            if db is None:
-                matched = [src for src in s.sources if src[0] == qualifier]
-            else:
-                matched = [
-                    src
-                    for src in s.sources
-                    if src[2] is not None and src[1] == qualifier and src[2].db.lower() == db
-                ]
-            if matched:
-                return [r for _, _, r in matched if r is not None]
-        return [ref for s in self.scopes for ref in s.real()]  # names nothing: count everywhere
+            for name, table_name, ref in s.sources:
+                if db is None:
+                    hit = name == qualifier
+                else:
+                    hit = ref is not None and table_name == qualifier and ref.db.lower() == db
+                if hit:
+                    found = True
+                    if ref is not None:
+                        out.append(ref)
+        return out if found else None
+
+    def finish(self) -> None:
+        everything = [ref for s in self.scopes for ref in s.real()]
+        for name, privilege in self.unplaced:
+            for ref in everything:
+                self.place(ref, name, privilege)
 
     def use(self, ref: TableRef, name: str, privilege: Privilege) -> None:
         self.out.uses.add((ref, name.lower(), privilege))
@@ -267,6 +289,7 @@ def _run(resolved: dict[int, TableRef | None], body: Callable[[_Pass], None]) ->
     p = _Pass(resolved)
     try:
         body(p)
+        p.finish()
     except Exception:  # noqa: BLE001 - _Unknown or a defect: a star on everything (fail closed)
         return None
     return p.out
