@@ -30,6 +30,7 @@ from proxy.protocol.stream import ClientStream
 from proxy.protocol import wire
 from proxy.upstream.connection import ClientProfile, UpstreamTarget, open_connection
 from proxy.upstream.pool import UpstreamPool
+from proxy.upstream.schema import SchemaCache
 
 log = structlog.get_logger("jitproxy.server")
 
@@ -189,6 +190,7 @@ class ProxyContext:
     analyze: AnalysisCache = field(default_factory=AnalysisCache)
     now: Clock = utc_now
     sessions: dict[int, ProxySession] = field(default_factory=dict)
+    schema: SchemaCache = field(default_factory=SchemaCache)
 
     def request_hint(self, user: str, decision: Decision) -> str:
         return request_hint(user, decision)

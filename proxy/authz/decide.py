@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from proxy.authz.metadata import INFORMATION_SCHEMA, Visibility
@@ -16,6 +16,7 @@ from proxy.authz.model import (
     Privilege,
     Requirement,
     StatementKind,
+    TableRef,
 )
 
 
@@ -42,7 +43,15 @@ class GrantSet:
         return out
 
 
-def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: datetime) -> Decision:
+def decide(
+    analysis: Analysis,
+    principal: Principal,
+    grants: GrantSet,
+    now: datetime,
+    table_columns: Mapping[TableRef, frozenset[str]] | None = None,
+) -> Decision:
+    """`table_columns`: the real columns (lower case) of tables read with `*` through
+    column-restricted grants (see `stars_needing_schema`); without them such a star is denied."""
     if analysis.kind is StatementKind.DENIED:
         assert analysis.deny is not None
         return Decision(False, analysis, analysis.deny.code, analysis.deny.detail)
@@ -54,7 +63,7 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
         if inner.metadata_tables:
             return Decision(False, analysis, DenyCode.METADATA,
                             "PREPARE of an information_schema query is not supported; send it directly")
-        return decide(inner, principal, grants, now)
+        return decide(inner, principal, grants, now, table_columns)
 
     held = grants.for_principal(principal, now)
 
@@ -82,7 +91,7 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
         what = ", ".join(str(r) for r in missing)
         return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), used)
     if any(g.columns is not None for g in held):
-        column_denial = _column_denial(analysis, held)
+        column_denial = _column_denial(analysis, held, table_columns or {})
         if column_denial is not None:
             return Decision(False, analysis, DenyCode.MISSING_GRANT, column_denial, used_grants=used)
     for table in sorted(analysis.unbounded_writes):
@@ -103,20 +112,33 @@ def decide(analysis: Analysis, principal: Principal, grants: GrantSet, now: date
 _WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})
 
 
-def _column_denial(analysis: Analysis, held: list[Grant]) -> str | None:
+def _column_denial(
+    analysis: Analysis, held: list[Grant], table_columns: Mapping[TableRef, frozenset[str]]
+) -> str | None:
     """Column-restricted grants: every column the statement uses through one must be listed.
 
     MySQL's privileges are a union: a use is allowed when any held grant covering its table and
     privilege allows the column. A use no held grant covers at all needs no grant (the
     statement has no table-level requirement for it: e.g. INSERT ... ON DUPLICATE KEY UPDATE
-    reading the target without SELECT), as before column grants existed."""
+    reading the target without SELECT), as before column grants existed. A `*` counts as every
+    column of the table when its columns are known (`table_columns`), else it is refused."""
     for req in sorted(analysis.star_tables):
         covering = [g for g in held if g.covers(req)]
-        if covering and all(g.columns is not None for g in covering):
+        if not covering or any(g.columns is None for g in covering):
+            continue
+        columns = table_columns.get(req.target)
+        if columns is None:
             return (
                 f"missing {req.privilege.value} on every column of {req.target} "
                 "(SELECT *, TABLE, NATURAL JOIN or INSERT without a column list): "
                 "name the columns you were granted"
+            )
+        ungranted = sorted(c for c in columns if not any(g.allows_column(c) for g in covering))
+        if ungranted:
+            return (
+                f"missing {req.privilege.value} on column {req.target}.{ungranted[0]}"
+                + (f" and {len(ungranted) - 1} more" if len(ungranted) > 1 else "")
+                + " (a * reads every column): name the columns you were granted"
             )
     for target, column, privilege in sorted(analysis.columns):
         req = Requirement(target, privilege)
@@ -124,6 +146,23 @@ def _column_denial(analysis: Analysis, held: list[Grant]) -> str | None:
         if covering and not any(g.allows_column(column) for g in covering):
             return f"missing {privilege.value} on column {target}.{column}"
     return None
+
+
+def stars_needing_schema(
+    analysis: Analysis, principal: Principal, grants: GrantSet, now: datetime
+) -> frozenset[TableRef]:
+    """Tables read with `*` only through column-restricted grants: their real columns decide."""
+    if analysis.kind is StatementKind.SQL_PREPARE and analysis.prepared_analysis is not None:
+        analysis = analysis.prepared_analysis
+    if not analysis.star_tables:
+        return frozenset()
+    held = grants.for_principal(principal, now)
+    out = set()
+    for req in analysis.star_tables:
+        covering = [g for g in held if g.covers(req)]
+        if covering and all(g.columns is not None for g in covering):
+            out.add(req.target)
+    return frozenset(out)
 
 
 def visibility(principal: Principal, grants: GrantSet, now: datetime) -> Visibility:

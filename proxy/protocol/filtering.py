@@ -30,3 +30,20 @@ def filter_rows_by_first_column(
             kept += 1
     out.append(payloads[-1])
     return out, kept
+
+
+def first_column_values(payloads: list[bytes], deprecate_eof: bool) -> list[str | None]:
+    """The first column of every row of a whole text result (the proxy's own small queries)."""
+    first = payloads[0]
+    if first[:1] in (b"\x00", b"\xff"):
+        return []
+    ncols, _ = read_lenenc(first, 0)
+    head = 1 + ncols + (0 if deprecate_eof else 1)
+    values: list[str | None] = []
+    for row in payloads[head:-1]:
+        if row[:1] == b"\xfb":
+            values.append(None)
+            continue
+        length, pos = read_lenenc(row, 0)
+        values.append(row[pos : pos + length].decode("utf-8", "replace"))
+    return values

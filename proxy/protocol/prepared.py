@@ -49,7 +49,7 @@ class PreparedStatementCommands:
                 DenyCode.UNSUPPORTED_STATEMENT,
                 f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
             )
-        decision = self._decide(analysis)
+        decision = await self._decide_with_schema(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
         if analysis.metadata_tables:
@@ -77,7 +77,7 @@ class PreparedStatementCommands:
         stmt_id, stmt = self._stmt(payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
-        decision = self._decide(stmt.analysis)  # grants may have ended since PREPARE
+        decision = await self._decide_with_schema(stmt.analysis)  # grants may have ended since PREPARE
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
         outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)

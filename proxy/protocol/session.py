@@ -16,7 +16,7 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import EventType, SessionInfo
-from proxy.authz.decide import decide
+from proxy.authz.decide import decide, stars_needing_schema
 from proxy.authz.model import (
     Analysis,
     Decision,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jitproxy.session")
 
 _CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
+_DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
 
 
@@ -213,6 +214,22 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
         assert self.principal is not None
         return decide(analysis, self.principal, self.ctx.grants(), self.ctx.now())
 
+    async def _decide_with_schema(self, analysis: Analysis) -> Decision:
+        """Like _decide; a `*` read through column-restricted grants is expanded to the table's
+        real columns, read from the upstream (cached)."""
+        assert self.principal is not None and self.upstream is not None
+        grants, now = self.ctx.grants(), self.ctx.now()
+        tables = stars_needing_schema(analysis, self.principal, grants, now)
+        if not tables:
+            return decide(analysis, self.principal, grants, now)
+        try:
+            columns = {t: await self.ctx.schema.columns(self.upstream, t) for t in sorted(tables)}
+        except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
+            raise UpstreamLost() from None
+        except RuntimeError:
+            columns = {}  # unknown columns: the star stays refused
+        return decide(analysis, self.principal, grants, now, table_columns=columns)
+
     def _deny_error(self, decision: Decision) -> ClientError:
         user = self.username or "?"
         hint = self.ctx.request_hint(user, decision)
@@ -306,7 +323,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
         kind = analysis.kind
         if kind is StatementKind.SQL_EXECUTE:
             analysis = self._sql_prepared_analysis(analysis)
-        decision = self._decide(analysis)
+        decision = await self._decide_with_schema(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
         if kind is StatementKind.KILL:
@@ -330,6 +347,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
                 self.sql_prepared[analysis.prepared_name] = analysis.prepared_analysis
             elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
                 self.sql_prepared.pop(analysis.prepared_name, None)
+            if analysis.statement_class.startswith(_DDL_CLASSES):
+                self.ctx.schema.invalidate()
         elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
             # MySQL drops a statement of that name before preparing the new text, even if that fails
             self.sql_prepared.pop(analysis.prepared_name, None)

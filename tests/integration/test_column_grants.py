@@ -72,3 +72,37 @@ def test_update_of_an_unlisted_column_is_refused(columnar, tls_files):
         assert "hr_test.employee.email" in _refused(cur, "UPDATE employee SET email = 'x@example.com' WHERE id = 1")
         assert "hr_test.employee.email" in _refused(cur, "UPDATE employee SET dept = email WHERE id = 1")
     c.close()
+
+
+def test_star_expands_through_the_upstream_schema(proxy, policies_dir, tls_files, mariadb):
+    """`*` reads every real column: allowed when all are granted, refused again as soon as a
+    column is added (the schema cache is cleared by DDL through the proxy)."""
+    mariadb.execute_root("CREATE TABLE IF NOT EXISTS hr_test.narrow (id INT PRIMARY KEY, label VARCHAR(20))")
+    mariadb.execute_root("INSERT IGNORE INTO hr_test.narrow VALUES (1, 'one')")
+    (policies_dir / "star.yaml").write_text(
+        "grants:\n"
+        "  - {subject: user:star, grant: hr_test.narrow, privileges: [SELECT], columns: [id, label]}\n"
+        "  - {subject: user:admin2, grant: hr_test.narrow, privileges: [SELECT, ALTER]}\n"
+    )
+    proxy.ctx.grants.reload()
+    try:
+        star = pymysql.connect(host="127.0.0.1", port=proxy.port, user="star", password=proxy.token("star"),
+                               database="hr_test", ssl=client_ssl(tls_files))
+        with star.cursor() as cur:
+            cur.execute("SELECT * FROM narrow")
+            assert cur.fetchall() == ((1, "one"),)
+        admin = pymysql.connect(host="127.0.0.1", port=proxy.port, user="admin2", password=proxy.token("admin2"),
+                                database="hr_test", ssl=client_ssl(tls_files))
+        with admin.cursor() as cur:
+            cur.execute("ALTER TABLE narrow ADD COLUMN secret VARCHAR(20) DEFAULT 'CANARY-NARROW'")
+        admin.close()
+        with star.cursor() as cur:
+            message = _refused(cur, "SELECT * FROM narrow")
+            assert "narrow.secret" in message
+            cur.execute("SELECT id, label FROM narrow")
+            assert cur.fetchall() == ((1, "one"),)
+        star.close()
+    finally:
+        (policies_dir / "star.yaml").unlink()
+        proxy.ctx.grants.reload()
+        mariadb.execute_root("DROP TABLE IF EXISTS hr_test.narrow")

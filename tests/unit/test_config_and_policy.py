@@ -209,3 +209,20 @@ def test_guardrail_keys_are_validated(tmp_path, extra, message):
     d = _policy(tmp_path, f"grants:\n - {{subject: user:a, grant: db.t, privileges: [SELECT], {extra}}}\n")
     with pytest.raises(PolicyError, match=message):
         load_policy_dir(d)
+
+
+def test_star_through_column_grants_is_decided_by_the_real_columns(tmp_path):
+    from proxy.authz.analyze import analyze
+    from proxy.authz.decide import stars_needing_schema
+
+    d = _policy(tmp_path, "grants:\n"
+                " - {subject: user:c, grant: hr.t, privileges: [SELECT], columns: [a, b]}\n"
+                " - {subject: user:c, grant: hr.u, privileges: [SELECT]}\n")
+    grants = GrantSet(load_policy_dir(d)[0])
+    star = analyze("SELECT * FROM t JOIN u ON u.id = t.a", "hr")
+    t = TableRef("hr", "t")
+    assert stars_needing_schema(star, Principal("c"), grants, NOW) == {t}  # u is granted whole
+    assert not decide(star, Principal("c"), grants, NOW).allowed  # columns unknown: refused
+    assert decide(star, Principal("c"), grants, NOW, table_columns={t: frozenset({"a", "b"})}).allowed
+    more = decide(star, Principal("c"), grants, NOW, table_columns={t: frozenset({"a", "b", "ssn"})})
+    assert not more.allowed and "hr.t.ssn" in more.reason
