@@ -22,7 +22,12 @@ from sqlglot import exp
 from proxy.authz import functions, infoschema
 from proxy.authz.columns import ColumnUses
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
-from proxy.authz.names import INFORMATION_SCHEMA, canonical_table, looks_like_information_schema
+from proxy.authz.names import (
+    INFORMATION_SCHEMA,
+    canonical_routine,
+    canonical_table,
+    looks_like_information_schema,
+)
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import MODIFIER_WORDS
 
@@ -41,7 +46,7 @@ _LEAVES = frozenset(
 class Collector:
     """One walk over a statement tree: table resolution, function checks, reads."""
 
-    __slots__ = ("current_db", "reads", "metadata", "roles", "accounted", "columns", "resolved")
+    __slots__ = ("current_db", "reads", "metadata", "roles", "accounted", "columns", "resolved", "executes")
 
     def __init__(self, current_db: str | None) -> None:
         self.current_db = current_db
@@ -53,6 +58,7 @@ class Collector:
         # id(exp.Table) -> what it names (None: a CTE or DUAL), for the column pass (columns.py);
         # the walk fills it for tables read, handlers for the targets they resolve.
         self.resolved: dict[int, TableRef | None] = {}
+        self.executes: set[TableRef] = set()  # stored functions called as db.fn(...)
 
     def resolve(self, node: exp.Table, env: frozenset[str]) -> TableRef | None:
         """The real table `node` names; None for a CTE reference or DUAL."""
@@ -113,10 +119,12 @@ class Collector:
                 self._function(node)
             elif kind is exp.Dot:
                 if isinstance(node.this, exp.Func) or isinstance(node.expression, exp.Func):
-                    raise Denied(
-                        DenyCode.UNKNOWN_FUNCTION,
-                        "qualified function calls (db.fn()) run stored functions",
-                    )
+                    # db.fn(...) always names a stored function, which runs with its definer's
+                    # rights: it needs EXECUTE on that routine; its arguments are walked as usual.
+                    self.executes.add(_stored_function(node))
+                    for arg in node.expression.expressions:
+                        push((arg, env))
+                    continue
             elif kind is exp.Into:
                 raise Denied(DenyCode.SELECT_INTO, "SELECT ... INTO is not allowed")
             elif kind is exp.Command:
@@ -280,6 +288,20 @@ def check_args(node: exp.Expr, allowed: frozenset[str], what: str) -> None:
             )
 
 
+def _stored_function(node: exp.Dot) -> TableRef:
+    """`db.fn(...)` → the routine it calls. Only an unquoted or backquoted database name and an
+    anonymous call: anything else (a.b.fn(), a typed function after a dot) is refused."""
+    db, call = node.this, node.expression
+    if not (isinstance(db, exp.Identifier) and isinstance(db.this, str) and isinstance(call, exp.Anonymous)):
+        raise Denied(DenyCode.UNKNOWN_FUNCTION, "a qualified function call of an unsupported form")
+    name = call.this.this if isinstance(call.this, exp.Identifier) else call.this
+    if not isinstance(name, str) or not name or not name.isascii() or not db.this:
+        raise Denied(DenyCode.UNKNOWN_FUNCTION, "a stored function name must be plain ASCII")
+    if looks_like_information_schema(db.this) or db.this.lower() == INFORMATION_SCHEMA:
+        raise Denied(DenyCode.SUSPICIOUS_NAME, "a stored function in information_schema")
+    return canonical_routine(db.this, name)
+
+
 def collected(
     kind: StatementKind,
     statement_class: str,
@@ -294,6 +316,7 @@ def collected(
     or a form columns.py has no branch for) every requirement is a star use: column-restricted
     grants deny it."""
     reqs = {Requirement(ref, _SELECT) for ref in c.reads}
+    reqs.update(Requirement(ref, Privilege.EXECUTE) for ref in c.executes)
     if requirements:
         reqs.update(requirements)
     if c.metadata:
