@@ -90,6 +90,16 @@ def decide(
     if missing:
         what = ", ".join(str(r) for r in missing)
         return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), used)
+    if analysis.kind is StatementKind.SHOW:
+        # A definition (SHOW CREATE TABLE, DESCRIBE, SHOW COLUMNS/INDEX, COM_FIELD_LIST) names every
+        # column: a column-restricted grant does not show it (MariaDB refuses it too).
+        for req, _ in covered:
+            if all(g.columns is not None for g in held if g.covers(req)):
+                return Decision(
+                    False, analysis, DenyCode.MISSING_GRANT,
+                    f"{req.target} is granted by column only; its definition names other columns",
+                    (req,), used,
+                )
     if any(g.columns is not None for g in held):
         column_denial = _column_denial(analysis, held, table_columns or {})
         if column_denial is not None:
@@ -169,20 +179,25 @@ def visibility(principal: Principal, grants: GrantSet, now: datetime) -> Visibil
     """The objects whose names (and definitions) the person may see: those they hold a grant on."""
     databases: set[str] = set()
     objects: set[tuple[str, str]] = set()
+    by_column: set[tuple[str, str]] = set()
     for g in grants.for_principal(principal, now):
         if g.db == "*":
             return Visibility(everything=True)
         if g.table == "*":
             databases.add(g.db)
-        else:
+        elif g.columns is None:
             objects.add((g.db, g.table))
-    return Visibility(databases=frozenset(databases), objects=frozenset(objects))
+        else:
+            by_column.add((g.db, g.table))
+    return Visibility(
+        databases=frozenset(databases), objects=frozenset(objects), column_objects=frozenset(by_column - objects)
+    )
 
 
 def databases_visible(principal: Principal, grants: GrantSet, now: datetime) -> frozenset[str] | None:
     """Databases the person holds any grant in; None means every database (a `*` grant)."""
     vis = visibility(principal, grants, now)
-    return None if vis.everything else vis.databases | {db for db, _ in vis.objects}
+    return None if vis.everything else vis.databases | {db for db, _ in vis.objects | vis.column_objects}
 
 
 def tables_visible(
@@ -192,4 +207,4 @@ def tables_visible(
     vis = visibility(principal, grants, now)
     if vis.everything or db in vis.databases or db == INFORMATION_SCHEMA:
         return None
-    return frozenset(t for d, t in vis.objects if d == db)
+    return frozenset(t for d, t in vis.objects | vis.column_objects if d == db)

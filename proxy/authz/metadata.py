@@ -46,6 +46,8 @@ _FILTERS: dict[str, tuple[str, str | None] | None] = {
 }
 
 FILTERABLE = frozenset(_FILTERS)
+# Rows that name columns (or hold definitions that do): not shown for tables granted by column.
+_NAMES_COLUMNS = frozenset({"columns", "statistics", "key_column_usage", "views", "triggers", "partitions"})
 
 
 class MetadataError(ValueError):
@@ -59,10 +61,12 @@ class Visibility:
     everything: bool = False
     databases: frozenset[str] = frozenset()  # db-wide grants (db.*)
     objects: frozenset[tuple[str, str]] = frozenset()  # (db, table or routine)
+    # tables granted by column only: their names are visible, their definitions are not
+    column_objects: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def database_names(self) -> frozenset[str]:
-        return self.databases | {db for db, _ in self.objects} | {INFORMATION_SCHEMA}
+        return self.databases | {db for db, _ in self.objects | self.column_objects} | {INFORMATION_SCHEMA}
 
 
 def _binary(column: str) -> exp.Expression:
@@ -87,7 +91,8 @@ def visible_condition(table: str, vis: Visibility) -> exp.Expression | None:
         return _in(schema_col, sorted(vis.databases | {INFORMATION_SCHEMA}))
     # information_schema's own objects are public on every MySQL server (clients list them).
     conditions: list[exp.Expression] = [_in(schema_col, sorted(vis.databases | {INFORMATION_SCHEMA}))]
-    for db, name in sorted(vis.objects):
+    named = vis.objects if table in _NAMES_COLUMNS else vis.objects | vis.column_objects
+    for db, name in sorted(named):
         conditions.append(
             exp.and_(
                 exp.EQ(this=_binary(schema_col), expression=exp.Literal.string(db)),

@@ -27,15 +27,15 @@ from __future__ import annotations
 import enum
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pymysql
 
 from proxy.authz.analyze import analyze
-from proxy.authz.decide import GrantSet, decide
-from proxy.authz.model import Decision, DenyCode, Grant, Principal, StatementKind
+from proxy.authz.decide import GrantSet, decide, stars_needing_schema
+from proxy.authz.model import Decision, DenyCode, Grant, Principal, StatementKind, TableRef
 from proxy.demo.mariadb import Credentials, LocalMariaDB, native_password_hash
 
 # MariaDB error codes that mean "your account may not do this".
@@ -95,7 +95,7 @@ SESSION_LIMITS = (
 STATELESS_CLASSES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "EXPLAIN"})
 # Classes re-run as the upstream account to check a denial (rolled back; scratch tables are InnoDB).
 REPLAYABLE_CLASSES = STATELESS_CLASSES
-SCRATCH_DATABASES = frozenset({"diff_a", "diff_b", "diff_c"})
+SCRATCH_DATABASES = frozenset({"diff_a", "diff_b", "diff_c", "diff_d"})
 _DENIED_TABLE = re.compile(r"for table `([^`]*)`\.`")
 # Statements that may change an account itself (its own password, default role): the accounts
 # are put back after them, so that no case affects the next.
@@ -164,15 +164,29 @@ class Result:
 
 
 class Jit:
-    """jitproxy's decision for the person, exactly as the session computes it."""
+    """jitproxy's decision for the person, exactly as the session computes it: a `*` read through
+    column-restricted grants is decided on the table's real columns (`table_columns`, read from
+    the server as the session reads them from its upstream; a table that does not exist has no
+    columns, as the session's lookup answers)."""
 
-    def __init__(self, grants: tuple[Grant, ...] | list[Grant], user: str) -> None:
+    def __init__(
+        self,
+        grants: tuple[Grant, ...] | list[Grant],
+        user: str,
+        table_columns: Mapping[TableRef, frozenset[str]] | None = None,
+    ) -> None:
         self.grants = GrantSet(grants, version="differential")
         self.principal = Principal(user=user)
         self.now = datetime.now(timezone.utc)
+        self.table_columns = dict(table_columns or {})
 
     def decide(self, sql: str, db: str | None) -> Decision:
-        return decide(analyze(sql, db), self.principal, self.grants, self.now)
+        analysis = analyze(sql, db)
+        tables = stars_needing_schema(analysis, self.principal, self.grants, self.now)
+        if not tables:
+            return decide(analysis, self.principal, self.grants, self.now)
+        columns = {t: self.table_columns.get(t, frozenset()) for t in sorted(tables)}
+        return decide(analysis, self.principal, self.grants, self.now, table_columns=columns)
 
 
 class Direct:

@@ -7,22 +7,25 @@ Three databases on the session's MariaDB, created here and dropped at the end:
             DELETE) · salary, hidden_7c1e (nothing)
     diff_b  bonus, keys (nothing)
     diff_c  employee, scratch (SELECT on diff_c.*)
+    diff_d  column grants only: employee SELECT (emp_no, name) · title SELECT, UPDATE (emp_no,
+            note) · department INSERT (emp_no, note) · salary UPDATE (note)
 
 Every table has the same columns, so generated SQL resolves its column names whatever table it
 picks and MariaDB reaches its privilege checks instead of stopping at "unknown column". Every
-table the person may not SELECT holds canary strings in all its text columns; a few names are
-canaries too (a table, a column), for metadata leaks.
+column the person may not SELECT holds canary strings (every text column of an unreadable table,
+the ungranted ones of a table read through column grants); a few names are canaries too (a
+table, a column), for metadata leaks.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from proxy.authz.model import Grant, Privilege
+from proxy.authz.model import Grant, Privilege, TableRef
 from proxy.authz.policy import grants_from_document
 from proxy.demo.mariadb import Credentials, LocalMariaDB
 
@@ -33,12 +36,14 @@ UPSTREAM_USER = "diffproxy"  # the proxy's one shared identity for this suite: A
 UPSTREAM_PASSWORD = "diffproxy-password"
 NOBODY_USER = "diffnobody"  # no table privilege: tells which errors precede privilege checks
 NOBODY_PASSWORD = "diffnobody-password"
-DATABASES = ("diff_a", "diff_b", "diff_c")
+DATABASES = ("diff_a", "diff_b", "diff_c", "diff_d")
 CURRENT_DB = "diff_a"
+COLUMN_DB = "diff_d"  # the current database of the column-grant statement sets
 
-# (database, table) -> may the person read it? Must agree with policy.yaml (checked in
-# test_setup.py); tables that are not readable hold canaries.
-TABLES: dict[tuple[str, str], bool] = {
+# (database, table) -> may the person read it: every column (True), none (False) or the columns
+# of a column-level SELECT grant. Must agree with policy.yaml (checked in test_setup.py);
+# columns that are not readable hold canaries.
+TABLES: dict[tuple[str, str], bool | frozenset[str]] = {
     ("diff_a", "employee"): True,
     ("diff_a", "department"): True,
     ("diff_a", "title"): True,
@@ -50,6 +55,10 @@ TABLES: dict[tuple[str, str], bool] = {
     ("diff_b", "keys"): False,
     ("diff_c", "employee"): True,
     ("diff_c", "scratch"): True,
+    ("diff_d", "employee"): frozenset({"emp_no", "name"}),
+    ("diff_d", "title"): frozenset({"emp_no", "note"}),
+    ("diff_d", "department"): False,
+    ("diff_d", "salary"): False,
 }
 ROWS_PER_TABLE = 4
 COLUMNS = """
@@ -61,6 +70,10 @@ COLUMNS = """
   FULLTEXT KEY ft_bio (bio)
 """
 TEXT_COLUMNS = ("name", "dept", "title", "note", "bio")
+COLUMN_NAMES = (
+    "emp_no", "name", "dept", "title", "note", "amount", "band", "flag", "flags", "manager", "a", "b",
+    "c", "hired", "from_date", "to_date", "doc", "bio",
+)
 # Names that only an unauthorized metadata read can reveal.
 CANARY_TABLE = "hidden_7c1e"
 CANARY_COLUMN = "cnry_col_3a7d"  # an extra column of diff_a.salary
@@ -73,8 +86,20 @@ def canary(db: str, table: str) -> str:
     return f"CANARY-{db}.{table}-{tag}"
 
 
+def readable_columns(db: str, table: str) -> frozenset[str]:
+    readable = TABLES[(db, table)]
+    if readable is True:
+        return frozenset(COLUMN_NAMES)
+    return frozenset() if readable is False else readable
+
+
+def canary_columns(db: str, table: str) -> list[str]:
+    """The columns of a table that hold its canary: the text (and JSON) ones it may not read."""
+    return [c for c in (*TEXT_COLUMNS, "doc") if c not in readable_columns(db, table)]
+
+
 def value_canaries() -> list[str]:
-    return [canary(db, t) for (db, t), readable in TABLES.items() if not readable] + [SAMPLE_CANARY]
+    return [canary(db, t) for (db, t) in TABLES if canary_columns(db, t)] + [SAMPLE_CANARY]
 
 
 def name_canaries() -> list[str]:
@@ -99,20 +124,23 @@ def grant_statements(grants: list[Grant]) -> list[str]:
         assert getattr(g, "max_rows", None) is None, "max_rows changes results, not privileges"
         privileges = ", ".join(sorted(p.value for p in g.privileges))
         obj = "*" if g.table == "*" else quote(g.table)
+        if g.columns is not None:  # a column-level GRANT: SELECT (a, b), UPDATE (a, b) ON db.t
+            columns = ", ".join(quote(c) for c in sorted(g.columns))
+            privileges = ", ".join(f"{p.value} ({columns})" for p in sorted(g.privileges, key=lambda p: p.value))
         out.append(f"{privileges} ON {quote(g.db)}.{obj}")
     return out
 
 
-def _rows(db: str, table: str, readable: bool) -> list[str]:
+def _rows(db: str, table: str) -> list[str]:
     rows = []
+    hidden = canary_columns(db, table)
+    value = canary(db, table)
     for n in range(1, ROWS_PER_TABLE + 1):
-        if readable:
-            text = [f"'{table}-{col}-{n}'" for col in TEXT_COLUMNS]
-            doc = f"'{{\"k\": \"{table}-{n}\"}}'"
-        else:
-            value = canary(db, table)
-            text = [f"'{value}#{col}{n}'" for col in TEXT_COLUMNS]
+        text = [f"'{value}#{col}{n}'" if col in hidden else f"'{table}-{col}-{n}'" for col in TEXT_COLUMNS]
+        if "doc" in hidden:
             doc = f"'{{\"secret\": \"{value}#doc{n}\"}}'"
+        else:
+            doc = f"'{{\"k\": \"{table}-{n}\"}}'"
         name, dept, title, note, bio = text
         rows.append(
             f"({n}, {name}, {dept}, {title}, {note}, {n * 1000}.50, {n}, {n % 2}, {n}, {max(n - 1, 1)}, "
@@ -124,14 +152,14 @@ def _rows(db: str, table: str, readable: bool) -> list[str]:
 def schema_statements() -> list[str]:
     out = [f"DROP DATABASE IF EXISTS {db}" for db in DATABASES]
     out += [f"CREATE DATABASE {db} CHARACTER SET utf8mb4" for db in DATABASES]
-    for (db, table), readable in TABLES.items():
+    for db, table in TABLES:
         extra = f", {CANARY_COLUMN} VARCHAR(100)" if (db, table) == ("diff_a", "salary") else ""
         out.append(f"CREATE TABLE {db}.{quote(table)} ({COLUMNS}{extra}) ENGINE=InnoDB")
         columns = (
             "emp_no, name, dept, title, note, amount, band, flag, flags, manager, a, b, c, "
             "hired, from_date, to_date, doc, bio"
         )
-        out.append(f"INSERT INTO {db}.{quote(table)} ({columns}) VALUES {', '.join(_rows(db, table, readable))}")
+        out.append(f"INSERT INTO {db}.{quote(table)} ({columns}) VALUES {', '.join(_rows(db, table))}")
     out.append(f"UPDATE diff_a.salary SET {CANARY_COLUMN} = '{canary('diff_a', 'salary')}#col'")
     return out
 
@@ -146,6 +174,9 @@ class Scratch:
     upstream: Credentials = Credentials(UPSTREAM_USER, UPSTREAM_PASSWORD)  # ALL on diff_*
     nobody: Credentials = Credentials(NOBODY_USER, NOBODY_PASSWORD)  # EVENT on diff_* only
     current_db: str = CURRENT_DB
+    # every scratch table's real columns (lower case), as the session reads them from the
+    # upstream to expand a `*` read through column grants
+    table_columns: dict[TableRef, frozenset[str]] = field(default_factory=dict)
 
 
 def create(mariadb: LocalMariaDB) -> Scratch:
@@ -159,7 +190,20 @@ def create(mariadb: LocalMariaDB) -> Scratch:
     mariadb.create_user(UPSTREAM_USER, UPSTREAM_PASSWORD, [f"ALL PRIVILEGES ON {db}.*" for db in DATABASES])
     # EVENT only lets it select the databases as current database; it reads and writes nothing.
     mariadb.create_user(NOBODY_USER, NOBODY_PASSWORD, [f"EVENT ON {db}.*" for db in DATABASES])
-    return Scratch(mariadb, tuple(grants))
+    return Scratch(mariadb, tuple(grants), table_columns=real_columns(mariadb))
+
+
+def real_columns(mariadb: LocalMariaDB) -> dict[TableRef, frozenset[str]]:
+    columns: dict[TableRef, set[str]] = {}
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+            f"WHERE table_schema IN ({', '.join(['%s'] * len(DATABASES))})",
+            DATABASES,
+        )
+        for db, table, column in cur.fetchall():
+            columns.setdefault(TableRef(db, table), set()).add(column.lower())
+    return {t: frozenset(c) for t, c in columns.items()}
 
 
 def drop(mariadb: LocalMariaDB) -> None:
@@ -182,7 +226,8 @@ def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
         cur.execute("SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10")  # never hang
         cur.execute(
             "SELECT table_schema, table_name, table_type FROM information_schema.tables "
-            "WHERE table_schema IN ('diff_a', 'diff_b', 'diff_c') ORDER BY 1, 2"
+            f"WHERE table_schema IN ({', '.join(['%s'] * len(DATABASES))}) ORDER BY 1, 2",
+            DATABASES,
         )
         tables = cur.fetchall()
         names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, _ in tables)
@@ -191,7 +236,8 @@ def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
         cur.execute(f"SHOW GRANTS FOR {SUBJECT_USER}@'%'")
         person_grants = sorted(r[0] for r in cur.fetchall())
         cur.execute(
-            "SELECT db, name, type FROM mysql.proc WHERE db IN ('diff_a', 'diff_b', 'diff_c')"
+            f"SELECT db, name, type FROM mysql.proc WHERE db IN ({', '.join(['%s'] * len(DATABASES))})",
+            DATABASES,
         )
         routines = cur.fetchall()
     return {"tables": tables, "checksums": checksums, "grants": person_grants, "routines": routines}

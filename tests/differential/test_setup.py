@@ -13,13 +13,26 @@ from tests.differential.harness import Case, Jit, Server, Verdict, compare
 
 def test_mariadb_account_holds_exactly_the_policy(scratch) -> None:
     expected: dict[tuple[str, str], set[str]] = defaultdict(set)
+    expected_columns: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for g in scratch.grants:
-        expected[(g.db, g.table)] |= {p.value for p in g.privileges}
+        if g.columns is None:
+            expected[(g.db, g.table)] |= {p.value for p in g.privileges}
+        else:
+            for column in g.columns:
+                expected_columns[(g.db, g.table, column)] |= {p.value for p in g.privileges}
     actual: dict[tuple[str, str], set[str]] = defaultdict(set)
+    actual_columns: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     with scratch.mariadb.root_connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT Db, Table_name, Table_priv FROM mysql.tables_priv WHERE User = %s", (schema.SUBJECT_USER,))
         for db, table, privs in cur.fetchall():
-            actual[(db, table)] |= {p.upper() for p in privs.split(",") if p}
+            if privs:  # a table with column privileges only has a row with an empty Table_priv
+                actual[(db, table)] |= {p.upper() for p in privs.split(",") if p}
+        cur.execute(
+            "SELECT Db, Table_name, Column_name, Column_priv FROM mysql.columns_priv WHERE User = %s",
+            (schema.SUBJECT_USER,),
+        )
+        for db, table, column, privs in cur.fetchall():
+            actual_columns[(db, table, column.lower())] |= {p.upper() for p in privs.split(",") if p}
         cur.execute("SELECT * FROM mysql.db WHERE User = %s", (schema.SUBJECT_USER,))
         names = [d[0] for d in cur.description]
         for row in cur.fetchall():
@@ -27,36 +40,45 @@ def test_mariadb_account_holds_exactly_the_policy(scratch) -> None:
             for p in Privilege:
                 if record.get(f"{p.value.capitalize()}_priv") == "Y":
                     actual[(record["Db"], "*")].add(p.value)
-        cur.execute("SELECT COUNT(*) FROM mysql.columns_priv WHERE User = %s", (schema.SUBJECT_USER,))
-        assert cur.fetchone()[0] == 0
         cur.execute("SELECT COUNT(*) FROM mysql.procs_priv WHERE User = %s", (schema.SUBJECT_USER,))
         assert cur.fetchone()[0] == 0
         cur.execute("SHOW GRANTS FOR %s@'%%'", (schema.SUBJECT_USER,))
         global_grants = [r[0] for r in cur.fetchall() if " ON *.* " in r[0]]
     assert dict(actual) == dict(expected)
+    assert dict(actual_columns) == dict(expected_columns)
+    assert expected_columns, "the policy has column-level grants"
     assert len(global_grants) == 1 and global_grants[0].startswith("GRANT USAGE ON *.*")
 
 
 def test_policy_and_schema_agree_on_what_is_readable(scratch) -> None:
-    readable = {
-        (db, table)
-        for (db, table) in schema.TABLES
-        if any(
-            Privilege.SELECT in g.privileges and g.db == db and g.table in ("*", table)
-            for g in scratch.grants
-        )
-    }
-    assert readable == {t for t, r in schema.TABLES.items() if r}
+    for (db, table) in schema.TABLES:
+        select = [
+            g for g in scratch.grants
+            if Privilege.SELECT in g.privileges and g.db == db and g.table in ("*", table)
+        ]
+        if not select:
+            readable = frozenset()
+        elif any(g.columns is None for g in select):
+            readable = frozenset(schema.COLUMN_NAMES)
+        else:
+            readable = frozenset().union(*(g.columns for g in select))
+        assert readable == schema.readable_columns(db, table), (db, table)
+    for table, columns in scratch.table_columns.items():
+        assert set(schema.COLUMN_NAMES) <= columns, table
 
 
-def test_canaries_are_exactly_in_unreadable_tables(scratch) -> None:
+def test_canaries_are_exactly_in_unreadable_columns(scratch) -> None:
     with scratch.mariadb.root_connection() as conn, conn.cursor() as cur:
-        for (db, table), readable in schema.TABLES.items():
-            cur.execute(f"SELECT * FROM {db}.{schema.quote(table)}")
-            dump = repr(cur.fetchall())
-            assert ("CANARY-" in dump) is (not readable), (db, table)
-            if not readable:
-                assert dump.count(schema.canary(db, table)) >= schema.ROWS_PER_TABLE * len(schema.TEXT_COLUMNS)
+        for (db, table) in schema.TABLES:
+            readable = schema.readable_columns(db, table)
+            for column in schema.COLUMN_NAMES:
+                cur.execute(f"SELECT {column} FROM {db}.{schema.quote(table)}")
+                dump = repr(cur.fetchall())
+                hidden = column in schema.canary_columns(db, table)
+                assert ("CANARY-" in dump) is hidden, (db, table, column)
+                assert hidden or column in readable or column not in (*schema.TEXT_COLUMNS, "doc")
+                if hidden:
+                    assert dump.count(schema.canary(db, table)) == schema.ROWS_PER_TABLE, (db, table, column)
 
 
 def test_both_paths_allow_and_deny_the_basics(scratch, jit, direct, via_proxy) -> None:

@@ -106,3 +106,18 @@ def test_star_expands_through_the_upstream_schema(proxy, policies_dir, tls_files
         (policies_dir / "star.yaml").unlink()
         proxy.ctx.grants.reload()
         mariadb.execute_root("DROP TABLE IF EXISTS hr_test.narrow")
+
+
+def test_definitions_of_a_table_granted_by_column_are_not_shown(columnar, tls_files):
+    """Found by the differential run: SHOW CREATE TABLE through a column grant would have shown
+    every column (the proxy's shared account sees them all); MariaDB refuses it too."""
+    c = _connect(columnar, tls_files)
+    with c.cursor() as cur:
+        for sql in ("SHOW CREATE TABLE salary", "DESCRIBE salary", "SHOW COLUMNS FROM salary", "SHOW INDEX FROM salary"):
+            assert "hr_prod.salary" in _refused(cur, sql)  # a grant on the whole table is needed
+        cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_NAME = 'salary'")
+        assert cur.fetchall() == ()
+        cur.execute("SHOW TABLES")
+        assert "salary" in {r[0] for r in cur.fetchall()}  # the name itself is visible
+        cur.execute("SHOW CREATE TABLE title")  # granted whole: fine
+    c.close()
