@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import socket
 import ssl
 import time
@@ -191,6 +192,8 @@ class ProxyContext:
     now: Clock = utc_now
     sessions: dict[int, ProxySession] = field(default_factory=dict)
     schema: SchemaCache = field(default_factory=SchemaCache)
+    # matches the shared database account as error messages name it ('user'@'host')
+    shared_account_pattern: re.Pattern[str] | None = None
 
     def request_hint(self, user: str, decision: Decision) -> str:
         return request_hint(user, decision)
@@ -272,6 +275,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
     )
     return ProxyContext(
+        shared_account_pattern=re.compile(rf"'{re.escape(cfg.upstream.user)}'@'[^']*'"),
         analyze=AnalysisCache(
             max_statement_bytes=cfg.authz.max_statement_bytes,
             thread_offload_bytes=cfg.authz.thread_offload_bytes,

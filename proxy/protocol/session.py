@@ -203,10 +203,21 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
                 self._client_writer if relay else None,
                 row_limit=max_rows,
                 limit_error=_max_rows_error,
+                rewrite_error=self._hide_shared_account,
             )
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError) as e:
             log.warning("upstream lost", error=type(e).__name__, session=self.info.session_id)
             raise UpstreamLost() from None
+
+    def _hide_shared_account(self, payload: bytes) -> bytes | None:
+        """An upstream error naming the shared database account ('jitproxy'@'10.0.0.5') names the
+        person instead: people never learn the shared identity or where the proxy connects from."""
+        err = wire.parse_err(payload)
+        pattern = self.ctx.shared_account_pattern
+        if pattern is None or not pattern.search(err.message):
+            return None
+        message = pattern.sub(f"'{self.username or '?'}'", err.message)
+        return wire.make_err(err.code, err.sqlstate, message)
 
     # -- authorization ---------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class UpstreamConnection:
         client: asyncio.StreamWriter | None = None,
         row_limit: int | None = None,
         limit_error: Callable[[int], bytes] | None = None,
+        rewrite_error: Callable[[bytes], bytes | None] | None = None,
     ) -> Outcome | None:
         """Send one command; relay (or swallow, when client is None) its response. Any I/O or
         protocol failure marks the connection broken: it is never reused."""
@@ -106,7 +107,7 @@ class UpstreamConnection:
                 await self.writer.drain()
                 return None
             outcome = await relay_response(
-                self.reader, client, expect, self.profile.deprecate_eof, row_limit, limit_error
+                self.reader, client, expect, self.profile.deprecate_eof, row_limit, limit_error, rewrite_error
             )
         except BaseException:
             self.broken = True

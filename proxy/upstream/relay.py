@@ -70,7 +70,7 @@ class ResponseParser:
     """Feeds on complete packets; knows when the response is complete."""
 
     __slots__ = ("state", "deprecate_eof", "outcome", "_remaining", "_continued", "_prep_cols",
-                 "_row_limit", "cut_at", "cut_seq")
+                 "_row_limit", "cut_at", "cut_seq", "err_at")
 
     def __init__(self, expect: Expect, deprecate_eof: bool, row_limit: int | None = None) -> None:
         self.deprecate_eof = deprecate_eof
@@ -78,6 +78,7 @@ class ResponseParser:
         self._row_limit = row_limit if row_limit is not None else 1 << 62
         self.cut_at: int | None = None  # where the first row over the limit starts (then: discard)
         self.cut_seq = 0  # its sequence id: the client's ERR takes its place
+        self.err_at: int | None = None  # where a final ERR packet starts (for rewriting)
         self._remaining = 0
         self._continued = False  # inside a payload split over several 16 MiB packets
         self._prep_cols = 0
@@ -124,12 +125,15 @@ class ResponseParser:
                 elif first == 0xFF:
                     self.outcome.error = parse_err(buf[pos + 4 : nxt])
                     state = _S.DONE
+                    self.err_at = pos
                 else:
                     self.outcome.rows += 1
                     if self.outcome.rows > self._row_limit and self.cut_at is None:
                         self.cut_at, self.cut_seq = pos, buf[pos + 3]
             else:
                 state = self._other(state, first, buf, pos + 4, nxt)
+            if first == 0xFF and state is _S.DONE:
+                self.err_at = pos
             pos = nxt
         self.state = state
         return pos
@@ -225,10 +229,12 @@ async def relay_response(
     deprecate_eof: bool,
     row_limit: int | None = None,
     limit_error: Callable[[int], bytes] | None = None,
+    rewrite_error: Callable[[bytes], bytes | None] | None = None,
 ) -> Outcome:
     """Read one complete response from `reader`, writing its bytes to `client` as they arrive
     (None: read and discard). With `row_limit`, the first row over it is replaced by the ERR
-    payload `limit_error(limit)` and the rest of the response is read but not forwarded.
+    payload `limit_error(limit)` and the rest of the response is read but not forwarded. A final
+    ERR packet may be replaced by `rewrite_error(payload)` (None: forwarded as is).
     Raises ProtocolViolation, or the reader's/writer's I/O errors."""
     parser = ResponseParser(expect, deprecate_eof, row_limit)
     buf = bytearray()
@@ -249,7 +255,13 @@ async def relay_response(
             forwarding = False
         elif forwarding and used:
             assert client is not None
-            client.write(bytes(buf[:used]))
+            out = bytes(buf[:used])
+            if done and parser.err_at is not None and rewrite_error is not None:
+                at = parser.err_at
+                replacement = rewrite_error(out[at + 4 :])
+                if replacement is not None:
+                    out = out[:at] + frame(replacement, out[at + 3])
+            client.write(out)
             await client.drain()
         if done:
             if parser.cut_at is not None:

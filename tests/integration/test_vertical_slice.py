@@ -232,3 +232,17 @@ async def _idle() -> None:
 
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+def test_upstream_errors_never_name_the_shared_database_account(proxy, tls_files, upstream_credentials):
+    """admin may read mysql.user by policy, but the shared account may not: MariaDB's error names
+    'jitproxy'@'127.0.0.1'; the person sees their own name instead."""
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="admin", password=proxy.token("admin"),
+                        ssl=client_ssl(tls_files))
+    with c.cursor() as cur, pytest.raises(pymysql.MySQLError) as e:
+        cur.execute("SELECT * FROM mysql.user")
+    assert e.value.args[0] == 1142
+    assert upstream_credentials.user not in e.value.args[1] and "'admin'" in e.value.args[1]
+    with c.cursor() as cur:  # the session goes on
+        cur.execute("SELECT 1")
+    c.close()
