@@ -101,15 +101,21 @@ def _ddl_target(node: exp.Expr | None, c: Collector, what: str) -> TableRef:
     return ref
 
 
-_CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
-
-
-def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+def _table_object(tokens: list[Token], verb: str) -> tuple[bool, str]:
+    """`VERB TABLE` or `VERB TEMPORARY TABLE` → (temporary, statement class); any other object
+    (VIEW, DATABASE, ...) is refused with its own reason."""
     second = word(tokens[1]) if len(tokens) > 1 else None
     temporary = second == "TEMPORARY" and len(tokens) > 2 and word(tokens[2]) == "TABLE"
     if second != "TABLE" and not temporary:
         _unsupported_object(tokens)
-    what = "CREATE TEMPORARY TABLE" if temporary else "CREATE TABLE"
+    return temporary, f"{verb} TEMPORARY TABLE" if temporary else f"{verb} TABLE"
+
+
+_CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
+
+
+def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    temporary, what = _table_object(tokens, "CREATE")
     tree = parse_one(sql, prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Create) or str(tree.args.get("kind") or "").upper() != "TABLE":
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
@@ -163,11 +169,7 @@ def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> An
 
 
 def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
-    second = word(tokens[1]) if len(tokens) > 1 else None
-    temporary = second == "TEMPORARY" and len(tokens) > 2 and word(tokens[2]) == "TABLE"
-    if second != "TABLE" and not temporary:
-        _unsupported_object(tokens)
-    what = "DROP TEMPORARY TABLE" if temporary else "DROP TABLE"
+    temporary, what = _table_object(tokens, "DROP")
     tree = parse_one(sql, prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Drop) or str(tree.args.get("kind") or "").upper() != "TABLE":
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)

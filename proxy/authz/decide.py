@@ -26,7 +26,7 @@ class GrantSet:
     `version` changes whenever the content changes; caches key on it.
     """
 
-    __slots__ = ("_by_subject", "version", "grants")
+    __slots__ = ("_by_subject", "version", "grants", "has_column_grants")
 
     def __init__(self, grants: Iterable[Grant], version: str = "0") -> None:
         self.grants: tuple[Grant, ...] = tuple(grants)
@@ -35,6 +35,7 @@ class GrantSet:
             by_subject[g.subject].append(g)
         self._by_subject = {k: tuple(v) for k, v in by_subject.items()}
         self.version = version
+        self.has_column_grants = any(g.columns is not None for g in self.grants)
 
     def for_principal(self, principal: Principal, now: datetime) -> list[Grant]:
         out: list[Grant] = []
@@ -164,7 +165,7 @@ def stars_needing_schema(
     """Tables read with `*` only through column-restricted grants: their real columns decide."""
     if analysis.kind is StatementKind.SQL_PREPARE and analysis.prepared_analysis is not None:
         analysis = analysis.prepared_analysis
-    if not analysis.star_tables:
+    if not analysis.star_tables or not grants.has_column_grants:
         return frozenset()
     held = grants.for_principal(principal, now)
     out = set()
