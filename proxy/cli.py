@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -133,6 +134,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     analysis = analyze(args.sql, args.db)
     now = datetime.now(timezone.utc)
     decision = decide(analysis, principal, grants, now)
+    masked = None
+    if decision.masks:
+        print("masked:     " + ", ".join(f"{t}.{c} ({m.value})" for t, c, m in decision.masks))
+        masked, decision = _masked_text(args, analysis, decision)
     print(f"decision:   {'ALLOW' if decision.allowed else 'DENY'}")
     print(f"statement:  {analysis.statement_class} ({analysis.kind.value})")
     if analysis.requirements:
@@ -145,6 +150,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"granted by: {g.subject} {g.db}.{g.table} ({until}) in {g.source}")
         if decision.max_rows is not None:
             print(f"max rows:   {decision.max_rows} (a longer result is cut with error 1104)")
+        if masked is not None:
+            print(f"forwarded:  {masked}")
         if analysis.metadata_tables:
             from proxy.authz.decide import visibility
             from proxy.authz.metadata import MetadataError, restrict_metadata
@@ -167,6 +174,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         if hint:
             print(hint)
     return 0 if decision.allowed else 1
+
+
+def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
+    """The decision with masks applied: the text that would be forwarded, or the denial."""
+    from proxy.authz.analyze import analyze
+    from proxy.authz.masking import Masker, MaskingError, mask_select
+    from proxy.authz.model import Decision, DenyCode
+
+    masks: dict[Any, dict[str, Any]] = {}
+    for table, column, method in decision.masks:
+        masks.setdefault(table, {})[column] = method
+    try:
+        # No upstream here: a * over a masked table is expanded at run time from the live schema.
+        return mask_select(args.sql, args.db, analysis, masks, {}, analyze, Masker("<salt>")), decision
+    except MaskingError as e:
+        if "are not known" in str(e):
+            return "the * expanded from the live schema, masked columns masked", decision
+        return None, Decision(False, analysis, DenyCode.MASKED_COLUMN, str(e), used_grants=decision.used_grants)
 
 
 # -- grants --------------------------------------------------------------------------------
@@ -198,7 +223,7 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
         from proxy.authz.policy import load_policy_dir
 
         for d in cfg.policies.dirs:
-            others.extend(g for g in load_policy_dir(d)[0] if g.source != str(path))
+            others.extend(g for g in load_policy_dir(d).grants if g.source != str(path))
         check_overlaps([*others, *new])
     except PolicyError as e:
         raise SystemExit(f"refused: {e}") from None

@@ -134,6 +134,19 @@ class AuthzConfig(_Strict):
     max_statement_bytes: int = Field(1024 * 1024, ge=1024)
     # Statements over this are analyzed in a worker thread, so other sessions keep moving.
     thread_offload_bytes: int = Field(16 * 1024, ge=1024)
+    # `hash` masks are SHA-256 of this salt and the value. Without a salt, a low-entropy value
+    # (a national id, a phone number) can be recovered by hashing every candidate. The salt
+    # travels in the statement text to the upstream (DBAs see it in the processlist); people
+    # behind jitproxy never see it. The environment variable named here holds it.
+    mask_salt_env: str | None = None
+
+    def resolve_mask_salt(self) -> str:
+        if self.mask_salt_env is None:
+            return ""
+        value = os.environ.get(self.mask_salt_env)
+        if not value:
+            raise ValueError(f"authz.mask_salt_env: environment variable {self.mask_salt_env} is not set")
+        return value
 
 
 class AuditSinkConfig(_Strict):

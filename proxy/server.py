@@ -20,8 +20,9 @@ from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
 from proxy.authz.fingerprint import Fingerprint, fingerprint
+from proxy.authz.masking import Masker
 from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
-from proxy.authz.policy import check_overlaps, load_policy_dir
+from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_dir
 from proxy.config import Config
 from proxy.identity.tokens import IssuerConfig, TokenVerifier
 from proxy.protocol.connection import ProxyConnection
@@ -67,14 +68,15 @@ class PolicyStore:
 
     def reload(self) -> None:
         stamp = self._stat()
-        grants = []
-        digests = []
+        grants, masks, digests = [], [], []
         for d in self.dirs:
-            g, digest = load_policy_dir(d)
-            grants.extend(g)
-            digests.append(digest)
+            loaded = load_policy_dir(d)
+            grants.extend(loaded.grants)
+            masks.extend(loaded.masks)
+            digests.append(loaded.digest)
         check_overlaps(grants)
-        self.snapshot = GrantSet(grants, version="-".join(digests))
+        check_mask_overlaps(masks)
+        self.snapshot = GrantSet(grants, version="-".join(digests), masks=masks)
         self._stamp = stamp
 
     def __call__(self) -> GrantSet:
@@ -192,6 +194,7 @@ class ProxyContext:
     now: Clock = utc_now
     sessions: dict[int, ProxySession] = field(default_factory=dict)
     schema: SchemaCache = field(default_factory=SchemaCache)
+    masker: Masker = field(default_factory=Masker)
     # matches the shared database account as error messages name it ('user'@'host')
     shared_account_pattern: re.Pattern[str] | None = None
 
@@ -285,6 +288,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         pool=pool,
         audit=audit or build_audit(cfg),
         now=now,
+        masker=Masker(cfg.authz.resolve_mask_salt()),
     )
 
 

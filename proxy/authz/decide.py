@@ -12,6 +12,8 @@ from proxy.authz.model import (
     Decision,
     DenyCode,
     Grant,
+    Mask,
+    MaskMethod,
     Principal,
     Privilege,
     Requirement,
@@ -26,16 +28,39 @@ class GrantSet:
     `version` changes whenever the content changes; caches key on it.
     """
 
-    __slots__ = ("_by_subject", "version", "grants", "has_column_grants")
+    __slots__ = ("_by_subject", "_masks_by_subject", "version", "grants", "masks", "has_column_grants")
 
-    def __init__(self, grants: Iterable[Grant], version: str = "0") -> None:
+    def __init__(self, grants: Iterable[Grant], version: str = "0", masks: Iterable[Mask] = ()) -> None:
         self.grants: tuple[Grant, ...] = tuple(grants)
         by_subject: dict[str, list[Grant]] = defaultdict(list)
         for g in self.grants:
             by_subject[g.subject].append(g)
         self._by_subject = {k: tuple(v) for k, v in by_subject.items()}
+        self.masks: tuple[Mask, ...] = tuple(masks)
+        masks_by: dict[str, list[Mask]] = defaultdict(list)
+        for m in self.masks:
+            masks_by[m.subject].append(m)
+        self._masks_by_subject = {k: tuple(v) for k, v in masks_by.items()}
         self.version = version
         self.has_column_grants = any(g.columns is not None for g in self.grants)
+
+    def masks_for(self, principal: Principal, tables: Iterable[TableRef]) -> dict[TableRef, dict[str, MaskMethod]]:
+        """Masked columns of `tables` for this person. Two masks of one column with different
+        methods (through two groups) give the strictest: redact."""
+        out: dict[TableRef, dict[str, MaskMethod]] = {}
+        if not self._masks_by_subject:
+            return out
+        wanted = frozenset(tables)
+        for subject in principal.subjects:
+            for m in self._masks_by_subject.get(subject, ()):
+                ref = TableRef(m.db, m.table)
+                if ref not in wanted:
+                    continue
+                columns = out.setdefault(ref, {})
+                for name, method in m.columns:
+                    before = columns.get(name)
+                    columns[name] = method if before in (None, method) else MaskMethod.REDACT
+        return out
 
     def for_principal(self, principal: Principal, now: datetime) -> list[Grant]:
         out: list[Grant] = []
@@ -64,7 +89,13 @@ def decide(
         if inner.metadata_tables:
             return Decision(False, analysis, DenyCode.METADATA,
                             "PREPARE of an information_schema query is not supported; send it directly")
-        return decide(inner, principal, grants, now, table_columns)
+        decision = decide(inner, principal, grants, now, table_columns)
+        if decision.masks:
+            return Decision(False, analysis, DenyCode.MASKED_COLUMN,
+                            "PREPARE ... FROM of a statement reading masked columns is not supported; "
+                            "send it as a plain query or prepare it with the binary protocol",
+                            used_grants=decision.used_grants)
+        return decision
 
     held = grants.for_principal(principal, now)
 
@@ -117,7 +148,43 @@ def decide(
                 used_grants=used,
             )
     limits = [g.max_rows for r, g in covered if r.privilege is Privilege.SELECT and g.max_rows is not None]
-    return Decision(True, analysis, used_grants=used, max_rows=min(limits) if limits else None)
+    max_rows = min(limits) if limits else None
+    masks = grants.masks_for(principal, analysis.tables)
+    if masks:
+        return _masked(analysis, masks, used, max_rows)
+    return Decision(True, analysis, used_grants=used, max_rows=max_rows)
+
+
+def _masked(
+    analysis: Analysis,
+    masks: dict[TableRef, dict[str, MaskMethod]],
+    used: tuple[Grant, ...],
+    max_rows: int | None,
+) -> Decision:
+    """A statement over tables with masked columns. Reading none of them: as usual. A plain
+    SELECT reading some: allowed with `masks`, for the session to rewrite the select list
+    (proxy.authz.masking refuses every other use). Any other statement reading one: denied.
+    Column names are matched in ASCII only (the policy loader accepts nothing else): a
+    non-ASCII name the server may fold onto a masked one (`śsn`) is refused."""
+    reads: set[tuple[TableRef, str]] = set()
+    for target, column, privilege in analysis.columns:
+        if target in masks and privilege is Privilege.SELECT:
+            if not column.isascii():
+                return Decision(False, analysis, DenyCode.MASKED_COLUMN,
+                                f"column name {column!r} of {target} is not ASCII: it cannot be "
+                                "checked against the masks of that table", used_grants=used)
+            if column in masks[target]:
+                reads.add((target, column))
+    stars = {r.target for r in analysis.star_tables if r.target in masks and r.privilege is Privilege.SELECT}
+    if not reads and not stars:
+        return Decision(True, analysis, used_grants=used, max_rows=max_rows)
+    if analysis.kind is not StatementKind.QUERY or analysis.statement_class != "SELECT":
+        target, column = min(reads) if reads else (min(stars), "*")
+        return Decision(False, analysis, DenyCode.MASKED_COLUMN,
+                        f"{target}.{column} is masked for you: it can be read only as a plain "
+                        "item of a SELECT's select list", used_grants=used)
+    flat = tuple(sorted((t, c, m) for t, columns in masks.items() for c, m in columns.items()))
+    return Decision(True, analysis, used_grants=used, max_rows=max_rows, masks=flat)
 
 
 _WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})

@@ -94,6 +94,7 @@ class DenyCode(str, enum.Enum):
     METADATA = "metadata"  # an information_schema table the proxy cannot filter
     UNKNOWN_PREPARED = "unknown_prepared"  # EXECUTE of a name the session never authorized
     UNBOUNDED_WRITE = "unbounded_write"  # UPDATE/DELETE without WHERE, and no grant allows it
+    MASKED_COLUMN = "masked_column"  # a masked column used where its value could be inferred
     # grant-level denials (decision)
     MISSING_GRANT = "missing_grant"
     DATABASE_ACCESS = "database_access"
@@ -178,6 +179,26 @@ class Grant:
         )
 
 
+class MaskMethod(str, enum.Enum):
+    """How a masked column's values reach a person (proxy.authz.masking)."""
+
+    REDACT = "redact"  # a constant: nothing of the value
+    HASH = "hash"  # SHA-256 of a salt and the value: equal values stay equal, nothing else
+    PARTIAL = "partial"  # the last characters (at most 4, at most half), the rest as '*'
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Subject sees `columns` (lower case → method) of `db`.`table` masked, whatever they are
+    granted. A mask is a restriction: it never grants anything."""
+
+    subject: str
+    db: str
+    table: str
+    columns: tuple[tuple[str, MaskMethod], ...]
+    source: str = ""
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated person behind a session."""
@@ -201,3 +222,6 @@ class Decision:
     missing: tuple[Requirement, ...] = ()
     used_grants: tuple[Grant, ...] = field(default=(), compare=False)
     max_rows: int | None = None  # the smallest max_rows of the grants the statement reads through
+    # Columns shown masked: ((table, lower-case column, method), ...), sorted. Only for a plain
+    # SELECT; the session rewrites its select list (proxy.authz.masking) before forwarding.
+    masks: tuple[tuple[TableRef, str, MaskMethod], ...] = ()

@@ -12,30 +12,55 @@ A policy file:
 
 Overlapping entries for one subject and object are an error at load time, so nobody has to
 guess which expiry wins (Vitess does the same).
+
+Masks (a restriction, never a grant) show some columns of a table masked to some subjects:
+
+    masks:
+      - subject: group:contractors
+        table: hr_prod.employee
+        columns: {ssn: partial, email: hash, salary: redact}
+
+A masked column may be read only as a plain item of a SELECT's select list (`SELECT ssn`,
+`SELECT e.ssn AS s`, or through `*`); used anywhere else (WHERE, JOIN, ORDER BY, GROUP BY, an
+expression, a subquery, a write) the statement is denied, since its value could be inferred.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from proxy.authz.model import ALL_PRIVILEGES, COLUMN_PRIVILEGES, Grant, Privilege
+from proxy.authz.model import ALL_PRIVILEGES, COLUMN_PRIVILEGES, Grant, Mask, MaskMethod, Privilege
 from proxy.authz.names import canonical_table, split_qualified
 
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
+# Masked columns are matched by name: ASCII only, so no accent- or case-folding the server does
+# (utf8mb3_general_ci: `śsn` names `ssn`) can hide one; statements get the same rule.
+_COLUMN = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _KEYS = {
     "subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes", "columns"
 }
 
 
+_MASK_KEYS = {"subject", "table", "columns"}
+
+
 class PolicyError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    grants: list[Grant]
+    masks: list[Mask]
+    digest: str  # of every file's name and content: the policy version
 
 
 def split_object(text: str) -> tuple[str, str]:
@@ -128,29 +153,74 @@ def parse_columns(
     return frozenset(out)
 
 
-def grants_from_document(doc: Any, source: str) -> list[Grant]:
+def _check_top_level(doc: Any, source: str) -> None:
+    if not isinstance(doc, dict) or set(doc) - {"grants", "masks"}:
+        extra = sorted(set(doc) - {"grants", "masks"}) if isinstance(doc, dict) else []
+        raise PolicyError(
+            f"{source}: top level must be a mapping with 'grants' and/or 'masks' (unknown: {extra})"
+        )
+
+
+def _subject(entry: dict[str, Any], where: str) -> str:
+    subject = str(entry["subject"])
+    if not _SUBJECT.match(subject):
+        raise PolicyError(f"{where}: subject {subject!r} must be user:NAME or group:NAME")
+    return subject
+
+
+def _entries(
+    doc: Any, source: str, section: str, keys: set[str], required: set[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, entry) for each entry of a top-level list, its keys checked."""
     if doc is None:
-        return []
-    if not isinstance(doc, dict) or set(doc) - {"grants"}:
-        extra = sorted(set(doc) - {"grants"}) if isinstance(doc, dict) else []
-        raise PolicyError(f"{source}: top level must be a mapping with 'grants' (unknown: {extra})")
-    entries = doc.get("grants") or []
+        return
+    _check_top_level(doc, source)
+    entries = doc.get(section) or []
     if not isinstance(entries, list):
-        raise PolicyError(f"{source}: 'grants' must be a list")
-    out: list[Grant] = []
+        raise PolicyError(f"{source}: '{section}' must be a list")
     for i, entry in enumerate(entries):
-        where = f"{source}: grants[{i}]"
+        where = f"{source}: {section}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(f"{where} must be a mapping")
-        unknown = set(entry) - _KEYS
+        unknown = set(entry) - keys
         if unknown:
             raise PolicyError(f"{where}: unknown key(s) {sorted(unknown)}")
-        missing = {"subject", "grant", "privileges"} - set(entry)
+        missing = required - set(entry)
         if missing:
             raise PolicyError(f"{where}: missing key(s) {sorted(missing)}")
-        subject = str(entry["subject"])
-        if not _SUBJECT.match(subject):
-            raise PolicyError(f"{where}: subject {subject!r} must be user:NAME or group:NAME")
+        yield where, entry
+
+
+def masks_from_document(doc: Any, source: str) -> list[Mask]:
+    out: list[Mask] = []
+    methods = ", ".join(m.value for m in MaskMethod)
+    for where, entry in _entries(doc, source, "masks", _MASK_KEYS, _MASK_KEYS):
+        subject = _subject(entry, where)
+        try:
+            db, table = split_object(str(entry["table"]))
+        except PolicyError as e:
+            raise PolicyError(f"{where}: {e}") from None
+        if db == "*" or table == "*":
+            raise PolicyError(f"{where}: masks name one table (db.table), not {db}.{table}")
+        columns = entry["columns"]
+        if not isinstance(columns, dict) or not columns:
+            raise PolicyError(f"{where}: columns must map column names to a method ({methods})")
+        parsed: dict[str, MaskMethod] = {}
+        for name, method in columns.items():
+            if not isinstance(name, str) or not name.isascii() or not _COLUMN.match(name):
+                raise PolicyError(f"{where}: column {name!r} is not an ASCII column name")
+            try:
+                parsed[name.lower()] = MaskMethod(str(method).lower())
+            except ValueError:
+                raise PolicyError(f"{where}: column {name}: method {method!r} is not one of {methods}") from None
+        out.append(Mask(subject, db, table, tuple(sorted(parsed.items())), source))
+    return out
+
+
+def grants_from_document(doc: Any, source: str) -> list[Grant]:
+    out: list[Grant] = []
+    for where, entry in _entries(doc, source, "grants", _KEYS, {"subject", "grant", "privileges"}):
+        subject = _subject(entry, where)
         try:
             db, table = split_object(str(entry["grant"]))
         except PolicyError as e:
@@ -172,6 +242,18 @@ def grants_from_document(doc: Any, source: str) -> list[Grant]:
     return out
 
 
+def check_mask_overlaps(masks: Iterable[Mask]) -> None:
+    seen: dict[tuple[str, str, str], Mask] = {}
+    for m in masks:
+        key = (m.subject, m.db, m.table)
+        if key in seen:
+            raise PolicyError(
+                f"{m.subject} has two masks for {m.db}.{m.table} ({seen[key].source} and {m.source}); "
+                "merge the entries"
+            )
+        seen[key] = m
+
+
 def check_overlaps(grants: Iterable[Grant]) -> None:
     seen: dict[tuple[str, str, str], Grant] = {}
     for g in grants:
@@ -185,12 +267,13 @@ def check_overlaps(grants: Iterable[Grant]) -> None:
         seen[key] = g
 
 
-def load_policy_dir(directory: Path) -> tuple[list[Grant], str]:
-    """All `*.yaml`/`*.yml` files of a directory → (grants, content digest)."""
+def load_policy_dir(directory: Path) -> LoadedPolicy:
+    """All `*.yaml`/`*.yml` files of a directory → grants, masks and a content digest."""
     if not directory.is_dir():
         raise PolicyError(f"policy directory {directory} does not exist")
     digest = hashlib.sha256()
     grants: list[Grant] = []
+    masks: list[Mask] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         text = path.read_text(encoding="utf-8")
         digest.update(path.name.encode() + b"\0" + text.encode() + b"\0")
@@ -199,5 +282,7 @@ def load_policy_dir(directory: Path) -> tuple[list[Grant], str]:
         except yaml.YAMLError as e:
             raise PolicyError(f"{path}: invalid YAML: {e}") from None
         grants.extend(grants_from_document(doc, str(path)))
+        masks.extend(masks_from_document(doc, str(path)))
     check_overlaps(grants)
-    return grants, digest.hexdigest()[:16]
+    check_mask_overlaps(masks)
+    return LoadedPolicy(grants, masks, digest.hexdigest()[:16])

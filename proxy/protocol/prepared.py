@@ -10,7 +10,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from proxy.authz.model import Analysis, DenyCode, StatementKind
+from proxy.authz.model import Analysis, Decision, DenyCode, StatementKind
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.metadata_commands import FILTERED_SHOWS
@@ -24,6 +24,7 @@ class Prepared:
     sql: str
     analysis: Analysis
     rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
+    masks: tuple = ()  # the masks the prepared text was rewritten for (Decision.masks)
 
 
 def _preparable(analysis: Analysis) -> bool:
@@ -52,16 +53,32 @@ class PreparedStatementCommands:
         decision = await self._decide_with_schema(analysis)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
-        if analysis.metadata_tables:
+        if decision.masks:
+            payload, denied = await self._masked_payload(sql, analysis.kind, decision)
+            if denied is not None:
+                return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
+        elif analysis.metadata_tables:
             payload, denied = self._restrict_metadata(sql, analysis)
             if denied is not None:
                 return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
         outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
         assert outcome is not None
         if outcome.error is None and outcome.stmt_id is not None:
-            self.prepared[outcome.stmt_id] = Prepared(sql, analysis)
+            self.prepared[outcome.stmt_id] = Prepared(sql, analysis, masks=decision.masks)
         self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
         return True
+
+    @staticmethod
+    def _same_masks(decision: Decision, stmt: Prepared) -> Decision:
+        """The upstream holds the text rewritten for the masks in effect at PREPARE: if they
+        changed since, that text is no longer what the person may run."""
+        if not decision.allowed or decision.masks == stmt.masks:
+            return decision
+        return Decision(
+            False, decision.analysis, DenyCode.MASKED_COLUMN,
+            "the column masks for this statement changed since it was prepared; prepare it again",
+            used_grants=decision.used_grants,
+        )
 
     def _stmt(self, payload: bytes) -> tuple[int, Prepared | None]:
         if len(payload) < 4:
@@ -77,7 +94,7 @@ class PreparedStatementCommands:
         stmt_id, stmt = self._stmt(payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
-        decision = await self._decide_with_schema(stmt.analysis)  # grants may have ended since PREPARE
+        decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)  # grants may have ended
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
         outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
@@ -90,7 +107,7 @@ class PreparedStatementCommands:
         stmt_id, stmt = self._stmt(payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
-        decision = self._decide(stmt.analysis)
+        decision = self._same_masks(self._decide(stmt.analysis), stmt)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_FETCH, stmt.sql, decision, time.perf_counter(), stmt_id=stmt_id)
         left = None if decision.max_rows is None else max(decision.max_rows - stmt.rows_sent, 0)

@@ -30,6 +30,7 @@ from proxy.authz.model import (
 from proxy.identity.tokens import TokenError
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError, UpstreamLost
+from proxy.protocol.masked import MaskingCommands
 from proxy.protocol.metadata_commands import FILTERED_SHOWS, MetadataCommands
 from proxy.protocol.prepared import Prepared, PreparedStatementCommands
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
@@ -49,7 +50,7 @@ _DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
 
 
-class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
+class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands, BaseSession):
     def __init__(self, ctx: ProxyContext, connection_id: int, peer: str) -> None:
         self.variables = SessionVariables(GlobalVariables())
         self.username: str | None = None
@@ -290,6 +291,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
             self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields, **extra)
             return
         fields["decision"] = "allow"
+        if decision.masks:
+            fields["masked_columns"] = sorted(f"{t}.{c}:{m.value}" for t, c, m in decision.masks)
         if decision.used_grants:
             fields["grants"] = sorted({g.source for g in decision.used_grants if g.source})
         if outcome is not None:
@@ -339,7 +342,11 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, BaseSession):
             return await self._deny(wire.COM_QUERY, sql, decision, started)
         if kind is StatementKind.KILL:
             return await self._kill(sql, decision, started)
-        if analysis.metadata_tables:
+        if decision.masks:
+            payload, denied = await self._masked_payload(sql, kind, decision)
+            if denied is not None:
+                return await self._deny(wire.COM_QUERY, sql, denied, started)
+        elif analysis.metadata_tables:
             payload, denied = self._restrict_metadata(sql, analysis)
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)

@@ -91,3 +91,18 @@ def test_check_explains_metadata_restriction_and_guardrails(config, capsys):
     assert "information_schema.tables restricted to granted objects" in out and "forwarded:  SELECT" in out
     assert main(["check", "--config", str(config), "--user", "dev", "--db", "hr_prod", "DELETE FROM employee"]) == 1
     assert "missing" in capsys.readouterr().out
+
+
+def test_check_shows_masks_and_the_forwarded_text(config, capsys):
+    (config.parent / "policies" / "masks.yaml").write_text(
+        "masks:\n  - {subject: user:dev, table: hr_prod.employee, columns: {email: redact}}\n"
+    )
+    assert main(["check", "--config", str(config), "--user", "dev", "--db", "hr_prod",
+                 "SELECT id, email FROM employee"]) == 0
+    out = capsys.readouterr().out
+    assert "masked:     hr_prod.employee.email (redact)" in out
+    assert "forwarded:  SELECT id, '****' AS `email` FROM employee" in out
+    assert main(["check", "--config", str(config), "--user", "dev", "--db", "hr_prod",
+                 "SELECT id FROM employee WHERE email LIKE 'a%'"]) == 1
+    out = capsys.readouterr().out
+    assert "DENY" in out and "masked_column" in out

@@ -19,7 +19,8 @@ def test_example_config_is_valid():
 
 
 def test_example_policies_load():
-    grants, version = load_policy_dir(ROOT / "policies")
+    loaded = load_policy_dir(ROOT / "policies")
+    grants, version = loaded.grants, loaded.digest
     assert grants and len(version) == 16
 
 
@@ -113,7 +114,7 @@ def _grants(tmp_path):
         " - {subject: group:ops, grant: hr.*, privileges: [SELECT, UPDATE]}\n"
         " - {subject: user:root, grant: '*.*', privileges: ALL}\n",
     )
-    return GrantSet(load_policy_dir(d)[0])
+    return GrantSet(load_policy_dir(d).grants)
 
 
 def _select(*tables):
@@ -189,7 +190,7 @@ def test_guardrails_unbounded_writes_and_max_rows(tmp_path):
         " - {subject: user:a, grant: hr.t, privileges: [SELECT, UPDATE, DELETE], max_rows: 100}\n"
         " - {subject: user:a, grant: hr.u, privileges: [SELECT, DELETE], allow_unbounded_writes: true, max_rows: 5}\n",
     )
-    grants = GrantSet(load_policy_dir(d)[0])
+    grants = GrantSet(load_policy_dir(d).grants)
     t, u = TableRef("hr", "t"), TableRef("hr", "u")
     delete_all_t = Analysis(StatementKind.QUERY, "DELETE", frozenset({Requirement(t, Privilege.DELETE)}),
                             unbounded_writes=frozenset({t}))
@@ -218,7 +219,7 @@ def test_star_through_column_grants_is_decided_by_the_real_columns(tmp_path):
     d = _policy(tmp_path, "grants:\n"
                 " - {subject: user:c, grant: hr.t, privileges: [SELECT], columns: [a, b]}\n"
                 " - {subject: user:c, grant: hr.u, privileges: [SELECT]}\n")
-    grants = GrantSet(load_policy_dir(d)[0])
+    grants = GrantSet(load_policy_dir(d).grants)
     star = analyze("SELECT * FROM t JOIN u ON u.id = t.a", "hr")
     t = TableRef("hr", "t")
     assert stars_needing_schema(star, Principal("c"), grants, NOW) == {t}  # u is granted whole
