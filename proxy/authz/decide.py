@@ -110,6 +110,13 @@ def decide(
                 f"no access to database '{db}'",
             )
 
+    if (
+        analysis.kind is StatementKind.SHOW
+        and analysis.statement_class in COLUMN_LISTINGS
+        and len(analysis.requirements) == 1
+    ):
+        return _column_listing(analysis, held)
+
     covered: list[tuple[Requirement, Grant]] = []
     missing: list[Requirement] = []
     for req in sorted(analysis.requirements):
@@ -123,8 +130,8 @@ def decide(
         what = ", ".join(str(r) for r in missing)
         return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {what}", tuple(missing), used)
     if analysis.kind is StatementKind.SHOW:
-        # A definition (SHOW CREATE TABLE, DESCRIBE, SHOW COLUMNS/INDEX, COM_FIELD_LIST) names every
-        # column: a column-restricted grant does not show it (MariaDB refuses it too).
+        # A definition (SHOW CREATE TABLE, SHOW INDEX, COM_FIELD_LIST) names every column: a
+        # column-restricted grant does not show it (MariaDB refuses it too).
         for req, _ in covered:
             if all(g.columns is not None for g in held if g.covers(req)):
                 return Decision(
@@ -188,6 +195,25 @@ def _masked(
 
 
 _WRITES = frozenset({Privilege.UPDATE, Privilege.DELETE})
+# SHOW statements answering one row per column of one table, its name first.
+COLUMN_LISTINGS = frozenset({"SHOW COLUMNS", "DESCRIBE"})
+
+
+def _column_listing(analysis: Analysis, held: list[Grant]) -> Decision:
+    """DESCRIBE / SHOW COLUMNS of one table, as MySQL answers it: any privilege on the table
+    shows it; through column-restricted grants only, the rows of those columns only."""
+    (req,) = analysis.requirements
+    t = req.target
+    covering = [
+        g for g in held
+        if g.db in ("*", t.db) and g.table in ("*", t.table) and g.privileges - {Privilege.EXECUTE}
+    ]
+    if not covering:
+        return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {req}", (req,))
+    if any(g.columns is None for g in covering):
+        return Decision(True, analysis, used_grants=tuple(covering))
+    columns = frozenset().union(*(g.columns or () for g in covering))
+    return Decision(True, analysis, used_grants=tuple(covering), listed_columns=(t, columns))
 
 
 def _column_denial(

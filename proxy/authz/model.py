@@ -225,3 +225,6 @@ class Decision:
     # Columns shown masked: ((table, lower-case column, method), ...), sorted. Only for a plain
     # SELECT; the session rewrites its select list (proxy.authz.masking) before forwarding.
     masks: tuple[tuple[TableRef, str, MaskMethod], ...] = ()
+    # DESCRIBE / SHOW COLUMNS of a table granted by column: (table, lower-case columns) whose
+    # rows the session keeps; every other row is dropped.
+    listed_columns: tuple[TableRef, frozenset[str]] | None = None

@@ -5,6 +5,7 @@ tables before they are forwarded."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -63,14 +64,21 @@ class MetadataCommands:
             outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT)
             assert outcome is not None
             return outcome
+        return await self._filtered_rows(payload, visible.__contains__)
+
+    async def _listed_columns(self, payload: bytes, decision: Decision) -> Outcome:
+        """DESCRIBE / SHOW COLUMNS of a table granted by column: the granted columns' rows only."""
+        assert decision.listed_columns is not None
+        _, columns = decision.listed_columns
+        return await self._filtered_rows(payload, lambda name: name.lower() in columns)
+
+    async def _filtered_rows(self, payload: bytes, keep: Callable[[str], bool]) -> Outcome:
+        assert self.upstream is not None and self.connection is not None
         try:
             payloads, outcome = await self.upstream.fetch_payloads(wire.COM_QUERY, payload)
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
             raise UpstreamLost() from None
-        kept, outcome.rows = filter_rows_by_first_column(
-            payloads, self.upstream.profile.deprecate_eof, visible.__contains__
-        )
-        assert self.connection is not None
+        kept, outcome.rows = filter_rows_by_first_column(payloads, self.upstream.profile.deprecate_eof, keep)
         self.connection.stream.write_many(kept)
         await self.connection.stream.drain()
         return outcome

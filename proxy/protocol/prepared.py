@@ -51,6 +51,10 @@ class PreparedStatementCommands:
                 f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
             )
         decision = await self._decide_with_schema(analysis)
+        if decision.listed_columns is not None:  # binary rows are not filtered: send it as a query
+            decision = Decision(False, analysis, DenyCode.UNSUPPORTED_STATEMENT,
+                                f"{analysis.statement_class} of a table granted by column cannot be "
+                                "prepared through jitproxy; send it as a plain query")
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_PREPARE, sql, decision, started)
         if decision.masks:

@@ -353,6 +353,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
 
         if kind is StatementKind.SHOW and analysis.statement_class in FILTERED_SHOWS:
             outcome = await self._filtered_show(payload, analysis)
+        elif decision.listed_columns is not None:  # also EXECUTE of a PREPAREd DESCRIBE
+            outcome = await self._listed_columns(payload, decision)
         else:
             outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT, max_rows=decision.max_rows)
         assert outcome is not None

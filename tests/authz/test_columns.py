@@ -12,7 +12,7 @@ import yaml
 
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet, decide
-from proxy.authz.model import DenyCode, Principal
+from proxy.authz.model import DenyCode, Principal, TableRef
 from proxy.authz.policy import PolicyError, check_overlaps, grants_from_document
 
 DATA = Path(__file__).parent / "columns.yaml"
@@ -88,3 +88,18 @@ def test_grants_without_columns_leave_the_analysis_columns_unread() -> None:
     ))
     for sql in ("SELECT * FROM employee", "SELECT salary FROM employee e NATURAL JOIN employee f"):
         assert decide(analyze(sql, "hr"), Principal("z"), g, NOW).allowed
+
+
+def test_describe_needs_any_privilege_and_lists_granted_columns_only() -> None:
+    g = GrantSet(grants_from_document({"grants": [
+        {"subject": "user:w", "grant": "hr.salary", "privileges": ["UPDATE"], "columns": ["note"]},
+        {"subject": "user:w", "grant": "hr.title", "privileges": ["INSERT"]},
+        {"subject": "user:w", "grant": "hr.proc", "privileges": ["EXECUTE"]},
+    ]}, "p.yaml"))
+    w = Principal("w")
+    d = decide(analyze("DESCRIBE salary", "hr"), w, g, NOW)
+    assert d.allowed and d.listed_columns == (TableRef("hr", "salary"), frozenset({"note"}))
+    d = decide(analyze("SHOW FULL COLUMNS FROM title", "hr"), w, g, NOW)
+    assert d.allowed and d.listed_columns is None  # a table-level grant: every column
+    for sql in ("DESCRIBE employee", "SHOW COLUMNS FROM proc", "SHOW CREATE TABLE salary", "SHOW INDEX FROM salary"):
+        assert not decide(analyze(sql, "hr"), w, g, NOW).allowed, sql

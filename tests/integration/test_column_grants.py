@@ -110,14 +110,36 @@ def test_star_expands_through_the_upstream_schema(proxy, policies_dir, tls_files
 
 def test_definitions_of_a_table_granted_by_column_are_not_shown(columnar, tls_files):
     """Found by the differential run: SHOW CREATE TABLE through a column grant would have shown
-    every column (the proxy's shared account sees them all); MariaDB refuses it too."""
+    every column (the proxy's shared account sees them all); MariaDB refuses it too. DESCRIBE
+    and SHOW COLUMNS list the granted columns only, as MariaDB does."""
     c = _connect(columnar, tls_files)
     with c.cursor() as cur:
-        for sql in ("SHOW CREATE TABLE salary", "DESCRIBE salary", "SHOW COLUMNS FROM salary", "SHOW INDEX FROM salary"):
+        for sql in ("SHOW CREATE TABLE salary", "SHOW INDEX FROM salary"):
             assert "hr_prod.salary" in _refused(cur, sql)  # a grant on the whole table is needed
+        for sql in ("DESCRIBE salary", "SHOW FULL COLUMNS FROM salary", "EXPLAIN salary", "DESC hr_prod.salary",
+                    "SHOW COLUMNS FROM salary LIKE '%'", "DESCRIBE salary amount"):
+            cur.execute(sql)
+            rows = cur.fetchall()
+            assert {r[0] for r in rows} <= {"employee_id", "from_date"}, (sql, rows)
+            assert len(rows) == (0 if sql.endswith("amount") else 2), (sql, rows)
+        assert "cannot be prepared" in _refused(cur, "PREPARE d FROM 'DESCRIBE salary'")
         cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_NAME = 'salary'")
         assert cur.fetchall() == ()
         cur.execute("SHOW TABLES")
         assert "salary" in {r[0] for r in cur.fetchall()}  # the name itself is visible
         cur.execute("SHOW CREATE TABLE title")  # granted whole: fine
     c.close()
+
+
+def test_binary_prepared_describe_of_a_column_granted_table_is_refused(columnar, tls_files):
+    """Binary-protocol rows are relayed, not filtered: the column listing must go as a query."""
+    import mysql.connector
+
+    conn = mysql.connector.connect(host="127.0.0.1", port=columnar.port, user="colgrant",
+                                   password=columnar.token("colgrant"), database="hr_prod",
+                                   ssl_ca=str(tls_files.ca_cert), use_pure=True)
+    cur = conn.cursor(prepared=True)
+    with pytest.raises(mysql.connector.Error) as e:
+        cur.execute("SHOW COLUMNS FROM salary")
+    assert e.value.errno == 1142 and "send it as a plain query" in e.value.msg
+    conn.close()
