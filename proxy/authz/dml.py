@@ -178,9 +178,11 @@ class _Source:
         self.alias = node.alias if isinstance(node, exp.Expr) else ""
 
     def matches(self, db: str | None, name: str) -> bool:
+        """An aliased table is named by its alias only (MySQL: "Unknown table ... in MULTI
+        DELETE" otherwise); names compare without case, so both of `t` and `T` match."""
         lname = name.lower()
-        if db is None and self.alias and self.alias.lower() == lname:
-            return True
+        if self.alias:
+            return db is None and self.alias.lower() == lname
         if self.name and self.name.lower() == lname:
             return db is None or self.db is None or self.db == db
         return False

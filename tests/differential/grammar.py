@@ -5,7 +5,7 @@ subqueries in the select list, WHERE, HAVING, ORDER BY and JOIN ON; CTEs (also R
 named like real tables, in other case, or used outside their scope); UNION / INTERSECT /
 EXCEPT; INSERT ... VALUES / SELECT / ON DUPLICATE KEY UPDATE; single- and multi-table UPDATE and
 DELETE; `SET @v = (subquery)`; EXPLAIN. Tables are granted, write-only or canary ones, written
-qualified or not. Every table has the columns of `COLUMNS`, so names resolve wherever they land.
+qualified or not; diff_d's are granted by column. Every table has the columns of `COLUMNS`, so names resolve wherever they land.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ REAL_TABLES = [
     ("diff_a", "hidden_7c1e"),
     ("diff_b", "bonus"),
     ("diff_b", "keys"),
+    # column grants (canaries in every column that is not SELECT-granted)
+    *[("diff_d", "employee")] * 2,
+    *[("diff_d", "title")] * 2,
+    ("diff_d", "department"),
 ]
 WRITE_TARGETS = [
     *[("diff_a", "title")] * 4,
@@ -35,6 +39,8 @@ WRITE_TARGETS = [
     ("diff_a", "salary"),
     ("diff_c", "scratch"),
     ("diff_b", "bonus"),
+    ("diff_d", "title"),
+    ("diff_d", "salary"),
 ]
 COLUMNS = ["emp_no", "name", "note", "amount"]
 # CTE names: fresh ones, names of real tables (shadowing), and a different case of them.
@@ -298,8 +304,12 @@ def crashes_mariadb(sql: str) -> bool:
     return False
 
 
-def statement() -> st.SearchStrategy[str]:
-    return _statement().filter(lambda sql: not crashes_mariadb(sql))
+def statement(column_grants: bool = False) -> st.SearchStrategy[str]:
+    """Statements that touch diff_d (granted by column) when `column_grants`, else none that do."""
+    return _statement().filter(lambda sql: not crashes_mariadb(sql) and (_DIFF_D in sql) == column_grants)
+
+
+_DIFF_D = "diff_d"
 
 
 @st.composite

@@ -350,6 +350,15 @@ class Tally:
     def false_denial_ratio(self) -> float:
         return len(self.of(Verdict.FALSE_DENIAL)) / max(self.mariadb_allowed, 1)
 
+    @property
+    def working_false_denial_ratio(self) -> float:
+        """False denials of statements that ran (not those MariaDB failed on after its privilege
+        checks, e.g. an ambiguous column: they would not have worked anyway), over the statements
+        that ran."""
+        ran = sum(1 for r in self.results.values() if r.server.server is Server.RAN)
+        denied = sum(1 for r in self.of(Verdict.FALSE_DENIAL) if r.server.server is Server.RAN)
+        return denied / max(ran, 1)
+
     def summary(self) -> str:
         n = len(self.results)
         fd = len(self.of(Verdict.FALSE_DENIAL))
@@ -359,7 +368,8 @@ class Tally:
         parts = [
             f"differential[{self.label}]: {n} statements",
             f"{len(self.of(Verdict.LEAK))} leaks",
-            f"{fd} false denials ({100 * self.false_denial_ratio:.1f}% of {self.mariadb_allowed} MariaDB-allowed)",
+            f"{fd} false denials ({100 * self.false_denial_ratio:.1f}% of {self.mariadb_allowed} MariaDB-allowed; "
+            f"{100 * self.working_false_denial_ratio:.1f}% of the statements that ran)",
             f"{len(deliberate)} deliberate denials ({deliberate_ran} of them MariaDB-allowed)",
             f"{len(self.of(Verdict.AGREE_ALLOW))} agree-allow",
             f"{len(self.of(Verdict.AGREE_DENY))} agree-deny",
