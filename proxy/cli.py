@@ -13,16 +13,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import structlog
-import yaml
 
 from proxy.authz.decide import decide
-from proxy.authz.model import ALL_PRIVILEGES, Privilege, Principal
-from proxy.authz.policy import PolicyError, check_overlaps, grants_from_document
+from proxy.authz.model import Principal
+from proxy.authz.policy import PolicyError
+from proxy.cli_api import add_commands as add_api_commands
 from proxy.config import Config, ConfigError, load_config, parse_duration
 
 DEFAULT_CONFIG = os.environ.get("JITPROXY_CONFIG", "config.yaml")
 LISTENING: dict[str, int] = {}  # the bound port once `serve` listens (port 0 picks one)
-JIT_GRANTS_FILE = "jit-grants.yaml"
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
@@ -61,6 +60,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
     await server.start()
     assert server.port is not None
     LISTENING["port"] = server.port
+    if server.api is not None:
+        LISTENING["api_port"] = server.api.port
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -194,66 +195,6 @@ def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
         return None, Decision(False, analysis, DenyCode.MASKED_COLUMN, str(e), used_grants=decision.used_grants)
 
 
-# -- grants --------------------------------------------------------------------------------
-
-
-def cmd_grant_add(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    directory = cfg.policies.dirs[0]
-    path = directory / JIT_GRANTS_FILE
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    doc = doc or {"grants": []}
-    subject = f"user:{args.user}" if args.user else f"group:{args.group}"
-    privileges = sorted(p.value for p in ({Privilege.parse(p) for p in args.privilege} if args.privilege else {Privilege.SELECT}))
-    if args.until:
-        expires = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
-        if expires.tzinfo is None:
-            raise SystemExit("--until needs a time zone, e.g. 2026-11-21T18:00:00Z")
-    else:
-        expires = datetime.now(timezone.utc) + parse_duration(args.duration)
-    expires = expires.astimezone(timezone.utc).replace(microsecond=0)
-    for obj in args.grant:
-        doc["grants"] = [e for e in doc["grants"] if not (e.get("subject") == subject and e.get("grant") == obj)]
-        doc["grants"].append(
-            {"subject": subject, "grant": obj, "privileges": privileges, "expires_at": expires.isoformat().replace("+00:00", "Z")}
-        )
-    try:
-        new = grants_from_document(doc, str(path))
-        others = []
-        from proxy.authz.policy import load_policy_dir
-
-        for d in cfg.policies.dirs:
-            others.extend(g for g in load_policy_dir(d).grants if g.source != str(path))
-        check_overlaps([*others, *new])
-    except PolicyError as e:
-        raise SystemExit(f"refused: {e}") from None
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        "# Grants added with `jitproxy grant add`. The proxy reloads this file on change.\n"
-        + yaml.safe_dump(doc, sort_keys=False),
-        encoding="utf-8",
-    )
-    tmp.replace(path)
-    for obj in args.grant:
-        print(f"granted {subject} {','.join(privileges)} on {obj} until {expires.isoformat()}")
-    return 0
-
-
-def cmd_grant_list(args: argparse.Namespace) -> int:
-    from proxy.server import PolicyStore
-
-    cfg = _load(args)
-    now = datetime.now(timezone.utc)
-    for g in PolicyStore(cfg.policies.dirs)().grants:
-        if args.user and g.subject != f"user:{args.user}":
-            continue
-        state = "expired" if not g.active(now) else "active"
-        privs = "ALL" if g.privileges == ALL_PRIVILEGES else ",".join(sorted(p.value for p in g.privileges))
-        until = g.expires_at.isoformat() if g.expires_at else "-"
-        print(f"{g.subject:24} {g.db}.{g.table:30} {privs:40} {until:26} {state:8} {g.source}")
-    return 0
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
     from proxy.server import PolicyStore
 
@@ -266,7 +207,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.run import run_demo
 
-    return run_demo(Path(args.dir), args.port)
+    return run_demo(Path(args.dir), args.port, args.api_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,20 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sql")
     s.set_defaults(func=cmd_check)
 
-    gr = sub.add_parser("grant", help="manage grants").add_subparsers(dest="grant_command", required=True)
-    s = with_config(gr.add_parser("add", help="grant access until a time (written to the policy dir)"))
-    who = s.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user")
-    who.add_argument("--group")
-    s.add_argument("--grant", action="append", required=True, help="db.table, db.* (repeatable)")
-    s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, DELETE, CREATE, ALTER, DROP")
-    when = s.add_mutually_exclusive_group()
-    when.add_argument("--for", dest="duration", default="4h", help="duration, e.g. 4h (default)")
-    when.add_argument("--until", help="ISO 8601 time with zone")
-    s.set_defaults(func=cmd_grant_add)
-    s = with_config(gr.add_parser("list", help="list grants in effect"))
-    s.add_argument("--user")
-    s.set_defaults(func=cmd_grant_list)
+    add_api_commands(sub)
 
     cf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     s = with_config(cf.add_parser("check", help="validate the config and policies"))
@@ -321,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="local MariaDB with sample data + the proxy + tokens")
     s.add_argument("--dir", default="demo")
     s.add_argument("--port", type=int, default=3307)
+    s.add_argument("--api-port", type=int, default=8443, help="the admin API (jitproxy request ...)")
     s.set_defaults(func=cmd_demo)
     return p
 

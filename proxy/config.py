@@ -170,11 +170,64 @@ class LogConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
+class StoreConfig(_Strict):
+    """Where JIT grants and requests live: one SQLite file (one replica, the default) or a
+    PostgreSQL database shared by several replicas."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: Path = Path("state/jitproxy.db")  # sqlite; relative to the config file
+    dsn_env: str | None = None  # postgres: the environment variable holding the DSN (it has a password)
+    # Every replica polls the store's revision this often: an approval or a revocation made
+    # anywhere bites on every replica within it.
+    poll_interval_s: float = Field(0.5, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> StoreConfig:
+        if self.backend == "postgres" and not self.dsn_env:
+            raise ValueError("a postgres store needs dsn_env (the variable holding its DSN)")
+        return self
+
+    def url(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.path}"
+        value = os.environ.get(self.dsn_env or "")
+        if not value:
+            raise ValueError(f"store.dsn_env: environment variable {self.dsn_env} is not set")
+        return value
+
+
+class ApiConfig(_Strict):
+    """The admin API (HTTPS, the listener's certificate; personal tokens as bearer tokens)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    admin_groups: tuple[str, ...] = ()  # members may grant, revoke and decide any request
+    pending_ttl: Duration = timedelta(hours=24)  # an undecided request expires after this
+    max_grant_duration: Duration = timedelta(days=7)  # direct grants through the API
+
+
+class WebhookConfig(_Strict):
+    name: str
+    url_env: str  # the environment variable holding the URL (a Slack webhook URL is a secret)
+    format: Literal["slack", "json"] = "json"
+    events: tuple[str, ...] = ("request.created", "request.approved", "request.denied", "request.expired",
+                               "request.cancelled")
+    secret_env: str | None = None  # HMAC-SHA256 signing secret for json receivers
+
+
+class NotifyConfig(_Strict):
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+
 class Config(_Strict):
     listen: ListenConfig
     identity: IdentityConfig
     upstream: UpstreamConfig
     policies: PoliciesConfig = PoliciesConfig()
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+    notify: NotifyConfig = NotifyConfig()
     authz: AuthzConfig = AuthzConfig()
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import re
+import shlex
 import socket
 import ssl
 import time
@@ -21,6 +22,13 @@ from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
 from proxy.authz.fingerprint import Fingerprint, fingerprint
 from proxy.authz.masking import Masker
+from proxy.api.app import create_app
+from proxy.notify.webhook import WebhookNotifier, WebhookTarget
+from proxy.store import open_store
+from proxy.store.base import Store
+from proxy.workflow.approvals import ApprovalPolicies, load_approval_policies
+from proxy.workflow.runtime import ApiServer, EffectiveGrants, Poller
+from proxy.workflow.service import AccessService, Limits
 from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
 from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_dir
 from proxy.config import Config
@@ -170,16 +178,28 @@ class AnalysisCache:
 
 
 def request_hint(user: str, decision: Decision) -> str:
-    """The exact command that gets the person what they were missing."""
+    """The exact command that asks for what the person was missing (one per database)."""
     if decision.code is DenyCode.MISSING_GRANT and decision.missing:
-        objects = sorted({str(r.target) for r in decision.missing})
-        privileges = sorted({r.privilege.value for r in decision.missing})
-        args = " ".join(f"--grant {o}" for o in objects) + " " + " ".join(f"--privilege {p}" for p in privileges)
-        return f"To get access, ask an admin to run: jitproxy grant add --user {user} {args} --for 4h"
+        by_db: dict[str, tuple[set[str], set[str]]] = {}
+        for r in decision.missing:
+            tables, privileges = by_db.setdefault(r.target.db, (set(), set()))
+            tables.add(r.target.table if r.target.table is not None else "*")
+            privileges.add(r.privilege.value)
+        commands = []
+        for db, (tables, privileges) in sorted(by_db.items()):
+            args = " ".join(f"--table {_shell_word(t)}" for t in sorted(tables))
+            args += " " + " ".join(f"--privilege {p}" for p in sorted(privileges))
+            commands.append(f"jitproxy request create --db {_shell_word(db)} {args} --for 1h --reason '...'")
+        return "To request access, run: " + " ; ".join(commands)
     if decision.code is DenyCode.DATABASE_ACCESS:
-        dbs = sorted(decision.analysis.database_access)
-        return f"To get access, ask an admin to run: jitproxy grant add --user {user} --grant {dbs[0]}.<table> --privilege SELECT --for 4h"
+        db = sorted(decision.analysis.database_access)[0]
+        return f"To request access, run: jitproxy request create --db {_shell_word(db)} --table <table> --for 1h --reason '...'"
     return ""
+
+
+def _shell_word(text: str) -> str:
+    """Names are quoted for a POSIX shell only when they need it."""
+    return text if re.fullmatch(r"[A-Za-z0-9_.$-]+", text) else shlex.quote(text)
 
 
 @dataclass
@@ -187,7 +207,7 @@ class ProxyContext:
     """Everything sessions share. Clock, audit, verifier and upstream are injected (tests swap them)."""
 
     verifier: TokenVerifier
-    grants: Callable[[], GrantSet]
+    grants: EffectiveGrants
     pool: UpstreamPool
     audit: AuditEmitter
     analyze: AnalysisCache = field(default_factory=AnalysisCache)
@@ -195,6 +215,8 @@ class ProxyContext:
     sessions: dict[int, ProxySession] = field(default_factory=dict)
     schema: SchemaCache = field(default_factory=SchemaCache)
     masker: Masker = field(default_factory=Masker)
+    workflow: AccessService | None = None  # None: no state store (policy files only)
+    notifier: WebhookNotifier | None = None
     # matches the shared database account as error messages name it ('user'@'host')
     shared_account_pattern: re.Pattern[str] | None = None
 
@@ -277,6 +299,19 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         max_size=cfg.upstream.pool.max_size,
         max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
     )
+    audit = audit or build_audit(cfg)
+    store = open_configured_store(cfg)
+    notifier = build_notifier(cfg)
+    policy_files = PolicyStore(cfg.policies.dirs)
+    workflow = AccessService(
+        store,
+        ApprovalPoliciesFiles(cfg.policies.dirs),
+        audit,
+        now,
+        admin_groups=frozenset(cfg.api.admin_groups),
+        notify=notifier.notify if notifier else (lambda event, body: None),
+        limits=Limits(pending_ttl=cfg.api.pending_ttl, max_grant_duration=cfg.api.max_grant_duration),
+    )
     return ProxyContext(
         shared_account_pattern=re.compile(rf"'{re.escape(cfg.upstream.user)}'@'[^']*'"),
         analyze=AnalysisCache(
@@ -284,12 +319,53 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
             thread_offload_bytes=cfg.authz.thread_offload_bytes,
         ),
         verifier=build_verifier(cfg, now),
-        grants=PolicyStore(cfg.policies.dirs),
+        grants=EffectiveGrants(policy_files, store, now),
         pool=pool,
-        audit=audit or build_audit(cfg),
+        audit=audit,
         now=now,
         masker=Masker(cfg.authz.resolve_mask_salt()),
+        workflow=workflow,
+        notifier=notifier,
     )
+
+
+def open_configured_store(cfg: Config) -> Store:
+    if cfg.store.backend == "sqlite":
+        cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
+    return open_store(cfg.store.url())
+
+
+def build_notifier(cfg: Config) -> WebhookNotifier | None:
+    targets = []
+    for w in cfg.notify.webhooks:
+        url = os.environ.get(w.url_env)
+        if not url:
+            raise ValueError(f"notify.webhooks[{w.name}]: environment variable {w.url_env} is not set")
+        secret = os.environ.get(w.secret_env) if w.secret_env else None
+        targets.append(WebhookTarget(url=url, format=w.format, events=frozenset(w.events), name=w.name, secret=secret))
+    return WebhookNotifier(targets) if targets else None
+
+
+class ApprovalPoliciesFiles:
+    """Approval policies from the policy directories, re-read when a file changes."""
+
+    def __init__(self, dirs: tuple[Path, ...]) -> None:
+        self.dirs = dirs
+        self._stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._policies = load_approval_policies(dirs)
+
+    def __call__(self) -> ApprovalPolicies:
+        stamp = tuple(
+            (str(p), p.stat().st_mtime_ns, p.stat().st_size)
+            for d in self.dirs for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
+        )
+        if stamp != self._stamp:
+            try:
+                self._policies = load_approval_policies(self.dirs)
+            except Exception as e:  # noqa: BLE001 - keep the last good policies
+                log.error("approval policy reload failed; keeping the previous ones", error=str(e))
+            self._stamp = stamp
+        return self._policies
 
 
 class ProxyServer:
@@ -302,6 +378,8 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], ProxyConnection] = {}
         self.port: int | None = None
+        self.api: ApiServer | None = None
+        self.poller: Poller | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -309,7 +387,27 @@ class ProxyServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self._probe_upstream()
-        log.info("listening", host=self.cfg.listen.host, port=self.port, upstream_version=self.ctx.pool.server_version)
+        await self._start_workflow()
+        log.info("listening", host=self.cfg.listen.host, port=self.port, upstream_version=self.ctx.pool.server_version,
+                 api_port=self.api.port if self.api else None)
+
+    async def _start_workflow(self) -> None:
+        try:
+            await self.ctx.grants.refresh(force=True)
+        except Exception as e:  # noqa: BLE001 - the poller retries; policy-file grants work meanwhile
+            log.error("state store unavailable at start", error=type(e).__name__)
+        workflow = self.ctx.workflow
+        self.poller = Poller(self.ctx.grants, self.cfg.store.poll_interval_s,
+                             workflow.expire_pending if workflow else None)
+        self.poller.start()
+        if self.ctx.notifier is not None:
+            await self.ctx.notifier.start()
+        if self.cfg.api.enabled and workflow is not None:
+            app = create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
+                             on_change=lambda: self.ctx.grants.refresh())
+            tls = self.cfg.listen.tls
+            self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, None, str(tls.cert_file), str(tls.key_file))
+            await self.api.start()
 
     async def _probe_upstream(self) -> None:
         """Open (and pool) one upstream connection at start: clients then see the database's own
@@ -382,6 +480,14 @@ class ProxyServer:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.api is not None:
+            await self.api.stop()
+        if self.poller is not None:
+            await self.poller.stop()
+        if self.ctx.notifier is not None:
+            await self.ctx.notifier.close()
+        if self.ctx.grants.store is not None:
+            self.ctx.grants.store.close()
         await self.ctx.pool.close()
         log.info("stopped", analysis_cache=self.ctx.analyze.stats(), upstream_connections_opened=self.ctx.pool.opened)
         self.ctx.audit.close()

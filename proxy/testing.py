@@ -69,6 +69,8 @@ def proxy_config(
         },
         "policies": {"dirs": [str(policies_dir)]},
         "audit": {"sinks": [{"type": "file", "path": str(audit_file)}] if audit_file else []},
+        "store": {"path": str(directory / "state" / "jitproxy.db")},
+        "api": {"port": 0, "admin_groups": ["dba"]},
     }
     if raw["upstream"]["tls"] is None:
         del raw["upstream"]["tls"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what jitproxy's demo and tests need on a Debian/Ubuntu machine (idempotent):
-# MariaDB from the distribution, and a Python virtualenv in .venv with the project in it.
+# MariaDB and PostgreSQL from the distribution, and a Python virtualenv in .venv with the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +13,21 @@ command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)     # JDBC client tests
 [ -f /usr/share/java/mariadb-java-client.jar ] || need+=(libmariadb-java)
+# The PostgreSQL state-store tests (Debian keeps initdb/postgres in /usr/lib/postgresql/N/bin).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian starts the packaged server; jitproxy starts its own in a temp datadir instead.
+  # Debian starts the packaged servers; jitproxy starts its own in temp directories instead.
   $SUDO systemctl disable --now mariadb >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
+  # Without systemd (containers) the package started its cluster through pg_ctlcluster.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    { pg_lsclusters --no-header 2>/dev/null || true; } | while read -r version cluster _; do
+      $SUDO pg_ctlcluster "$version" "$cluster" stop </dev/null >/dev/null 2>&1 || true
+    done
+  fi
 fi
 
 PY=${PYTHON:-python3}

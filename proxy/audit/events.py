@@ -25,6 +25,14 @@ class EventType:
     STATEMENT_ALLOWED = "statement.allowed"
     STATEMENT_FAILED = "statement.failed"
     STATEMENT_DENIED = "statement.denied"
+    REQUEST_CREATED = "request.created"
+    REQUEST_APPROVAL = "request.approval"  # one approver's approval, before the request is approved
+    REQUEST_APPROVED = "request.approved"
+    REQUEST_DENIED = "request.denied"
+    REQUEST_CANCELLED = "request.cancelled"
+    REQUEST_EXPIRED = "request.expired"
+    GRANT_ADDED = "grant.added"
+    GRANT_REVOKED = "grant.revoked"
 
 
 CODES = {
@@ -34,6 +42,14 @@ CODES = {
     EventType.STATEMENT_ALLOWED: "JP2000",
     EventType.STATEMENT_FAILED: "JP2001",
     EventType.STATEMENT_DENIED: "JP2002",
+    EventType.REQUEST_CREATED: "JP3000",
+    EventType.REQUEST_APPROVAL: "JP3001",
+    EventType.REQUEST_APPROVED: "JP3002",
+    EventType.REQUEST_DENIED: "JP3003",
+    EventType.REQUEST_CANCELLED: "JP3004",
+    EventType.REQUEST_EXPIRED: "JP3005",
+    EventType.GRANT_ADDED: "JP3100",
+    EventType.GRANT_REVOKED: "JP3101",
 }
 
 

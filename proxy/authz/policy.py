@@ -153,12 +153,14 @@ def parse_columns(
     return frozenset(out)
 
 
+# environments / approval_policies are read by proxy.workflow.approvals.
+_TOP_LEVEL = {"grants", "masks", "environments", "approval_policies"}
+
+
 def _check_top_level(doc: Any, source: str) -> None:
-    if not isinstance(doc, dict) or set(doc) - {"grants", "masks"}:
-        extra = sorted(set(doc) - {"grants", "masks"}) if isinstance(doc, dict) else []
-        raise PolicyError(
-            f"{source}: top level must be a mapping with 'grants' and/or 'masks' (unknown: {extra})"
-        )
+    if not isinstance(doc, dict) or set(doc) - _TOP_LEVEL:
+        extra = sorted(set(doc) - _TOP_LEVEL) if isinstance(doc, dict) else []
+        raise PolicyError(f"{source}: top level keys are {sorted(_TOP_LEVEL)} (unknown: {extra})")
 
 
 def _subject(entry: dict[str, Any], where: str) -> str:

@@ -29,6 +29,25 @@ grants:
     grant: "*.*"
     privileges: ALL
     allow_unbounded_writes: true # UPDATE/DELETE without WHERE (refused by default)
+
+# Just-in-time access: who approves requests, per environment (jitproxy request create ...).
+environments: {hr_prod: prod, hr_test: test}
+approval_policies:
+  - environment: prod            # reading prod: one approval from an owner (admin is one)
+    privileges: [SELECT]
+    approvals: 1
+    approvers: [group:project-owner]
+    max_duration: 8h
+  - environment: prod            # writing prod: two approvals, one of them a dba
+    privileges: [INSERT, UPDATE, DELETE]
+    approvals: 2
+    approvers: [group:project-owner, group:dba]
+    require: [group:dba]
+    max_duration: 2h
+  - environment: test            # test: approved at once
+    privileges: ALL
+    auto_approve: true
+    max_duration: 1d
 """
 
 
@@ -37,7 +56,7 @@ def _write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def prepare(directory: Path, port: int) -> tuple[LocalMariaDB, Path]:
+def prepare(directory: Path, port: int, api_port: int = 8443) -> tuple[LocalMariaDB, Path]:
     """Start MariaDB (fresh data every run) and write certificates, keys, policies, config and
     tokens into `directory`. Returns the running database and the config path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -73,6 +92,8 @@ def prepare(directory: Path, port: int) -> tuple[LocalMariaDB, Path]:
                 "tls": {"ca_file": "tls/ca.pem"},
             },
             "policies": {"dirs": ["policies"]},
+            "store": {"path": "state/jitproxy.db"},
+            "api": {"port": api_port, "admin_groups": ["dba"]},
             "audit": {"sinks": [{"type": "file", "path": "audit.jsonl"}]},
             "log": {"level": "info", "format": "console"},
         }
@@ -84,8 +105,11 @@ def prepare(directory: Path, port: int) -> tuple[LocalMariaDB, Path]:
             encoding="utf-8",
         )
         issuer = TokenIssuer(private.read_bytes(), issuer="jitproxy", audience="jitproxy", max_ttl=timedelta(hours=12))
+        # admin owns the project and is a dba (approves requests, grants and revokes); dev is not.
+        groups = {"admin": ("project-owner", "dba"), "dev": ()}
         for user in ("admin", "dev"):
-            _write_private(directory / f"{user}.token", issuer.issue(user, ttl=timedelta(hours=8)) + "\n")
+            token = issuer.issue(user, groups[user], ttl=timedelta(hours=8))
+            _write_private(directory / f"{user}.token", token + "\n")
         del public
     except BaseException:
         db.stop()
@@ -93,13 +117,13 @@ def prepare(directory: Path, port: int) -> tuple[LocalMariaDB, Path]:
     return db, config_path
 
 
-def run_demo(directory: Path, port: int) -> int:
+def run_demo(directory: Path, port: int, api_port: int = 8443) -> int:
     from proxy.cli import configure_logging, serve
 
     directory = directory.resolve()
     configure_logging("info", "console")
     print(f"jitproxy demo: starting MariaDB and writing files in {directory} ...", flush=True)
-    db, config_path = prepare(directory, port)
+    db, config_path = prepare(directory, port, api_port)
     try:
         from proxy.config import load_config
 
@@ -117,7 +141,7 @@ def run_demo(directory: Path, port: int) -> int:
             from proxy.cli import LISTENING
 
             actual = LISTENING.get("port", port)
-            _print_ready(directory, actual)
+            _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port))
             await task
 
         asyncio.run(main())
@@ -129,7 +153,7 @@ def run_demo(directory: Path, port: int) -> int:
     return 0
 
 
-def _print_ready(directory: Path, port: int) -> None:
+def _print_ready(directory: Path, port: int, api_port: int) -> None:
     d = directory
     lines = [
         f"jitproxy demo ready on 127.0.0.1:{port}",
@@ -145,7 +169,14 @@ def _print_ready(directory: Path, port: int) -> None:
         "Try as dev:  SELECT * FROM employee LIMIT 3;   SELECT * FROM salary;   SHOW TABLES;",
         f"Audit trail: tail -f {d}/audit.jsonl",
         f"Dry run:     jitproxy check --config {d}/config.yaml --user dev --db hr_prod \"SELECT * FROM salary\"",
-        f"Grant:       jitproxy grant add --config {d}/config.yaml --user dev --grant hr_prod.salary --for 1h",
+        "",
+        "Just-in-time access (in another shell):",
+        f"  export JITPROXY_API=https://127.0.0.1:{api_port} JITPROXY_CA={d}/ca.pem",
+        f'  JITPROXY_TOKEN="$(cat {d}/dev.token)" jitproxy request create --db hr_prod --table salary '
+        "--for 1h --reason 'INC-1234'",
+        f'  JITPROXY_TOKEN="$(cat {d}/admin.token)" jitproxy request list --status pending',
+        f'  JITPROXY_TOKEN="$(cat {d}/admin.token)" jitproxy request approve <request id>',
+        "  ... and dev's next SELECT * FROM salary works, in the same session, for an hour.",
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)

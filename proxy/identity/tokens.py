@@ -374,6 +374,15 @@ class TokenVerifier:
             key = await asyncio.to_thread(self._jwks[pending.cfg.issuer].fetch, pending.kid or "")
         return self._finish(pending, key, username)
 
+    async def verify_bearer_async(self, token: str | bytes) -> Principal:
+        """A token presented without a user name (the admin API's `Authorization: Bearer`): the
+        person is the token's own user claim; every other check is the same."""
+        pending = self._inspect(token)
+        key = self._resolve_cached(pending)
+        if key is None:
+            key = await asyncio.to_thread(self._jwks[pending.cfg.issuer].fetch, pending.kid or "")
+        return self._finish(pending, key, None)
+
     # -- steps ------------------------------------------------------------------------------------
 
     def _inspect(self, token: str | bytes) -> _Pending:
@@ -421,7 +430,7 @@ class TokenVerifier:
             return local
         return self._jwks[pending.cfg.issuer].cached(pending.kid or "")
 
-    def _finish(self, pending: _Pending, key: Any, username: str) -> Principal:
+    def _finish(self, pending: _Pending, key: Any, username: str | None) -> Principal:
         cfg = pending.cfg
         if isinstance(key, jwt.PyJWK):
             key = key.key
@@ -460,7 +469,7 @@ class TokenVerifier:
             raise _fail("malformed") from None
         return self._principal(cfg, payload, username)
 
-    def _principal(self, cfg: IssuerConfig, payload: dict[str, Any], username: str) -> Principal:
+    def _principal(self, cfg: IssuerConfig, payload: dict[str, Any], username: str | None) -> Principal:
         exp = _numeric(payload, "exp")
         iat = _numeric(payload, "iat")
         nbf = _numeric(payload, "nbf") if payload.get("nbf") is not None else None
@@ -478,7 +487,7 @@ class TokenVerifier:
         user = payload.get(cfg.user_claim)
         if not isinstance(user, str):
             raise _fail("invalid_claim")
-        if user != username:
+        if username is not None and user != username:
             raise _fail("user_mismatch")
         if not _NAME_RE.fullmatch(user):
             raise _fail("invalid_claim")

@@ -17,7 +17,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     jitproxy = Path(sys.executable).parent / "jitproxy"
     cmd = [str(jitproxy)] if jitproxy.exists() else [sys.executable, "-m", "proxy.cli"]
     proc = subprocess.Popen(
-        [*cmd, "demo", "--dir", str(directory), "--port", "0"],
+        [*cmd, "demo", "--dir", str(directory), "--port", "0", "--api-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
     )
     try:
@@ -45,7 +45,25 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         ok = run(dev_cmd, "SELECT COUNT(*) FROM employee")
         assert ok.returncode == 0 and ok.stdout.split() == ["COUNT(*)", "300"], ok.stderr
         denied = run(dev_cmd, "SELECT * FROM salary")
-        assert denied.returncode != 0 and "ERROR 1142" in denied.stderr and "jitproxy grant add" in denied.stderr
+        assert denied.returncode != 0 and "ERROR 1142" in denied.stderr
+        assert "jitproxy request create --db hr_prod --table salary" in denied.stderr
+        # The printed just-in-time flow, as a new user would paste it.
+        export = next(l.strip() for l in lines if l.strip().startswith("export JITPROXY_API="))
+        create = next(l.strip() for l in lines if "jitproxy request create" in l)
+        approve = next(l.strip() for l in lines if "jitproxy request approve" in l)
+        bin_dir = shlex.quote(str(Path(cmd[0]).parent)) if cmd[0].endswith("jitproxy") else ""
+        env = f"{export}; export PATH={bin_dir}:$PATH; " if bin_dir else f"{export}; "
+        created = subprocess.run(["bash", "-c", env + create], capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0 and "pending" in created.stdout, created.stderr + created.stdout
+        request_id = re.search(r"request (r-[0-9a-f]+)", created.stdout).group(1)
+        self_approve = subprocess.run(["bash", "-c", env + create.split(" jitproxy ")[0] + f" jitproxy request approve {request_id}"],
+                                      capture_output=True, text=True, timeout=60)
+        assert self_approve.returncode != 0 and "their own request" in self_approve.stderr
+        approved = subprocess.run(["bash", "-c", env + approve.replace("<request id>", request_id)],
+                                  capture_output=True, text=True, timeout=60)
+        assert approved.returncode == 0 and "approved" in approved.stdout, approved.stderr
+        now_ok = run(dev_cmd, "SELECT COUNT(*) FROM salary")
+        assert now_ok.returncode == 0 and now_ok.stdout.split() == ["COUNT(*)", "600"], now_ok.stderr
         admin = run(admin_cmd, "SELECT COUNT(*) FROM salary")
         assert admin.returncode == 0 and admin.stdout.split() == ["COUNT(*)", "600"], admin.stderr
         token = (directory / "dev.token").read_text().strip()

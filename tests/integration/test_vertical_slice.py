@@ -105,7 +105,7 @@ def test_deny_message_tells_how_to_get_access(connect):
     with pytest.raises(DbError) as e:
         c.query("SELECT * FROM salary")
     assert "SELECT command denied to user 'dev' for table 'hr_prod.salary'" in e.value.message
-    assert "jitproxy grant add --user dev --grant hr_prod.salary --privilege SELECT" in e.value.message
+    assert "jitproxy request create --db hr_prod --table salary --privilege SELECT --for 1h" in e.value.message
 
 
 def test_show_lists_only_granted_objects(proxy, tls_files):

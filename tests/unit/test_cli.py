@@ -51,7 +51,7 @@ def test_check_explains_allow_and_deny(config, capsys):
                  "SELECT * FROM employee e JOIN salary s ON s.employee_id = e.id"]) == 1
     out = capsys.readouterr().out
     assert "DENY" in out and "missing_grant" in out and "SELECT on hr_prod.salary" in out
-    assert "jitproxy grant add --user dev --grant hr_prod.salary --privilege SELECT" in out
+    assert "jitproxy request create --db hr_prod --table salary --privilege SELECT --for 1h" in out
 
 
 def test_check_explains_statement_level_denials(config, capsys):
@@ -59,21 +59,15 @@ def test_check_explains_statement_level_denials(config, capsys):
     assert "executable_comment" in capsys.readouterr().out
 
 
-def test_grant_add_then_check_allows_until_expiry(config, capsys):
-    assert main(["grant", "add", "--config", str(config), "--user", "dev", "--grant", "hr_prod.salary", "--for", "1h"]) == 0
-    capsys.readouterr()
-    assert main(["check", "--config", str(config), "--user", "dev", "--db", "hr_prod", "SELECT * FROM salary"]) == 0
-    doc = yaml.safe_load((config.parent / "policies" / "jit-grants.yaml").read_text())
-    assert doc["grants"][0]["subject"] == "user:dev" and doc["grants"][0]["expires_at"].endswith("Z")
-    # granting again replaces the entry instead of creating an overlap
-    assert main(["grant", "add", "--config", str(config), "--user", "dev", "--grant", "hr_prod.salary", "--for", "2h"]) == 0
-    doc = yaml.safe_load((config.parent / "policies" / "jit-grants.yaml").read_text())
-    assert len(doc["grants"]) == 1
-
-
-def test_grant_add_refuses_an_overlap_with_a_policy_file(config):
-    with pytest.raises(SystemExit, match="twice"):
-        main(["grant", "add", "--config", str(config), "--user", "dev", "--grant", "hr_prod.employee"])
+def test_api_commands_need_https_and_a_token(monkeypatch, capsys):
+    monkeypatch.delenv("JITPROXY_TOKEN", raising=False)
+    with pytest.raises(SystemExit, match="no token"):
+        main(["request", "list", "--api", "https://127.0.0.1:1"])
+    monkeypatch.setenv("JITPROXY_TOKEN", "x.y.z")
+    with pytest.raises(SystemExit, match="https://"):
+        main(["request", "list", "--api", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit, match="cannot reach the jitproxy API"):
+        main(["access", "--api", "https://127.0.0.1:1"])
 
 
 def test_config_error_names_key_and_file(tmp_path, capsys):

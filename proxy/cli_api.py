@@ -1,0 +1,213 @@
+"""`jitproxy request|grant|access`: the admin API's command-line client.
+
+Where the API is and who is asking come from the environment (or flags): JITPROXY_API (default
+https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) and JITPROXY_CA
+(the CA bundle that signed the proxy's certificate; default: the system's). Tokens go only over
+HTTPS. Output is a readable table, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API = "https://127.0.0.1:8443"
+
+
+class ApiError(SystemExit):
+    pass
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    url = args.api or os.environ.get("JITPROXY_API") or DEFAULT_API
+    if not url.startswith("https://"):
+        raise ApiError("the API URL must be https:// (tokens are never sent in clear text)")
+    token = None
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="ascii").strip()
+    token = token or os.environ.get("JITPROXY_TOKEN")
+    if not token:
+        raise ApiError("no token: set JITPROXY_TOKEN or pass --token-file (get one: jitproxy token issue, or your SSO)")
+    ca = args.ca or os.environ.get("JITPROXY_CA")
+    verify = ssl.create_default_context(cafile=ca) if ca else True
+    return httpx.Client(base_url=url, verify=verify, timeout=30,
+                        headers={"Authorization": f"Bearer {token}", "User-Agent": "jitproxy-cli"})
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with _client(args) as c:
+            response = c.request(method, path, **kwargs)
+    except httpx.HTTPError as e:
+        raise ApiError(f"cannot reach the jitproxy API: {type(e).__name__}: {e}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:300]
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}" for d in detail)
+        raise ApiError(f"refused ({response.status_code}): {detail}")
+    return response.json()
+
+
+def _span(args: argparse.Namespace) -> dict[str, Any]:
+    if bool(args.duration) == bool(args.until):
+        raise ApiError("give --for (e.g. 4h) or --until (e.g. 2026-11-21T18:00:00Z)")
+    return {"duration": args.duration} if args.duration else {"until": args.until}
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _request_line(r: dict[str, Any]) -> str:
+    tables = ",".join(r["tables"])
+    until = f" until {r['access_until']}" if r.get("access_until") else ""
+    return (f"{r['id']}  {r['status']:9} {r['requester']:16} {r['environment']:6} {r['db']}.{{{tables}}} "
+            f"{','.join(r['privileges'])} for {r['duration_s'] // 60}m{until}  — {r['reason'][:60]}")
+
+
+def cmd_request_create(args: argparse.Namespace) -> int:
+    body = {"db": args.db, "tables": args.table, "privileges": args.privilege or ["SELECT"],
+            "reason": args.reason, **_span(args)}
+    r = _call(args, "POST", "/v1/requests", json=body)
+    text = f"request {r['id']}: {r['status']}"
+    if r["status"] == "approved":
+        text += f" (access until {r['access_until']}; your next statement can use it)"
+    else:
+        text += f"\nan approver runs: jitproxy request approve {r['id']}"
+    return _print(args, r, text)
+
+
+def cmd_request_list(args: argparse.Namespace) -> int:
+    params = {"mine": "true"} if args.mine else {}
+    if args.status:
+        params["status"] = args.status
+    found = _call(args, "GET", "/v1/requests", params=params)
+    return _print(args, found, "\n".join(_request_line(r) for r in found) or "no requests")
+
+
+def cmd_request_show(args: argparse.Namespace) -> int:
+    r = _call(args, "GET", f"/v1/requests/{args.id}")
+    lines = [_request_line(r)]
+    for a in r["approvals"]:
+        lines.append(f"  {a['decision']:7} by {a['approver']} at {a['at']}" + (f": {a['comment']}" if a["comment"] else ""))
+    if r["grant_ids"]:
+        lines.append(f"  grants: {', '.join(r['grant_ids'])}")
+    return _print(args, r, "\n".join(lines))
+
+
+def _decide(args: argparse.Namespace, verb: str) -> int:
+    r = _call(args, "POST", f"/v1/requests/{args.id}/{verb}", json={"comment": args.comment or ""})
+    return _print(args, r, f"request {r['id']}: {r['status']}")
+
+
+def cmd_request_approve(args: argparse.Namespace) -> int:
+    return _decide(args, "approve")
+
+
+def cmd_request_deny(args: argparse.Namespace) -> int:
+    return _decide(args, "deny")
+
+
+def cmd_request_cancel(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/v1/requests/{args.id}/cancel")
+    return _print(args, r, f"request {r['id']}: {r['status']}")
+
+
+def _grant_line(g: dict[str, Any]) -> str:
+    return (f"{g['grant_id']}  {g['subject']:24} {g['object']:30} {','.join(g['privileges']):20} "
+            f"until {g['expires_at']}  by {g['created_by']}" + (f" (request {g['request_id']})" if g["request_id"] else ""))
+
+
+def cmd_grant_add(args: argparse.Namespace) -> int:
+    subject = f"user:{args.user}" if args.user else f"group:{args.group}"
+    body = {"subject": subject, "objects": args.grant, "privileges": args.privilege or ["SELECT"],
+            "reason": args.reason or "", **_span(args)}
+    grants = _call(args, "POST", "/v1/grants", json=body)
+    return _print(args, grants, "\n".join("granted " + _grant_line(g) for g in grants))
+
+
+def cmd_grant_list(args: argparse.Namespace) -> int:
+    grants = _call(args, "GET", "/v1/grants", params={"all": "true"} if args.all else {})
+    return _print(args, grants, "\n".join(_grant_line(g) for g in grants) or "no grants")
+
+
+def cmd_grant_revoke(args: argparse.Namespace) -> int:
+    g = _call(args, "DELETE", f"/v1/grants/{args.id}")
+    return _print(args, g, f"revoked {_grant_line(g)}")
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    held = _call(args, "GET", "/v1/access")
+    lines = [
+        f"{h['object']:30} {','.join(h['privileges']):30} until {h['expires_at'] or 'no expiry':26} {h['source']}"
+        for h in held
+    ]
+    return _print(args, held, "\n".join(lines) or "no access")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
+        sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
+        sp.add_argument("--ca", help="CA bundle for the API's certificate (default: $JITPROXY_CA)")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    def span(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--for", dest="duration", help="how long, e.g. 30m, 4h")
+        sp.add_argument("--until", help="until when, e.g. 2026-11-21T18:00:00Z")
+
+    rq = sub.add_parser("request", help="ask for access, and decide requests").add_subparsers(
+        dest="request_command", required=True)
+    s = client(rq.add_parser("create", help="ask for access to tables for a while"))
+    s.add_argument("--db", required=True)
+    s.add_argument("--table", action="append", required=True, help="table name (repeatable)")
+    s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, ... (repeatable)")
+    span(s)
+    s.add_argument("--reason", required=True, help="incident or ticket, and what for")
+    s.set_defaults(func=cmd_request_create)
+    s = client(rq.add_parser("list", help="requests you made or may decide"))
+    s.add_argument("--status", choices=["pending", "approved", "denied", "cancelled", "expired"])
+    s.add_argument("--mine", action="store_true")
+    s.set_defaults(func=cmd_request_list)
+    for name, func, help_text in (("show", cmd_request_show, "one request and its approvals"),
+                                  ("approve", cmd_request_approve, "approve a request"),
+                                  ("deny", cmd_request_deny, "deny a request"),
+                                  ("cancel", cmd_request_cancel, "cancel your pending request")):
+        s = client(rq.add_parser(name, help=help_text))
+        s.add_argument("id")
+        if name in ("approve", "deny"):
+            s.add_argument("--comment")
+        s.set_defaults(func=func)
+
+    gr = sub.add_parser("grant", help="direct grants (admins)").add_subparsers(dest="grant_command", required=True)
+    s = client(gr.add_parser("add", help="grant access for a while"))
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user")
+    who.add_argument("--group")
+    s.add_argument("--grant", action="append", required=True, help="db.table or db.* (repeatable)")
+    s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, ... (repeatable)")
+    span(s)
+    s.add_argument("--reason")
+    s.set_defaults(func=cmd_grant_add)
+    s = client(gr.add_parser("list", help="your grants (admins: --all)"))
+    s.add_argument("--all", action="store_true")
+    s.set_defaults(func=cmd_grant_list)
+    s = client(gr.add_parser("revoke", help="end a grant now (every replica, next statement)"))
+    s.add_argument("id")
+    s.set_defaults(func=cmd_grant_revoke)
+
+    s = client(sub.add_parser("access", help="what you may access now, and until when"))
+    s.set_defaults(func=cmd_access)
+
+

@@ -1,0 +1,25 @@
+"""Notifications about access requests: webhooks (Slack or JSON) for approvers."""
+
+from proxy.notify.webhook import (
+    EVENTS,
+    WebhookNotifier,
+    WebhookTarget,
+    encode_body,
+    escape_mrkdwn,
+    json_payload,
+    render,
+    sign,
+    slack_payload,
+)
+
+__all__ = [
+    "EVENTS",
+    "WebhookNotifier",
+    "WebhookTarget",
+    "encode_body",
+    "escape_mrkdwn",
+    "json_payload",
+    "render",
+    "sign",
+    "slack_payload",
+]

@@ -1,0 +1,109 @@
+"""The state store (see `proxy.store.base` for the interface) and `open_store`, which picks a
+backend from a URL and brings its schema up to date.
+
+    sqlite:///state/jitproxy.db      a file relative to the working directory
+    sqlite:////var/lib/jitproxy.db   an absolute path (four slashes)
+    postgresql://user:pw@host/db     PostgreSQL (also postgres://; any libpq URL or options)
+
+The backends are imported on demand, so a SQLite deployment never loads psycopg. The helpers
+below are shared by both backends.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from proxy.store.base import (
+    AccessRequest,
+    Approval,
+    Conflict,
+    Decision,
+    NewGrant,
+    NewRequest,
+    NotFound,
+    RequestStatus,
+    Store,
+    StoredGrant,
+    StoreError,
+)
+
+__all__ = [
+    "AccessRequest",
+    "Approval",
+    "Conflict",
+    "Decision",
+    "NewGrant",
+    "NewRequest",
+    "NotFound",
+    "RequestStatus",
+    "Store",
+    "StoreError",
+    "StoredGrant",
+    "open_store",
+]
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def open_store(url: str) -> Store:
+    """The store at `url`, migrated to the current schema. ValueError for an unknown URL."""
+    store = _backend_for(url)
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _backend_for(url: str) -> Store:
+    if url.startswith(_SQLITE_PREFIX):
+        path = url.removeprefix(_SQLITE_PREFIX)
+        if not path:
+            raise ValueError("a sqlite store URL needs a path: sqlite:///PATH or sqlite:////ABS/PATH")
+        from proxy.store.sqlite import SQLiteStore
+
+        return SQLiteStore(path)
+    # Only the scheme is ever echoed back: the rest of a URL may hold a password.
+    scheme = urlsplit(url).scheme
+    if scheme in _POSTGRES_SCHEMES:
+        from proxy.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported store URL (scheme {scheme!r}): use sqlite:///PATH or postgresql://..."
+    )
+
+
+# -- shared by the backends -------------------------------------------------------------------
+
+
+def new_grant_id() -> str:
+    return "g-" + secrets.token_hex(6)
+
+
+def new_request_id() -> str:
+    return "r-" + secrets.token_hex(6)
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; ValueError for a naive datetime (its zone would be a guess)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"store times must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(UTC)
+
+
+def check_decision(decision: Decision) -> None:
+    """ValueError for a Decision that `record_decision` cannot apply as the interface says."""
+    if decision.approval is None and decision.new_status is None:
+        raise ValueError("a decision records an approval, a status change or both")
+    if decision.new_status is None and (decision.grants or decision.access_until is not None):
+        raise ValueError("grants and access_until come with a status change (new_status)")
+
+
+def status_by(decision: Decision) -> str | None:
+    """Who the status change is attributed to: the approval's approver, else `decision.by`."""
+    return decision.approval.approver if decision.approval is not None else decision.by

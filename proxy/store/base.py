@@ -1,0 +1,159 @@
+"""The state store: JIT grants, access requests and their approvals. One interface, two backends
+(SQLite, the embedded default; PostgreSQL for several proxy replicas sharing state).
+
+The interface is synchronous and every method is one short transaction: the proxy calls it off
+the event loop (asyncio.to_thread), never on the statement path. Sessions decide against an
+in-memory snapshot (proxy.authz.decide.GrantSet) that is rebuilt when `revision()` changes;
+every write bumps the revision in the same transaction, so a replica polling it sees every
+change (approval, revocation) within its poll interval.
+
+Times are timezone-aware UTC datetimes in and out (microseconds kept).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class RequestStatus(str, enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"  # its grants exist (they end on their own at `access_until`)
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # pending for too long, never decided
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or answered unexpectedly (the message names no secret)."""
+
+
+class Conflict(StoreError):
+    """A compare-and-set lost: the row is not in the state the caller expected."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class NewGrant:
+    subject: str  # user:NAME or group:NAME
+    db: str
+    table: str  # a table name or "*"
+    privileges: tuple[str, ...]  # Privilege values, e.g. ("SELECT",)
+    expires_at: datetime  # store grants always end
+    created_by: str
+    reason: str = ""
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredGrant:
+    id: str  # "g-" + 12 hex
+    subject: str
+    db: str
+    table: str
+    privileges: tuple[str, ...]
+    expires_at: datetime
+    created_at: datetime
+    created_by: str
+    reason: str = ""
+    request_id: str | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    requester: str  # the person (token subject)
+    db: str
+    tables: tuple[str, ...]  # table names of `db` (or ("*",))
+    privileges: tuple[str, ...]
+    duration_s: int  # access length once approved
+    reason: str
+    environment: str  # e.g. "prod", "test": the approval policy that applies
+    pending_until: datetime  # a request still pending then becomes EXPIRED
+
+
+@dataclass(frozen=True)
+class Approval:
+    approver: str
+    roles: tuple[str, ...]  # the approver's groups that the policy counted
+    decision: str  # "approve" or "deny"
+    comment: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    id: str  # "r-" + 12 hex
+    requester: str
+    db: str
+    tables: tuple[str, ...]
+    privileges: tuple[str, ...]
+    duration_s: int
+    reason: str
+    environment: str
+    status: RequestStatus
+    created_at: datetime
+    updated_at: datetime
+    pending_until: datetime
+    access_until: datetime | None = None  # set when approved
+    approvals: tuple[Approval, ...] = ()  # in the order they were recorded
+    grant_ids: tuple[str, ...] = ()  # the grants its approval created
+    status_by: str | None = None  # who approved (the last approval), denied or cancelled it
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `record_decision` writes, atomically."""
+
+    approval: Approval | None  # recorded first (None: a status change only, e.g. cancel, expire)
+    new_status: RequestStatus | None = None  # None: the request stays pending
+    access_until: datetime | None = None
+    grants: tuple[NewGrant, ...] = field(default=())  # created with the status change
+    by: str | None = None  # status_by when there is no approval (the requester cancelling, "system")
+
+
+class Store(Protocol):
+    def migrate(self) -> None:
+        """Create or upgrade the schema (versioned migrations; idempotent, safe to race)."""
+
+    def revision(self) -> int:
+        """A counter bumped by every write: replicas poll it."""
+
+    def add_grant(self, grant: NewGrant, now: datetime) -> StoredGrant: ...
+
+    def revoke_grant(self, grant_id: str, by: str, now: datetime) -> StoredGrant:
+        """Raises NotFound; Conflict if it was already revoked."""
+
+    def get_grant(self, grant_id: str) -> StoredGrant | None: ...
+
+    def grants(self, *, active_at: datetime | None = None, subject: str | None = None) -> list[StoredGrant]:
+        """All grants (oldest first); with `active_at`, only those not revoked and not expired
+        then; with `subject`, only that subject's."""
+
+    def create_request(self, request: NewRequest, now: datetime) -> AccessRequest: ...
+
+    def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    def requests(
+        self, *, status: RequestStatus | None = None, requester: str | None = None, limit: int = 200
+    ) -> list[AccessRequest]:
+        """Newest first."""
+
+    def record_decision(
+        self, request_id: str, decision: Decision, now: datetime, *, expected: RequestStatus = RequestStatus.PENDING
+    ) -> AccessRequest:
+        """In one transaction: check the request is `expected` (else Conflict; NotFound if
+        missing), append the approval (if any), and when `new_status` is set, change the status
+        (status_by = the approval's approver, else `decision.by`), set access_until and create
+        the grants (their ids land in `grant_ids`). Bumps the revision."""
+
+    def close(self) -> None: ...

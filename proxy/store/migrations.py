@@ -1,0 +1,236 @@
+"""Versioned schema migrations for both store dialects (SQLite and PostgreSQL).
+
+Each `Migration` has a version and the statements that bring the schema from the previous
+version to it, once per dialect. `schema_migrations(version, applied_at)` records what has been
+applied; `migrate_sqlite` / `migrate_postgres` apply the missing ones in order, all in one
+transaction, so a failed upgrade leaves the schema as it was (both dialects have transactional
+DDL).
+
+Two processes may start at once against a fresh store: both migrate, and the loser of the race
+must see the winner's work instead of failing on "table already exists". So the whole
+check-and-apply runs under a lock that serialises migrators: SQLite's `BEGIN IMMEDIATE` (the
+database's write lock, waited for through the busy timeout) and PostgreSQL's transaction-level
+advisory lock (`CREATE TABLE IF NOT EXISTS` alone is not race-safe there: two sessions can both
+pass the check and one then fails on the catalog's unique index).
+
+Schema notes (both dialects):
+- `meta` holds one row with the revision counter that every write bumps.
+- Every table has an integer `seq` in insertion order, the tie-break for "oldest/newest first"
+  when two rows share a timestamp; ids are random text ("g-…", "r-…").
+- SQLite keeps times as fixed-width ISO-8601 UTC text (so text comparison is time order) and
+  lists as JSON text; PostgreSQL uses timestamptz and text[].
+- `requests.grant_ids` lists the grants the request's approval created, in creation order
+  (`grants.request_id` alone cannot say that: a grant added by hand may cite a request).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from proxy.store.base import RequestStatus, StoreError
+
+if TYPE_CHECKING:  # imported when used: a SQLite deployment never loads psycopg
+    import psycopg
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+_STATUSES = ", ".join(f"'{status.value}'" for status in RequestStatus)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="meta (revision), grants, requests, approvals",
+        sqlite=(
+            """CREATE TABLE meta (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                revision INTEGER NOT NULL
+            )""",
+            "INSERT INTO meta (id, revision) VALUES (1, 0)",
+            f"""CREATE TABLE requests (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                requester TEXT NOT NULL,
+                db TEXT NOT NULL,
+                tables TEXT NOT NULL,
+                privileges TEXT NOT NULL,
+                duration_s INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                environment TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                pending_until TEXT NOT NULL,
+                access_until TEXT,
+                grant_ids TEXT NOT NULL DEFAULT '[]',
+                status_by TEXT
+            )""",
+            "CREATE INDEX requests_status ON requests (status, created_at)",
+            "CREATE INDEX requests_requester ON requests (requester, created_at)",
+            """CREATE TABLE grants (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                subject TEXT NOT NULL,
+                db TEXT NOT NULL,
+                table_name TEXT NOT NULL,
+                privileges TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                request_id TEXT,
+                revoked_at TEXT,
+                revoked_by TEXT
+            )""",
+            # The snapshot rebuild reads the active grants: unrevoked, by expiry.
+            "CREATE INDEX grants_active ON grants (expires_at) WHERE revoked_at IS NULL",
+            "CREATE INDEX grants_subject ON grants (subject, expires_at)",
+            """CREATE TABLE approvals (
+                request_id TEXT NOT NULL REFERENCES requests (id),
+                position INTEGER NOT NULL,
+                approver TEXT NOT NULL,
+                roles TEXT NOT NULL,
+                decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+                comment TEXT NOT NULL,
+                at TEXT NOT NULL,
+                PRIMARY KEY (request_id, position)
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE meta (
+                id integer PRIMARY KEY CHECK (id = 1),
+                revision bigint NOT NULL
+            )""",
+            "INSERT INTO meta (id, revision) VALUES (1, 0)",
+            f"""CREATE TABLE requests (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id text NOT NULL UNIQUE,
+                requester text NOT NULL,
+                db text NOT NULL,
+                tables text[] NOT NULL,
+                privileges text[] NOT NULL,
+                duration_s integer NOT NULL,
+                reason text NOT NULL,
+                environment text NOT NULL,
+                status text NOT NULL CHECK (status IN ({_STATUSES})),
+                created_at timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL,
+                pending_until timestamptz NOT NULL,
+                access_until timestamptz,
+                grant_ids text[] NOT NULL DEFAULT ARRAY[]::text[],
+                status_by text
+            )""",
+            "CREATE INDEX requests_status ON requests (status, created_at)",
+            "CREATE INDEX requests_requester ON requests (requester, created_at)",
+            """CREATE TABLE grants (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id text NOT NULL UNIQUE,
+                subject text NOT NULL,
+                db text NOT NULL,
+                table_name text NOT NULL,
+                privileges text[] NOT NULL,
+                expires_at timestamptz NOT NULL,
+                created_at timestamptz NOT NULL,
+                created_by text NOT NULL,
+                reason text NOT NULL,
+                request_id text,
+                revoked_at timestamptz,
+                revoked_by text
+            )""",
+            "CREATE INDEX grants_active ON grants (expires_at) WHERE revoked_at IS NULL",
+            "CREATE INDEX grants_subject ON grants (subject, expires_at)",
+            """CREATE TABLE approvals (
+                request_id text NOT NULL REFERENCES requests (id),
+                position integer NOT NULL,
+                approver text NOT NULL,
+                roles text[] NOT NULL,
+                decision text NOT NULL CHECK (decision IN ('approve', 'deny')),
+                comment text NOT NULL,
+                at timestamptz NOT NULL,
+                PRIMARY KEY (request_id, position)
+            )""",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+# Any fixed bigint works; it only has to be the same in every jitproxy process.
+_PG_MIGRATION_LOCK_KEY = 0x6A69_7470_726F_7879  # "jitproxy" in ASCII
+
+_SQLITE_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at TEXT NOT NULL
+)"""
+_PG_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def pending(applied: set[int]) -> list[Migration]:
+    """The migrations not in `applied`, in order; StoreError if the schema is newer than ours."""
+    newest = max(applied, default=0)
+    if newest > LATEST_VERSION:
+        raise StoreError(
+            f"the store's schema is at version {newest} but this jitproxy knows only up to "
+            f"{LATEST_VERSION}: upgrade jitproxy"
+        )
+    return [migration for migration in MIGRATIONS if migration.version not in applied]
+
+
+def migrate_sqlite(conn: sqlite3.Connection) -> list[int]:
+    """Apply the missing migrations; returns the versions applied (none: already current).
+
+    `conn` must be in autocommit mode (isolation_level=None): the transaction is ours.
+    """
+    # IMMEDIATE takes the write lock up front, so a second migrator waits here (busy timeout)
+    # and then finds the tables already made.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_SQLITE_LEDGER)
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        todo = pending(applied)
+        for migration in todo:
+            # Statement by statement: executescript() would COMMIT first.
+            for statement in migration.sqlite:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (migration.version, datetime.now(UTC).isoformat(timespec="microseconds")),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return [migration.version for migration in todo]
+
+
+def migrate_postgres(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply the missing migrations; returns the versions applied (none: already current)."""
+    from psycopg.rows import tuple_row
+
+    # tuple_row: whatever row factory the caller's connection has, we read plain tuples.
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+        # Held until the transaction ends: a concurrent migrator waits, then sees our tables.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_MIGRATION_LOCK_KEY,))
+        cursor.execute(_PG_LEDGER)
+        cursor.execute("SELECT version FROM schema_migrations")
+        todo = pending({row[0] for row in cursor.fetchall()})
+        for migration in todo:
+            for statement in migration.postgres:
+                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,)
+            )
+    return [migration.version for migration in todo]

@@ -1,0 +1,353 @@
+"""The SQLite store: the embedded default, one file that several processes may open.
+
+One connection per store object, used by one thread at a time (a lock; the proxy calls the store
+from worker threads). The file is in WAL mode so readers never block the writer, and every write
+is one `BEGIN IMMEDIATE` transaction: it takes the database's write lock before reading
+anything, so a compare-and-set cannot be overtaken between its check and its update, also by
+another process. A writer that finds the lock taken waits up to the busy timeout.
+
+Times are stored as ISO-8601 UTC text with microseconds, always the same width
+("2024-05-01T12:00:00.000000+00:00"), so comparing the text compares the times. Lists are JSON
+text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from proxy.store import check_decision, new_grant_id, new_request_id, status_by, utc
+from proxy.store.base import (
+    AccessRequest,
+    Approval,
+    Conflict,
+    Decision,
+    NewGrant,
+    NewRequest,
+    NotFound,
+    RequestStatus,
+    StoredGrant,
+    StoreError,
+)
+from proxy.store.migrations import migrate_sqlite
+
+T = TypeVar("T")
+
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file (created if missing; its directory must exist)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: no implicit transactions; each method opens its own.
+            # timeout: sqlite3's busy timeout, how long to wait for another writer's lock.
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            with self._guard():
+                # Persistent in the file; waits out (busy timeout) another process doing the same.
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                # Durable at each checkpoint rather than each commit: WAL keeps the file consistent.
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+        except StoreError:
+            self._conn.close()
+            raise
+
+    # -- Store --------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._guard():
+            migrate_sqlite(self._conn)
+
+    def revision(self) -> int:
+        with self._guard():
+            row = self._conn.execute("SELECT revision FROM meta").fetchone()
+        return int(row[0])
+
+    def add_grant(self, grant: NewGrant, now: datetime) -> StoredGrant:
+        return self._write(lambda conn: _insert_grant(conn, grant, now))
+
+    def revoke_grant(self, grant_id: str, by: str, now: datetime) -> StoredGrant:
+        def revoke(conn: sqlite3.Connection) -> StoredGrant:
+            grant = _select_grant(conn, grant_id)
+            if grant is None:
+                raise NotFound(f"no grant {grant_id}")
+            if grant.revoked_at is not None:
+                raise Conflict(f"grant {grant_id} is already revoked")
+            conn.execute(
+                "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE id = ?",
+                (_text(now), by, grant_id),
+            )
+            return _require(_select_grant(conn, grant_id))
+
+        return self._write(revoke)
+
+    def get_grant(self, grant_id: str) -> StoredGrant | None:
+        return self._read(lambda conn: _select_grant(conn, grant_id))
+
+    def grants(self, *, active_at: datetime | None = None, subject: str | None = None) -> list[StoredGrant]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if active_at is not None:
+            conditions.append("revoked_at IS NULL AND expires_at > ?")
+            args.append(_text(active_at))
+        if subject is not None:
+            conditions.append("subject = ?")
+            args.append(subject)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT * FROM grants {where} ORDER BY created_at, seq"
+        return self._read(lambda conn: [_grant(row) for row in conn.execute(sql, args)])
+
+    def create_request(self, request: NewRequest, now: datetime) -> AccessRequest:
+        def create(conn: sqlite3.Connection) -> AccessRequest:
+            request_id = new_request_id()
+            conn.execute(
+                """INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
+                       environment, status, created_at, updated_at, pending_until)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    request_id, request.requester, request.db, _json(request.tables),
+                    _json(request.privileges), request.duration_s, request.reason,
+                    request.environment, RequestStatus.PENDING.value, _text(now), _text(now),
+                    _text(request.pending_until),
+                ),
+            )
+            return _require(_select_request(conn, request_id))
+
+        return self._write(create)
+
+    def get_request(self, request_id: str) -> AccessRequest | None:
+        return self._read(lambda conn: _select_request(conn, request_id))
+
+    def requests(
+        self, *, status: RequestStatus | None = None, requester: str | None = None, limit: int = 200
+    ) -> list[AccessRequest]:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        conditions: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            args.append(RequestStatus(status).value)
+        if requester is not None:
+            conditions.append("requester = ?")
+            args.append(requester)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT * FROM requests {where} ORDER BY created_at DESC, seq DESC LIMIT ?"
+        return self._read(lambda conn: _with_approvals(conn, list(conn.execute(sql, [*args, limit]))))
+
+    def record_decision(
+        self, request_id: str, decision: Decision, now: datetime, *, expected: RequestStatus = RequestStatus.PENDING
+    ) -> AccessRequest:
+        check_decision(decision)
+
+        def decide(conn: sqlite3.Connection) -> AccessRequest:
+            row = conn.execute(
+                "SELECT status, grant_ids FROM requests WHERE id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no request {request_id}")
+            if row["status"] != RequestStatus(expected).value:
+                raise Conflict(f"request {request_id} is {row['status']}, not {RequestStatus(expected).value}")
+            if decision.approval is not None:
+                _insert_approval(conn, request_id, decision.approval)
+            conn.execute("UPDATE requests SET updated_at = ? WHERE id = ?", (_text(now), request_id))
+            if decision.new_status is not None:
+                created = [_insert_grant(conn, grant, now).id for grant in decision.grants]
+                conn.execute(
+                    """UPDATE requests SET status = ?, status_by = ?, grant_ids = ?,
+                           access_until = COALESCE(?, access_until)
+                       WHERE id = ?""",
+                    (
+                        RequestStatus(decision.new_status).value, status_by(decision),
+                        _json([*json.loads(row["grant_ids"]), *created]),
+                        _text(decision.access_until) if decision.access_until is not None else None,
+                        request_id,
+                    ),
+                )
+            return _require(_select_request(conn, request_id))
+
+        return self._write(decide)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the connection; sqlite3 errors become StoreError (our own pass through)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` and a revision bump in one transaction that holds the write lock throughout."""
+        return self._transaction("BEGIN IMMEDIATE", work, bump=True)
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in a read transaction: its several SELECTs see one snapshot."""
+        return self._transaction("BEGIN", work, bump=False)
+
+    def _transaction(self, begin: str, work: Callable[[sqlite3.Connection], T], *, bump: bool) -> T:
+        with self._guard():
+            self._conn.execute(begin)
+            try:
+                result = work(self._conn)
+                if bump:
+                    self._conn.execute("UPDATE meta SET revision = revision + 1")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Some errors (SQLITE_FULL, I/O) have already rolled the transaction back.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return result
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+def _insert_grant(conn: sqlite3.Connection, grant: NewGrant, now: datetime) -> StoredGrant:
+    grant_id = new_grant_id()
+    conn.execute(
+        """INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
+               created_by, reason, request_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            grant_id, grant.subject, grant.db, grant.table, _json(grant.privileges),
+            _text(grant.expires_at), _text(now), grant.created_by, grant.reason, grant.request_id,
+        ),
+    )
+    return _require(_select_grant(conn, grant_id))
+
+
+def _insert_approval(conn: sqlite3.Connection, request_id: str, approval: Approval) -> None:
+    conn.execute(
+        """INSERT INTO approvals (request_id, position, approver, roles, decision, comment, at)
+           SELECT ?, COALESCE(MAX(position), 0) + 1, ?, ?, ?, ?, ? FROM approvals WHERE request_id = ?""",
+        (
+            request_id, approval.approver, _json(approval.roles), approval.decision,
+            approval.comment, _text(approval.at), request_id,
+        ),
+    )
+
+
+def _select_grant(conn: sqlite3.Connection, grant_id: str) -> StoredGrant | None:
+    row = conn.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)).fetchone()
+    return _grant(row) if row is not None else None
+
+
+def _select_request(conn: sqlite3.Connection, request_id: str) -> AccessRequest | None:
+    rows = list(conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)))
+    found = _with_approvals(conn, rows)
+    return found[0] if found else None
+
+
+def _with_approvals(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[AccessRequest]:
+    """The requests of `rows` with their approvals, read in one query."""
+    ids = [row["id"] for row in rows]
+    approvals: dict[str, list[Approval]] = {request_id: [] for request_id in ids}
+    if ids:
+        # json_each: one bound parameter for any number of ids (no variable-count placeholders).
+        for row in conn.execute(
+            """SELECT * FROM approvals
+               WHERE request_id IN (SELECT value FROM json_each(?))
+               ORDER BY request_id, position""",
+            (_json(ids),),
+        ):
+            approvals[row["request_id"]].append(_approval(row))
+    return [_request(row, approvals[row["id"]]) for row in rows]
+
+
+def _grant(row: sqlite3.Row) -> StoredGrant:
+    return StoredGrant(
+        id=row["id"],
+        subject=row["subject"],
+        db=row["db"],
+        table=row["table_name"],
+        privileges=tuple(json.loads(row["privileges"])),
+        expires_at=_time(row["expires_at"]),
+        created_at=_time(row["created_at"]),
+        created_by=row["created_by"],
+        reason=row["reason"],
+        request_id=row["request_id"],
+        revoked_at=_optional_time(row["revoked_at"]),
+        revoked_by=row["revoked_by"],
+    )
+
+
+def _request(row: sqlite3.Row, approvals: Sequence[Approval]) -> AccessRequest:
+    return AccessRequest(
+        id=row["id"],
+        requester=row["requester"],
+        db=row["db"],
+        tables=tuple(json.loads(row["tables"])),
+        privileges=tuple(json.loads(row["privileges"])),
+        duration_s=row["duration_s"],
+        reason=row["reason"],
+        environment=row["environment"],
+        status=RequestStatus(row["status"]),
+        created_at=_time(row["created_at"]),
+        updated_at=_time(row["updated_at"]),
+        pending_until=_time(row["pending_until"]),
+        access_until=_optional_time(row["access_until"]),
+        approvals=tuple(approvals),
+        grant_ids=tuple(json.loads(row["grant_ids"])),
+        status_by=row["status_by"],
+    )
+
+
+def _approval(row: sqlite3.Row) -> Approval:
+    return Approval(
+        approver=row["approver"],
+        roles=tuple(json.loads(row["roles"])),
+        decision=row["decision"],
+        comment=row["comment"],
+        at=_time(row["at"]),
+    )
+
+
+def _require(found: T | None) -> T:
+    """A row this transaction just wrote; its absence is a bug, not a caller error."""
+    if found is None:
+        raise StoreError("a row written in this transaction is missing")
+    return found
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def _text(moment: datetime) -> str:
+    return utc(moment).isoformat(timespec="microseconds")
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _optional_time(text: str | None) -> datetime | None:
+    return _time(text) if text is not None else None
+
+
+def _json(values: Sequence[str]) -> str:
+    # ensure_ascii=False: names and roles stay readable in the file.
+    return json.dumps(list(values), ensure_ascii=False)

@@ -1,0 +1,186 @@
+"""The workflow inside a running proxy: grants in effect (policy files ∪ store), kept fresh by
+polling the store's revision, pending requests expired on time, and the admin API served.
+
+Why polling and not PostgreSQL LISTEN/NOTIFY: one mechanism for both backends (several
+processes may share one SQLite file too), nothing to lose when a connection drops, and the cost
+is one indexed single-row read per replica per interval (0.5 s by default). Expiry needs no
+message at all: a grant's end is checked against the clock on every statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+import uvicorn
+
+from proxy.authz.decide import GrantSet
+from proxy.authz.model import Grant, Principal, Privilege
+from proxy.store.base import Store, StoredGrant
+
+log = structlog.get_logger("jitproxy.workflow")
+
+
+def to_grant(g: StoredGrant) -> Grant:
+    return Grant(
+        subject=g.subject,
+        db=g.db,
+        table=g.table,
+        privileges=frozenset(Privilege.parse(p) for p in g.privileges),
+        expires_at=g.expires_at,
+        source=f"store:{g.id}" + (f" (request {g.request_id})" if g.request_id else ""),
+    )
+
+
+class EffectiveGrants:
+    """What sessions decide against: `GrantSet` of the policy files (reloaded on change) and
+    the store's active grants (refreshed by `refresh()`). Callable like the policy store."""
+
+    def __init__(self, policies: Callable[[], GrantSet], store: Store | None, clock: Callable[[], datetime]) -> None:
+        self.policies = policies
+        self.store = store
+        self.clock = clock
+        self.revision = -1
+        self._stored: tuple[Grant, ...] = ()
+        # The snapshot it was built from (held, not its id(): a freed object's id is reused).
+        self._built_from: tuple[GrantSet, int] | None = None
+        self._combined = GrantSet(())
+
+    def __call__(self) -> GrantSet:
+        base = self.policies()
+        built = self._built_from
+        if built is None or built[0] is not base or built[1] != self.revision:
+            self._combined = GrantSet(
+                (*base.grants, *self._stored), version=f"{base.version}+{self.revision}", masks=base.masks
+            )
+            self._built_from = (base, self.revision)
+        return self._combined
+
+    def reload(self) -> None:
+        """Re-read the policy files now (tests and `jitproxy` admin actions)."""
+        reload = getattr(self.policies, "reload", None)
+        if reload is not None:
+            reload()
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Fetch the store's active grants if its revision moved. True when something changed."""
+        if self.store is None:
+            return False
+        revision = await asyncio.to_thread(self.store.revision)
+        if revision == self.revision and not force:
+            return False
+        stored = await asyncio.to_thread(self.store.grants, active_at=self.clock())
+        self._stored = tuple(to_grant(g) for g in stored)
+        self.revision = revision
+        return True
+
+    def forget_store(self) -> None:
+        """The store has been unreachable too long: its grants stop counting (fail closed: a
+        revocation made meanwhile cannot have reached us)."""
+        self._stored = ()
+        self.revision = -1
+
+    def held_by(self, who: Principal) -> list[dict[str, Any]]:
+        """Every grant in effect for the person now, for `jitproxy access`."""
+        now = self.clock()
+        out = []
+        for g in self().for_principal(who, now):
+            out.append({
+                "subject": g.subject,
+                "object": f"{g.db}.{g.table}",
+                "privileges": sorted(p.value for p in g.privileges),
+                "expires_at": g.expires_at.isoformat() if g.expires_at else None,
+                "source": g.source,
+                "columns": sorted(g.columns) if g.columns is not None else None,
+            })
+        return out
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the proxy owns the process's signals
+
+
+class ApiServer:
+    """uvicorn on a socket bound here (so port 0 works and the port is known at once)."""
+
+    def __init__(self, app: Any, host: str, port: int, tls: ssl.SSLContext | None, cert: str, key: str) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False,
+            ssl_certfile=cert, ssl_keyfile=key, server_header=False, date_header=False,
+        )
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, timeout=5)
+        self.sock.close()
+
+
+class Poller:
+    """Keeps `EffectiveGrants` fresh and expires pending requests, until stopped."""
+
+    def __init__(self, grants: EffectiveGrants, interval_s: float, expire: Callable[[], Any] | None,
+                 expire_every_s: float = 15.0, max_staleness_s: float = 30.0) -> None:
+        self.grants = grants
+        self.max_staleness_s = max_staleness_s
+        self.interval_s = interval_s
+        self.expire = expire
+        self.expire_every_s = expire_every_s
+        self._task: asyncio.Task[None] | None = None
+        self.errors = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time()
+        last_success = loop.time()
+        while True:
+            try:
+                if await self.grants.refresh():
+                    log.info("store grants refreshed", revision=self.grants.revision)
+                if self.expire is not None and loop.time() >= next_expiry:
+                    next_expiry = loop.time() + self.expire_every_s
+                    await asyncio.to_thread(self.expire)
+                self.errors = 0
+                last_success = loop.time()
+            except Exception as e:  # noqa: BLE001 - keep polling
+                self.errors += 1
+                stale = loop.time() - last_success > self.max_staleness_s
+                if stale and self.grants.revision != -1:
+                    self.grants.forget_store()
+                    log.error("state store unreachable too long: its grants no longer count", failures=self.errors)
+                elif self.errors in (1, 10) or self.errors % 100 == 0:
+                    log.error("state store poll failed; keeping the last grants for now", error=type(e).__name__,
+                              detail=str(e)[:200], failures=self.errors)
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,143 @@
+"""The tutorial flow end to end, through the real CLI, API, proxy and MariaDB: denied → request
+→ approved by someone else → the *same open session's* next statement works → the access
+expires → the next statement is denied. Self-approval refused; prod and test policies differ;
+revocation bites on the next statement."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import sys
+from datetime import timedelta
+
+import httpx
+import pymysql
+import pytest
+
+from proxy.cli import main
+from tests.integration.conftest import client_ssl
+
+APPROVALS = """
+environments: {hr_prod: prod, hr_test: test}
+approval_policies:
+  - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:project-owner"], max_duration: 8h}
+  - {environment: prod, privileges: [INSERT, UPDATE, DELETE], approvals: 2,
+     approvers: ["group:project-owner", "group:dba"], require: ["group:dba"], max_duration: 2h}
+  - {environment: test, privileges: ALL, auto_approve: true, max_duration: 1d}
+"""
+
+
+@pytest.fixture
+def workflow(proxy, policies_dir, tls_files, monkeypatch):
+    (policies_dir / "approvals.yaml").write_text(APPROVALS)
+    proxy.ctx.grants.reload()
+    monkeypatch.setenv("JITPROXY_API", f"https://127.0.0.1:{proxy.server.api.port}")
+    monkeypatch.setenv("JITPROXY_CA", str(tls_files.ca_cert))
+    offset = proxy.clock.offset
+    yield proxy
+    proxy.clock.offset = offset
+    (policies_dir / "approvals.yaml").unlink()
+    proxy.ctx.grants.reload()
+
+
+def cli(monkeypatch, capsys, proxy, user: str, groups: tuple[str, ...], *argv: str) -> tuple[int, str]:
+    monkeypatch.setenv("JITPROXY_TOKEN", proxy.token(user, groups))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = 1 if e.code not in (0, None) else 0
+        print(e.code, file=sys.stderr)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _session(proxy, tls_files, user="wfdev"):
+    """No default database: a person with no grant at all may not select hr_prod (1044)."""
+    return pymysql.connect(host="127.0.0.1", port=proxy.port, user=user, password=proxy.token(user),
+                           ssl=client_ssl(tls_files), autocommit=True)
+
+
+def test_request_approve_use_expire_in_one_open_session(workflow, tls_files, monkeypatch, capsys):
+    proxy = workflow
+    session = _session(proxy, tls_files)
+    cur = session.cursor()
+    with pytest.raises(pymysql.MySQLError) as e:
+        cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+    hint = e.value.args[1]
+    assert "jitproxy request create --db hr_prod --table salary --privilege SELECT" in hint
+
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev", (), "request", "create", "--db", "hr_prod",
+                    "--table", "salary", "--for", "1h", "--reason", "INC-1234 payroll check")
+    assert code == 0 and "pending" in out, out
+    request_id = re.search(r"request (r-[0-9a-f]+)", out).group(1)
+
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev", ("project-owner",), "request", "approve", request_id)
+    assert code == 1 and "nobody approves or denies their own request" in out  # not even through a group
+    code, out = cli(monkeypatch, capsys, proxy, "eve", ("developers",), "request", "approve", request_id)
+    assert code == 1 and "not an approver" in out
+    code, out = cli(monkeypatch, capsys, proxy, "olga", ("project-owner",), "request", "approve", request_id,
+                    "--comment", "ok for INC-1234")
+    assert code == 0 and "approved" in out, out
+
+    cur.execute("SELECT COUNT(*) FROM hr_prod.salary")  # the same open session, the very next statement
+    assert cur.fetchone()[0] > 0
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev", (), "access")
+    assert "hr_prod.salary" in out and f"request {request_id}" in out
+
+    proxy.clock.advance(timedelta(hours=1, seconds=1))
+    with pytest.raises(pymysql.MySQLError) as e:
+        cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+    assert e.value.args[0] == 1142
+    session.close()
+
+    types = [ev["type"] for ev in proxy.events if ev.get("id") == request_id]
+    assert types == ["request.created", "request.approved"]
+    approved = next(ev for ev in proxy.events if ev.get("id") == request_id and ev["type"] == "request.approved")
+    assert approved["actor"] == "olga" and approved["requester"] == "wfdev"
+
+
+def test_test_is_auto_approved_and_prod_writes_need_a_dba(workflow, tls_files, monkeypatch, capsys):
+    proxy = workflow
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev2", (), "request", "create", "--db", "hr_test",
+                    "--table", "employee", "--privilege", "UPDATE", "--for", "2h", "--reason", "fix test data")
+    assert code == 0 and "approved" in out, out
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev2", (), "request", "create", "--db", "hr_prod",
+                    "--table", "employee", "--privilege", "UPDATE", "--for", "4h", "--reason", "INC-9")
+    assert code == 1 and "at most 2h" in out
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev2", (), "request", "create", "--json", "--db", "hr_prod",
+                    "--table", "employee", "--privilege", "UPDATE", "--for", "1h", "--reason", "INC-9")
+    request_id = json.loads(out)["id"]
+    cli(monkeypatch, capsys, proxy, "olga", ("project-owner",), "request", "approve", request_id)
+    code, out = cli(monkeypatch, capsys, proxy, "otto", ("project-owner",), "request", "approve", request_id)
+    assert "pending" in out  # two owners, no dba yet
+    code, out = cli(monkeypatch, capsys, proxy, "dana", ("dba",), "request", "approve", request_id)
+    assert code == 0 and "approved" in out
+
+
+def test_revocation_bites_on_the_next_statement(workflow, tls_files, monkeypatch, capsys):
+    proxy = workflow
+    code, out = cli(monkeypatch, capsys, proxy, "root-admin", ("dba",), "grant", "add", "--user", "wfdev3",
+                    "--grant", "hr_prod.title", "--for", "1h", "--reason", "pairing")
+    assert code == 0, out
+    grant_id = re.search(r"(g-[0-9a-f]+)", out).group(1)
+    session = _session(proxy, tls_files, "wfdev3")
+    cur = session.cursor()
+    cur.execute("SELECT COUNT(*) FROM hr_prod.title")
+    code, out = cli(monkeypatch, capsys, proxy, "wfdev3", (), "grant", "revoke", grant_id)
+    assert code == 1 and "admins only" in out
+    code, out = cli(monkeypatch, capsys, proxy, "root-admin", ("dba",), "grant", "revoke", grant_id)
+    assert code == 0 and "revoked" in out
+    with pytest.raises(pymysql.MySQLError) as e:
+        cur.execute("SELECT COUNT(*) FROM hr_prod.title")
+    assert e.value.args[0] == 1142
+    session.close()
+
+
+def test_api_requires_a_valid_token_and_publishes_openapi(workflow, tls_files):
+    base = f"https://127.0.0.1:{workflow.server.api.port}"
+    with httpx.Client(base_url=base, verify=ssl.create_default_context(cafile=str(tls_files.ca_cert))) as c:
+        assert c.get("/v1/requests").status_code == 401
+        assert c.get("/v1/requests", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+        spec = c.get("/openapi.json").json()
+        assert "/v1/requests/{request_id}/approve" in spec["paths"]
