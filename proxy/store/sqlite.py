@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -59,8 +60,18 @@ class SQLiteStore:
         self._conn.row_factory = sqlite3.Row
         try:
             with self._guard():
-                # Persistent in the file; waits out (busy timeout) another process doing the same.
-                self._conn.execute("PRAGMA journal_mode=WAL")
+                # Persistent in the file. Switching a fresh file to WAL needs an exclusive lock
+                # and SQLite answers "database is locked" at once (no busy handler) while another
+                # connection does the same: retry within the busy timeout.
+                deadline = time.monotonic() + busy_timeout_s
+                while True:
+                    try:
+                        self._conn.execute("PRAGMA journal_mode=WAL")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
                 # Durable at each checkpoint rather than each commit: WAL keeps the file consistent.
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
