@@ -11,35 +11,24 @@ The methods block; use the `astart`/`astop` wrappers or `async with` from asynci
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import hashlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pymysql
 
 from proxy.demo.certs import TlsFiles
+from proxy.demo.process import LOOPBACK, LocalServer, check_socket_path
 
-LOOPBACK = "127.0.0.1"
 ROOT_USER = "root"
 # Root keeps these hosts (socket, IPv4 and IPv6 loopback); every other root row is deleted.
 _ROOT_HOSTS = ("localhost", "127.0.0.1", "::1")
-# A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux, with the NUL).
-_MAX_SOCKET_PATH_BYTES = 107
-_PORT_ATTEMPTS = 3
-_POLL_INTERVAL_S = 0.05
-_LOG_TAIL_LINES = 25
 _SCRIPT_TIMEOUT_S = 120.0
 # PyMySQL error codes that mean "nobody is answering yet", as opposed to a real refusal.
 _NOT_LISTENING_YET = frozenset({2002, 2003, 2006, 2013})
@@ -55,14 +44,16 @@ class Credentials:
     password: str
 
 
-class LocalMariaDB:
+class LocalMariaDB(LocalServer):
     """One mariadbd process owning `basedir` (data, socket, logs, client.cnf).
 
     `start()` initialises the data directory the first time only, so a stopped instance can be
-    started again with its data, port and root password intact.
+    started again with its data, port and root password intact. Stopping is SIGTERM.
     """
 
-    host = LOOPBACK
+    _product = "MariaDB"
+    _program = "mariadbd"
+    _error = LocalMariaDBError
 
     def __init__(
         self,
@@ -75,37 +66,25 @@ class LocalMariaDB:
         startup_timeout_s: float = 60.0,
         shutdown_timeout_s: float = 30.0,
     ) -> None:
-        self.basedir = Path(basedir).resolve()
+        super().__init__(
+            basedir,
+            port,
+            startup_timeout_s=startup_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
         self.tls = tls
         self.general_log = general_log
         self.extra_args = tuple(extra_args)
-        self.startup_timeout_s = startup_timeout_s
-        self.shutdown_timeout_s = shutdown_timeout_s
-        self._port = port
         self._root = Credentials(ROOT_USER, secrets.token_urlsafe(24))
         self._root_password_set = False
-        self._process: subprocess.Popen[bytes] | None = None
-        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH_BYTES:
-            raise ValueError(
-                f"unix socket path {self.socket_path} is too long for the OS "
-                f"(max {_MAX_SOCKET_PATH_BYTES} bytes); use a shorter basedir"
-            )
+        self._fresh = False  # the data directory was initialised by this start()
+        check_socket_path(self.socket_path)
 
     # -- where things are ---------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise LocalMariaDBError("no port yet: it is picked when the server first starts")
-        return self._port
-
-    @property
     def root(self) -> Credentials:
         return self._root
-
-    @property
-    def datadir(self) -> Path:
-        return self.basedir / "data"
 
     @property
     def socket_path(self) -> Path:
@@ -133,70 +112,13 @@ class LocalMariaDB:
         return self.basedir / "mariadbd.out"
 
     @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def _server_log(self) -> Path:
+        return self.error_log_path
 
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self.running:
-            raise LocalMariaDBError(f"MariaDB in {self.basedir} is already running")
-        self.basedir.mkdir(parents=True, exist_ok=True)
-        fresh = not (self.datadir / "mysql").is_dir()
-        if fresh:
-            self._install()
-        self._launch()
-        try:
-            if fresh:
-                self._secure_accounts()
-            self._write_client_config()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM, wait up to `shutdown_timeout_s`, then SIGKILL. Safe to call repeatedly."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        atexit.unregister(self.stop)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.shutdown_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    async def astart(self) -> None:
-        await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        await asyncio.to_thread(self.stop)
-
-    def __enter__(self) -> LocalMariaDB:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> LocalMariaDB:
-        await self.astart()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
+    @property
+    def _startup_logs(self) -> Sequence[Path]:
+        # Anything mariadbd prints before it opens its error log lands in mariadbd.out.
+        return (self._stdout_path, self.error_log_path)
 
     # -- talking to it as root ----------------------------------------------------------
 
@@ -273,67 +195,33 @@ class LocalMariaDB:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _install(self) -> None:
-        log_path = self.basedir / "install.log"
-        command = [
-            _binary("mariadb-install-db", "mysql_install_db"),
-            "--no-defaults",
-            "--auth-root-authentication-method=normal",
-            f"--datadir={self.datadir}",
-            "--skip-test-db",
-            "--skip-name-resolve",
-            *_run_as_root_args(),
-            # Passed through to the bootstrap server: create the redo log at its final size.
-            "--innodb-log-file-size=16M",
-            "--innodb-buffer-pool-size=64M",
-        ]
-        # Its own session, so that a timeout can kill the script and its bootstrap mariadbd.
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            returncode = process.wait(timeout=self.startup_timeout_s)
-            failure = f"exit code {returncode}" if returncode != 0 else None
-        except BaseException as exc:
-            _kill_group(process)
-            if not isinstance(exc, subprocess.TimeoutExpired):
-                raise
-            failure = f"no result within {self.startup_timeout_s}s"
-        if failure is not None:
-            shutil.rmtree(self.datadir, ignore_errors=True)  # half-initialised: retry from scratch
-            raise LocalMariaDBError(
-                f"mariadb-install-db failed ({failure}; full output in {log_path}):\n"
-                f"{_tail(_read_from(log_path, 0))}"
-            )
+    def _prepare(self) -> None:
+        self._fresh = not (self.datadir / "mysql").is_dir()
+        if self._fresh:
+            self._install()
 
-    def _launch(self) -> None:
-        """Start mariadbd and wait until it answers; retry a picked port taken meanwhile."""
-        picked_port = self._port is None
-        deadline = time.monotonic() + self.startup_timeout_s
-        for _ in range(_PORT_ATTEMPTS if picked_port else 1):
-            port = self._port if self._port is not None else _free_loopback_port()
-            log_offset, out_offset = _size(self.error_log_path), _size(self._stdout_path)
-            process = self._spawn(port)
-            try:
-                failure = self._wait_until_ready(process, deadline)
-            except BaseException:
-                _kill(process)
-                raise
-            if failure is None:
-                self._port, self._process = port, process
-                atexit.register(self.stop)
-                return
-            log = _read_from(self._stdout_path, out_offset) + _read_from(
-                self.error_log_path, log_offset
-            )
-            if not (picked_port and "Address already in use" in log):
-                raise LocalMariaDBError(f"mariadbd exited early ({failure}):\n{_tail(log)}")
-        raise LocalMariaDBError(f"mariadbd could not bind a free port in {_PORT_ATTEMPTS} tries")
+    def _started(self) -> None:
+        if self._fresh:
+            self._secure_accounts()
+        self._write_client_config()
+
+    def _install(self) -> None:
+        self._run_install(
+            "mariadb-install-db",
+            self.basedir / "install.log",
+            [
+                _binary("mariadb-install-db", "mysql_install_db"),
+                "--no-defaults",
+                "--auth-root-authentication-method=normal",
+                f"--datadir={self.datadir}",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                *_run_as_root_args(),
+                # Passed through to the bootstrap server: create the redo log at its final size.
+                "--innodb-log-file-size=16M",
+                "--innodb-buffer-pool-size=64M",
+            ],
+        )
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         command = [
@@ -393,31 +281,20 @@ class LocalMariaDB:
             f"--ssl-key={self.tls.server_key}",
         ]
 
-    def _wait_until_ready(self, process: subprocess.Popen[bytes], deadline: float) -> str | None:
-        """Poll the socket until root can run a query; a description if mariadbd exited."""
-        while True:
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise LocalMariaDBError(
-                    f"mariadbd did not accept connections within {self.startup_timeout_s}s:\n"
-                    f"{_tail(_read_from(self.error_log_path, 0))}"
-                )
-            if process.poll() is not None:
-                return f"exit code {process.returncode}"
-            if self.socket_path.exists():
-                try:
-                    with self.root_connection(
-                        connect_timeout=min(remaining_s, 5.0), read_timeout=remaining_s
-                    ) as conn, conn.cursor() as cursor:
-                        cursor.execute("SELECT 1")
-                    return None
-                except pymysql.err.OperationalError as exc:
-                    if exc.args[0] not in _NOT_LISTENING_YET:
-                        raise LocalMariaDBError(f"mariadbd refused root: {exc}") from exc
-            try:
-                process.wait(timeout=min(_POLL_INTERVAL_S, max(remaining_s, 0.0)))
-            except subprocess.TimeoutExpired:
-                pass
+    def _ready(self, port: int, remaining_s: float) -> bool:
+        """One try at `SELECT 1` as root over the socket (the port is not used)."""
+        if not self.socket_path.exists():
+            return False
+        try:
+            with self.root_connection(
+                connect_timeout=min(remaining_s, 5.0), read_timeout=remaining_s
+            ) as conn, conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] not in _NOT_LISTENING_YET:
+                raise LocalMariaDBError(f"mariadbd refused root: {exc}") from exc
+            return False
 
     def _secure_accounts(self) -> None:
         """Drop anonymous and hostname-bound accounts and give root a password."""
@@ -477,45 +354,3 @@ def _binary(*names: str) -> str:
 def _run_as_root_args() -> list[str]:
     # mariadbd refuses to run as root unless told to.
     return ["--user=root"] if os.geteuid() == 0 else []
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the session that (unreaped) `process` leads, then reap `process`."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as log:
-            log.seek(offset)
-            return log.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
