@@ -180,15 +180,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
     """The decision with masks applied: the text that would be forwarded, or the denial."""
     from proxy.authz.analyze import analyze
-    from proxy.authz.masking import Masker, MaskingError, mask_select
+    from proxy.authz.masking import Masker, MaskingError, by_table, mask_select
     from proxy.authz.model import Decision, DenyCode
 
-    masks: dict[Any, dict[str, Any]] = {}
-    for table, column, method in decision.masks:
-        masks.setdefault(table, {})[column] = method
     try:
         # No upstream here: a * over a masked table is expanded at run time from the live schema.
-        return mask_select(args.sql, args.db, analysis, masks, {}, analyze, Masker("<salt>")), decision
+        text = mask_select(args.sql, args.db, analysis, by_table(decision.masks), {}, analyze, Masker("<salt>"))
+        return text, decision
     except MaskingError as e:
         if "are not known" in str(e):
             return "the * expanded from the live schema, masked columns masked", decision

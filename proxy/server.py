@@ -52,8 +52,9 @@ def utc_now() -> datetime:
 
 
 class PolicyStore:
-    """Grants from the policy directories, reloaded when a file changes (checked at most once a
-    second, on the statement path: a stat per file). A broken edit keeps the last good grants."""
+    """Grants, masks and approval policies from the policy directories, reloaded when a file
+    changes (checked at most once a second, on the statement path: a stat per file). A broken
+    edit keeps the last good policies."""
 
     def __init__(self, dirs: tuple[Path, ...], check_interval_s: float = 1.0) -> None:
         self.dirs = dirs
@@ -84,8 +85,14 @@ class PolicyStore:
             digests.append(loaded.digest)
         check_overlaps(grants)
         check_mask_overlaps(masks)
+        approvals = load_approval_policies(self.dirs)
         self.snapshot = GrantSet(grants, version="-".join(digests), masks=masks)
+        self.approvals = approvals
         self._stamp = stamp
+
+    def approval_policies(self) -> ApprovalPolicies:
+        self()  # picks up an edited file, like the grants
+        return self.approvals
 
     def __call__(self) -> GrantSet:
         now = time.monotonic()
@@ -305,7 +312,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
     policy_files = PolicyStore(cfg.policies.dirs)
     workflow = AccessService(
         store,
-        ApprovalPoliciesFiles(cfg.policies.dirs),
+        policy_files.approval_policies,
         audit,
         now,
         admin_groups=frozenset(cfg.api.admin_groups),
@@ -346,28 +353,6 @@ def build_notifier(cfg: Config) -> WebhookNotifier | None:
     return WebhookNotifier(targets) if targets else None
 
 
-class ApprovalPoliciesFiles:
-    """Approval policies from the policy directories, re-read when a file changes."""
-
-    def __init__(self, dirs: tuple[Path, ...]) -> None:
-        self.dirs = dirs
-        self._stamp: tuple[tuple[str, int, int], ...] | None = None
-        self._policies = load_approval_policies(dirs)
-
-    def __call__(self) -> ApprovalPolicies:
-        stamp = tuple(
-            (str(p), p.stat().st_mtime_ns, p.stat().st_size)
-            for d in self.dirs for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
-        )
-        if stamp != self._stamp:
-            try:
-                self._policies = load_approval_policies(self.dirs)
-            except Exception as e:  # noqa: BLE001 - keep the last good policies
-                log.error("approval policy reload failed; keeping the previous ones", error=str(e))
-            self._stamp = stamp
-        return self._policies
-
-
 class ProxyServer:
     def __init__(self, cfg: Config, ctx: ProxyContext) -> None:
         self.cfg = cfg
@@ -406,7 +391,7 @@ class ProxyServer:
             app = create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
                              on_change=lambda: self.ctx.grants.refresh())
             tls = self.cfg.listen.tls
-            self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, None, str(tls.cert_file), str(tls.key_file))
+            self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file))
             await self.api.start()
 
     async def _probe_upstream(self) -> None:

@@ -60,7 +60,7 @@ async def principal(
                             headers={"WWW-Authenticate": "Bearer"})
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return await verifier.verify_bearer_async(creds.credentials)
+        return await verifier.verify_async(None, creds.credentials)
     except TokenError as e:
         raise HTTPException(401, f"token rejected ({e.code})", headers={"WWW-Authenticate": "Bearer"}) from None
 

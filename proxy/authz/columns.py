@@ -333,13 +333,7 @@ def of_insert(
 
 def of_update(tree: exp.Update, resolved: dict[int, TableRef | None]) -> ColumnUses | None:
     def body(p: _Pass) -> None:
-        with_ = tree.args.get("with_")
-        if with_ is not None:
-            p.ctes(with_, None)
-        scope = p.scope(None)
-        joins: list[exp.Join] = []
-        p.source(tree.this, scope, joins)
-        p.join_conditions(joins, scope)
+        scope = _write_scope(p, tree, [tree.this])
         _assignments(p, tree.expressions, scope)
         p.rest(tree, scope, ("this", "expressions", "with_", "hint"))
 
@@ -348,21 +342,24 @@ def of_update(tree: exp.Update, resolved: dict[int, TableRef | None]) -> ColumnU
 
 def of_delete(tree: exp.Delete, resolved: dict[int, TableRef | None]) -> ColumnUses | None:
     def body(p: _Pass) -> None:
-        with_ = tree.args.get("with_")
-        if with_ is not None:
-            p.ctes(with_, None)
-        scope = p.scope(None)
-        joins: list[exp.Join] = []
-        using = tree.args.get("using")
-        if using:
-            for u in using:
-                p.source(u, scope, joins)  # `this` is the target list: names, not columns
-        else:
-            p.source(tree.this, scope, joins)
-        p.join_conditions(joins, scope)
+        # With USING, `this` is the target list: names, not columns.
+        scope = _write_scope(p, tree, tree.args.get("using") or [tree.this])
         p.rest(tree, scope, ("this", "using", "tables", "with_", "hint"))
 
     return _run(resolved, body)
+
+
+def _write_scope(p: _Pass, tree: exp.Expr, sources: list[exp.Expr]) -> _Scope:
+    """The one query block of an UPDATE / DELETE: its CTEs, its sources and their joins."""
+    with_ = tree.args.get("with_")
+    if with_ is not None:
+        p.ctes(with_, None)
+    scope = p.scope(None)
+    joins: list[exp.Join] = []
+    for src in sources:
+        p.source(src, scope, joins)
+    p.join_conditions(joins, scope)
+    return scope
 
 
 def _assignments(p: _Pass, assignments: list[exp.Expr], scope: _Scope) -> None:

@@ -7,7 +7,8 @@ column) lists its targets in `Analysis.unbounded_writes`: the decision applies t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlglot import exp
 from sqlglot.tokens import Token, TokenType
@@ -259,34 +260,12 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
             matched = real if len(sources) > 1 else sources
         else:
             matched = [s for s in sources if s.matches(db, table)]
-        if not matched:
-            raise Denied(
-                DenyCode.UNACCOUNTED_TABLE,
-                f"SET {table}.{eq.this.name} names no table of the statement",
-            )
-        for s in matched:
-            if s.ref is None:
-                raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be updated")
+        for s in _base_tables(matched, f"SET {table}.{eq.this.name}", "updated"):
             targets[id(s.node)] = s.ref
     for nid, ref in targets.items():
         c.roles[nid] = WRITE
         c.resolved[nid] = ref
-    c.walk(tree)
-    cross_check(tree, c)
-    reads_values = _reads_values(tree, c, len(assignments))
-    requirements = set()
-    for ref in targets.values():
-        requirements.add(Requirement(ref, Privilege.UPDATE))
-        if reads_values:
-            requirements.add(Requirement(ref, Privilege.SELECT))
-    return collected(
-        StatementKind.QUERY,
-        "UPDATE",
-        c,
-        requirements,
-        columns.of_update(tree, c.resolved),
-        unbounded_writes=_unbounded(tree, targets.values()),
-    )
+    return _write(tree, c, list(targets.values()), Privilege.UPDATE, len(assignments), columns.of_update)
 
 
 _DELETE_ARGS = frozenset({"this", "using", "where", "order", "limit", "tables", "with_", "hint"})
@@ -328,34 +307,48 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
             db_node = name_node.args.get("db")
             db = canonical_db(db_node.name) if db_node is not None else None
             matched = [s for s in sources if s.matches(db, name_node.name)]
-            if not matched:
-                raise Denied(
-                    DenyCode.UNACCOUNTED_TABLE,
-                    f"DELETE target {name_node.name} names no table of the statement",
-                )
-            for s in matched:
-                if s.ref is None:
-                    raise Denied(
-                        DenyCode.UNSUPPORTED_STATEMENT, "only base tables can be deleted from"
-                    )
+            for s in _base_tables(matched, f"DELETE target {name_node.name}", "deleted from"):
+                assert s.ref is not None
                 c.roles[id(s.node)] = WRITE
                 c.resolved[id(s.node)] = s.ref
                 target_refs.append(s.ref)
+    return _write(tree, c, target_refs, Privilege.DELETE, 0, columns.of_delete)
+
+
+def _base_tables(matched: list[_Source], what: str, verb: str) -> list[_Source]:
+    """The write targets a name matched: at least one, and every one a real table."""
+    if not matched:
+        raise Denied(DenyCode.UNACCOUNTED_TABLE, f"{what} names no table of the statement")
+    if any(s.ref is None for s in matched):
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"only base tables can be {verb}")
+    return matched
+
+
+def _write(
+    tree: exp.Expr,
+    c: Collector,
+    targets: list[TableRef],
+    privilege: Privilege,
+    assigned_columns: int,
+    column_uses: Callable[[Any, dict[int, TableRef | None]], columns.ColumnUses | None],
+) -> Analysis:
+    """UPDATE / DELETE once their targets are marked: walk, cross-check, and require the write
+    privilege on each target (and SELECT where the statement reads stored values)."""
     c.walk(tree)
     cross_check(tree, c)
-    reads_values = _reads_values(tree, c, 0)
+    reads_values = _reads_values(tree, c, assigned_columns)
     requirements = set()
-    for ref in target_refs:
-        requirements.add(Requirement(ref, Privilege.DELETE))
+    for ref in targets:
+        requirements.add(Requirement(ref, privilege))
         if reads_values:
             requirements.add(Requirement(ref, Privilege.SELECT))
     return collected(
         StatementKind.QUERY,
-        "DELETE",
+        privilege.value,
         c,
         requirements,
-        columns.of_delete(tree, c.resolved),
-        unbounded_writes=_unbounded(tree, target_refs),
+        column_uses(tree, c.resolved),
+        unbounded_writes=_unbounded(tree, targets),
     )
 
 

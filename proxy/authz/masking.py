@@ -19,7 +19,7 @@ The rules, for a statement decided with `Decision.masks`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import sqlglot
 from sqlglot import exp
@@ -41,6 +41,14 @@ _TEMPLATES = {
         "RIGHT({c}, LEAST(4, FLOOR(CHAR_LENGTH({c}) / 2))))"
     ),
 }
+
+
+def by_table(flat: Iterable[tuple[TableRef, str, MaskMethod]]) -> dict[TableRef, dict[str, MaskMethod]]:
+    """`Decision.masks` (flat, sorted) → {table: {column: method}}, what `mask_select` takes."""
+    out: dict[TableRef, dict[str, MaskMethod]] = {}
+    for table, column, method in flat:
+        out.setdefault(table, {})[column] = method
+    return out
 
 
 class MaskingError(ValueError):

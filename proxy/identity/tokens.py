@@ -366,22 +366,15 @@ class TokenVerifier:
             key = self._jwks[pending.cfg.issuer].fetch(pending.kid or "")
         return self._finish(pending, key, username)
 
-    async def verify_async(self, username: str, token: str | bytes) -> Principal:
-        """Like `verify`; a JWKS fetch, when one is needed, runs in a worker thread."""
+    async def verify_async(self, username: str | None, token: str | bytes) -> Principal:
+        """Like `verify`; a JWKS fetch, when one is needed, runs in a worker thread. `username`
+        None: a token presented without a user name (the admin API's `Authorization: Bearer`),
+        the person is the token's own user claim; every other check is the same."""
         pending = self._inspect(token)
         key = self._resolve_cached(pending)
         if key is None:
             key = await asyncio.to_thread(self._jwks[pending.cfg.issuer].fetch, pending.kid or "")
         return self._finish(pending, key, username)
-
-    async def verify_bearer_async(self, token: str | bytes) -> Principal:
-        """A token presented without a user name (the admin API's `Authorization: Bearer`): the
-        person is the token's own user claim; every other check is the same."""
-        pending = self._inspect(token)
-        key = self._resolve_cached(pending)
-        if key is None:
-            key = await asyncio.to_thread(self._jwks[pending.cfg.issuer].fetch, pending.kid or "")
-        return self._finish(pending, key, None)
 
     # -- steps ------------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from proxy.authz.analyze import analyze
-from proxy.authz.masking import MaskingError, mask_select
-from proxy.authz.model import Decision, DenyCode, MaskMethod, StatementKind, TableRef
+from proxy.authz.masking import MaskingError, by_table, mask_select
+from proxy.authz.model import Decision, DenyCode, StatementKind, TableRef
 from proxy.protocol.errors import UpstreamLost
 from proxy.upstream.relay import ProtocolViolation
 
@@ -29,9 +29,7 @@ class MaskingCommands:
                           "send it as a plain query")
         if analysis.metadata_tables:
             return refuse("a statement reading both information_schema and masked columns is not supported")
-        masks: dict[TableRef, dict[str, MaskMethod]] = {}
-        for table, column, method in decision.masks:
-            masks.setdefault(table, {})[column] = method
+        masks = by_table(decision.masks)
         columns: dict[TableRef, tuple[str, ...]] = {}
         if "*" in sql:  # only a star needs the tables' real columns
             try:

@@ -10,7 +10,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from proxy.authz.model import Analysis, Decision, DenyCode, StatementKind
+from proxy.authz.model import Analysis, Decision, DenyCode, MaskMethod, StatementKind, TableRef
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.metadata_commands import FILTERED_SHOWS
@@ -24,7 +24,7 @@ class Prepared:
     sql: str
     analysis: Analysis
     rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
-    masks: tuple = ()  # the masks the prepared text was rewritten for (Decision.masks)
+    masks: tuple[tuple[TableRef, str, MaskMethod], ...] = ()  # what the prepared text was masked for
 
 
 def _preparable(analysis: Analysis) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -111,7 +110,7 @@ class _Server(uvicorn.Server):
 class ApiServer:
     """uvicorn on a socket bound here (so port 0 works and the port is known at once)."""
 
-    def __init__(self, app: Any, host: str, port: int, tls: ssl.SSLContext | None, cert: str, key: str) -> None:
+    def __init__(self, app: Any, host: str, port: int, cert: str, key: str) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -140,7 +139,8 @@ class ApiServer:
 
 
 class Poller:
-    """Keeps `EffectiveGrants` fresh and expires pending requests, until stopped."""
+    """Keeps `EffectiveGrants` fresh and expires pending requests, until stopped. Times are the
+    event loop's monotonic clock (`poll_once(now)` takes it, so tests drive it directly)."""
 
     def __init__(self, grants: EffectiveGrants, interval_s: float, expire: Callable[[], Any] | None,
                  expire_every_s: float = 15.0, max_staleness_s: float = 30.0) -> None:
@@ -151,6 +151,8 @@ class Poller:
         self.expire_every_s = expire_every_s
         self._task: asyncio.Task[None] | None = None
         self.errors = 0
+        self._next_expiry: float | None = None
+        self._last_success: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -163,24 +165,26 @@ class Poller:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_expiry = loop.time()
-        last_success = loop.time()
         while True:
-            try:
-                if await self.grants.refresh():
-                    log.info("store grants refreshed", revision=self.grants.revision)
-                if self.expire is not None and loop.time() >= next_expiry:
-                    next_expiry = loop.time() + self.expire_every_s
-                    await asyncio.to_thread(self.expire)
-                self.errors = 0
-                last_success = loop.time()
-            except Exception as e:  # noqa: BLE001 - keep polling
-                self.errors += 1
-                stale = loop.time() - last_success > self.max_staleness_s
-                if stale and self.grants.revision != -1:
-                    self.grants.forget_store()
-                    log.error("state store unreachable too long: its grants no longer count", failures=self.errors)
-                elif self.errors in (1, 10) or self.errors % 100 == 0:
-                    log.error("state store poll failed; keeping the last grants for now", error=type(e).__name__,
-                              detail=str(e)[:200], failures=self.errors)
+            await self.poll_once(loop.time())
             await asyncio.sleep(self.interval_s)
+
+    async def poll_once(self, now: float) -> None:
+        if self._last_success is None:
+            self._last_success = self._next_expiry = now
+        try:
+            if await self.grants.refresh():
+                log.info("store grants refreshed", revision=self.grants.revision)
+            if self.expire is not None and now >= (self._next_expiry or now):
+                self._next_expiry = now + self.expire_every_s
+                await asyncio.to_thread(self.expire)
+            self.errors = 0
+            self._last_success = now
+        except Exception as e:  # noqa: BLE001 - keep polling
+            self.errors += 1
+            if now - self._last_success > self.max_staleness_s and self.grants.revision != -1:
+                self.grants.forget_store()
+                log.error("state store unreachable too long: its grants no longer count", failures=self.errors)
+            elif self.errors in (1, 10) or self.errors % 100 == 0:
+                log.error("state store poll failed; keeping the last grants for now", error=type(e).__name__,
+                          detail=str(e)[:200], failures=self.errors)

@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.audit.events import AuditEmitter, EventType
 from proxy.authz.model import Principal, Privilege
-from proxy.authz.names import canonical_table, split_qualified
+from proxy.authz.policy import PolicyError, split_object
 from proxy.store.base import (
     AccessRequest,
     Approval,
@@ -372,17 +372,17 @@ def _name(text: str, what: str) -> str:
 
 
 def _object(text: str) -> tuple[str, str]:
+    """db.table or db.* by the policy files' own rule; *.* is for the policy files only."""
     try:
-        db, table = split_qualified(text)
-    except ValueError as e:
-        raise Invalid(f"{text!r}: {e}") from None
-    if table is None or db == "*":
+        db, table = split_object(text)
+    except PolicyError as e:
+        raise Invalid(str(e)) from None
+    if db == "*":
         raise Invalid(f"{text!r}: name db.table or db.* (use the policy files for *.*)")
     _name(db, "database")
     if table != "*":
         _name(table, "table")
-    ref = canonical_table(db, None if table == "*" else table)
-    return ref.db, table
+    return db, table
 
 
 def _privileges(values: list[str]) -> frozenset[Privilege]:
