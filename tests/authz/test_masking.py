@@ -9,7 +9,7 @@ import pytest
 
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet, decide
-from proxy.authz.masking import Masker, MaskingError, mask_select
+from proxy.authz.masking import Masker, MaskingError, by_table, mask_select
 from proxy.authz.model import DenyCode, MaskMethod, Principal, TableRef
 from proxy.authz.policy import PolicyError, check_mask_overlaps, grants_from_document, masks_from_document
 
@@ -42,11 +42,8 @@ def _run(sql: str, grants: GrantSet, principal: Principal = EXT) -> str:
         return f"deny:{decision.code.value}:{decision.reason}"
     if not decision.masks:
         return "allow"
-    masks: dict = {}
-    for t, c, m in decision.masks:
-        masks.setdefault(t, {})[c] = m
     try:
-        return "mask:" + mask_select(sql, "hr", analysis, masks, COLUMNS, analyze, Masker("salt"))
+        return "mask:" + mask_select(sql, "hr", analysis, by_table(decision.masks), COLUMNS, analyze, Masker("salt"))
     except MaskingError as e:
         return f"deny:masked_column:{e}"
 
@@ -188,3 +185,26 @@ def test_two_masks_for_one_subject_and_table_are_refused():
     doc = {"masks": [DOC["masks"][0], {**DOC["masks"][0], "columns": {"name": "redact"}}]}
     with pytest.raises(PolicyError, match="merge"):
         check_mask_overlaps(masks_from_document(doc, "p.yaml"))
+
+
+def test_a_star_over_a_masked_table_with_unknown_columns_is_refused(grants):
+    analysis = analyze("SELECT * FROM emp", "hr")
+    masks = {EMP: {"ssn": MaskMethod.PARTIAL}}
+    with pytest.raises(MaskingError, match="not known"):
+        mask_select("SELECT * FROM emp", "hr", analysis, masks, {}, analyze, Masker())
+
+
+@pytest.mark.parametrize("forwarded", [
+    "SELECT ssn FROM emp",  # a masked column left plain
+    "SELECT * FROM emp",  # a star left unexpanded
+    "SELECT emp.* FROM emp",  # a star of the masked table
+    "SELECT '****' AS ssn FROM emp WHERE ssn > '1'",  # a masked column outside the select list
+    "SELECT id FROM emp JOIN dept ON 1",  # reads another table than the statement
+])
+def test_the_forwarded_text_is_checked_from_scratch(forwarded):
+    from proxy.authz.masking import _parse, _verify
+
+    original = "SELECT id FROM emp"
+    with pytest.raises(MaskingError):
+        _verify(forwarded, _parse(original), "hr", analyze(original, "hr"), {EMP: {"ssn": MaskMethod.REDACT}},
+                analyze, Masker())

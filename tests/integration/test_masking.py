@@ -104,6 +104,7 @@ def test_inference_through_a_masked_column_is_refused_before_mariadb(masked, tls
             "SELECT email FROM employee UNION SELECT 'x'",
             "SELECT * FROM employee NATURAL JOIN title",
             "SELECT `émail` FROM employee",
+            "SELECT email, (SELECT COUNT(*) FROM information_schema.TABLES) AS n FROM employee",
         )):
             with pytest.raises(pymysql.MySQLError) as e:
                 cur.execute(f"{sql} /*mask-{n}*/")
@@ -163,3 +164,19 @@ def test_masked_reads_are_audited(masked, tls_files):
     assert event["decision"] == "allow"
     assert event["masked_columns"] == ["hr_prod.employee.badge:redact", "hr_prod.employee.email:partial",
                                        "hr_prod.employee.last_name:hash"]
+
+
+def test_execute_of_a_statement_prepared_before_its_column_was_masked_is_refused(masked, tls_files, policies_dir):
+    """PREPARE ... FROM text is never rewritten: once a mask covers what it reads, EXECUTE stops."""
+    c = _connect(masked, tls_files)
+    with c.cursor() as cur:
+        cur.execute("PREPARE s FROM 'SELECT first_name FROM employee WHERE id = 1'")
+        cur.execute("EXECUTE s")
+        assert cur.fetchone()[0] != "****"
+        text = (policies_dir / "masks.yaml").read_text()
+        (policies_dir / "masks.yaml").write_text(text.replace("{email: partial,", "{email: partial, first_name: redact,"))
+        masked.ctx.grants.reload()
+        with pytest.raises(pymysql.MySQLError) as e:
+            cur.execute("EXECUTE s")
+        assert e.value.args[0] == 1142 and "masked_column" in e.value.args[1]
+    c.close()
