@@ -139,6 +139,10 @@ class AuthzConfig(_Strict):
     # travels in the statement text to the upstream (DBAs see it in the processlist); people
     # behind jitproxy never see it. The environment variable named here holds it.
     mask_salt_env: str | None = None
+    # When a person's last grant ends (expiry, revocation, a changed policy file): `deny` refuses
+    # their next statement; `disconnect` also closes their open sessions, within one store poll
+    # interval (an idle client is told why; a busy one after its current statement).
+    on_expiry: Literal["deny", "disconnect"] = "deny"
 
     def resolve_mask_salt(self) -> str:
         if self.mask_salt_env is None:

@@ -34,7 +34,7 @@ from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_
 from proxy.config import Config
 from proxy.identity.tokens import IssuerConfig, TokenVerifier
 from proxy.protocol.connection import ProxyConnection
-from proxy.protocol.errors import ER
+from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.session import ProxySession
 from proxy.protocol.stream import ClientStream
 from proxy.protocol import wire
@@ -226,9 +226,36 @@ class ProxyContext:
     notifier: WebhookNotifier | None = None
     # matches the shared database account as error messages name it ('user'@'host')
     shared_account_pattern: re.Pattern[str] | None = None
+    on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
 
     def request_hint(self, user: str, decision: Decision) -> str:
         return request_hint(user, decision)
+
+    def sweep_sessions(self) -> list[int]:
+        """on_expiry: disconnect — close the sessions of people who held a grant and now hold
+        none. Returns the connection ids told to close."""
+        if self.on_expiry != "disconnect":
+            return []
+        grants, now = self.grants(), self.now()
+        ended = []
+        for connection_id, session in list(self.sessions.items()):
+            who = session.principal
+            if who is None or session.connection is None or session.end_reason is not None:
+                continue
+            if grants.for_principal(who, now):
+                session.held_grant = True
+            elif session.held_grant:
+                session.end_reason = "access_ended"
+                session.connection.end(ClientError(
+                    ER.CONNECTION_KILLED,
+                    "jitproxy: your access has ended (grants expired or were revoked), so this "
+                    "connection was closed. To ask again: jitproxy request create ...",
+                    keep_connection=False,
+                ))
+                ended.append(connection_id)
+        if ended:
+            log.info("sessions closed: access ended", sessions=len(ended))
+        return ended
 
     async def kill_upstream_query(self, thread_id: int) -> None:
         profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
@@ -333,6 +360,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         masker=Masker(cfg.authz.resolve_mask_salt()),
         workflow=workflow,
         notifier=notifier,
+        on_expiry=cfg.authz.on_expiry,
     )
 
 
@@ -383,7 +411,7 @@ class ProxyServer:
             log.error("state store unavailable at start", error=type(e).__name__)
         workflow = self.ctx.workflow
         self.poller = Poller(self.ctx.grants, self.cfg.store.poll_interval_s,
-                             workflow.expire_pending if workflow else None)
+                             workflow.expire_pending if workflow else None, sweep=self.ctx.sweep_sessions)
         self.poller.start()
         if self.ctx.notifier is not None:
             await self.ctx.notifier.start()

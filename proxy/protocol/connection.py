@@ -86,6 +86,7 @@ class ProxyConnection(Connection):
         self.client_charset_name = "utf8mb4"
         self.client_codec = "utf-8"
         self.killed = False
+        self.kill_error = ClientError(ER.CONNECTION_KILLED, "Connection was killed")
         self.idle = False  # waiting for the client's next command: safe to close at shutdown
         self.stopping = False  # the server is shutting down: finish the current command, then close
 
@@ -125,7 +126,7 @@ class ProxyConnection(Connection):
         except asyncio.CancelledError:
             if not self.killed:
                 raise
-            await self._send_error_quietly(ClientError(ER.CONNECTION_KILLED, "Connection was killed"))
+            await self._send_error_quietly(self.kill_error)
         except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -135,6 +136,15 @@ class ProxyConnection(Connection):
         if self._task is not None and not self._task.done():
             self.killed = True
             self._task.cancel()
+
+    def end(self, error: ClientError) -> None:
+        """Close the session on the proxy's own initiative: at once when it waits for the
+        client (which is told why), after the current command otherwise (never mid-response)."""
+        self.kill_error = error
+        if self.idle:
+            self.kill()
+        else:
+            self.stopping = True
 
     # -- connection phase ------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self.started = time.monotonic()
         self.statements = 0
         self.denied = 0
+        self.held_grant = False  # held one at some point (on_expiry: disconnect closes it after)
+        self.end_reason: str | None = None
         self._ended = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -136,6 +138,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             await self.rejected("upstream_unavailable", "upstream failed")
             return ClientError(ER.UPSTREAM_UNAVAILABLE, "jitproxy: the database is unavailable", keep_connection=False)
         self.database = database or None
+        self.held_grant = bool(self.ctx.grants().for_principal(principal, self.ctx.now()))
         self.ctx.sessions[self.connection_id] = self
         self.ctx.audit.emit(
             EventType.SESSION_START,
@@ -160,6 +163,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
                 statements=self.statements,
                 denied=self.denied,
                 duration_ms=round((time.monotonic() - self.started) * 1000, 3),
+                **({"reason": self.end_reason} if self.end_reason else {}),
             )
 
     # -- dispatch --------------------------------------------------------------------------

@@ -143,8 +143,10 @@ class Poller:
     event loop's monotonic clock (`poll_once(now)` takes it, so tests drive it directly)."""
 
     def __init__(self, grants: EffectiveGrants, interval_s: float, expire: Callable[[], Any] | None,
-                 expire_every_s: float = 15.0, max_staleness_s: float = 30.0) -> None:
+                 expire_every_s: float = 15.0, max_staleness_s: float = 30.0,
+                 sweep: Callable[[], Any] | None = None) -> None:
         self.grants = grants
+        self.sweep = sweep  # after every poll, success or not (on_expiry: disconnect)
         self.max_staleness_s = max_staleness_s
         self.interval_s = interval_s
         self.expire = expire
@@ -188,3 +190,8 @@ class Poller:
             elif self.errors in (1, 10) or self.errors % 100 == 0:
                 log.error("state store poll failed; keeping the last grants for now", error=type(e).__name__,
                           detail=str(e)[:200], failures=self.errors)
+        if self.sweep is not None:
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - a bug here must not stop the polling
+                log.exception("session sweep failed")

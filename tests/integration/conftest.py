@@ -16,6 +16,7 @@ import pytest
 
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
+from proxy.config import Config
 from proxy.testing import RunningProxy, proxy_config
 
 POLICY = """
@@ -48,21 +49,34 @@ def proxy(
     upstream_credentials: Credentials,
     policies_dir: Path,
 ) -> Iterator[RunningProxy]:
-    cfg = proxy_config(
-        tmp_path_factory.mktemp("proxy"),
-        upstream_host="127.0.0.1",
-        upstream_port=mariadb.port,
-        upstream_user=upstream_credentials.user,
-        upstream_password=upstream_credentials.password,
-        cert_file=tls_files.server_cert,
-        key_file=tls_files.server_key,
-        upstream_ca=tls_files.ca_cert,
-        policies_dir=policies_dir,
-    )
+    cfg = local_proxy_config(tmp_path_factory.mktemp("proxy"), mariadb, tls_files, upstream_credentials, policies_dir)
     running = RunningProxy(cfg)
     yield running
     running.stop()
     assert_no_secrets(running, upstream_credentials.password)
+
+
+def local_proxy_config(
+    directory: Path,
+    mariadb: LocalMariaDB,
+    tls_files: TlsFiles,
+    upstream: Credentials,
+    policies_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """A proxy config in `directory` for the test MariaDB over verified TLS."""
+    return proxy_config(
+        directory,
+        upstream_host="127.0.0.1",
+        upstream_port=mariadb.port,
+        upstream_user=upstream.user,
+        upstream_password=upstream.password,
+        cert_file=tls_files.server_cert,
+        key_file=tls_files.server_key,
+        upstream_ca=tls_files.ca_cert,
+        policies_dir=policies_dir,
+        extra=extra,
+    )
 
 
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")

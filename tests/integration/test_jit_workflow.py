@@ -134,6 +134,54 @@ def test_revocation_bites_on_the_next_statement(workflow, tls_files, monkeypatch
     session.close()
 
 
+async def _sweep(proxy):
+    return proxy.ctx.sweep_sessions()
+
+
+def test_on_expiry_disconnect_closes_sessions_whose_last_grant_ended(workflow, tls_files, monkeypatch, capsys):
+    """on_expiry: disconnect: the session of a person whose last grant expired is closed and
+    told why; a person who still holds a grant, or who never held one (connected to ask for
+    access), keeps their session."""
+    proxy = workflow
+    monkeypatch.setattr(proxy.ctx, "on_expiry", "disconnect")
+    for user, duration in (("wfexp", "1h"), ("wfkeep", "3h")):
+        code, out = cli(monkeypatch, capsys, proxy, "root-admin", ("dba",), "grant", "add", "--user", user,
+                        "--grant", "hr_prod.title", "--for", duration, "--reason", "INC-7")
+        assert code == 0, out
+    proxy.call(proxy.ctx.grants.refresh())
+    expiring, keeping, asking = (_session(proxy, tls_files, u) for u in ("wfexp", "wfkeep", "wfnone"))
+    for s in (expiring, keeping):
+        s.cursor().execute("SELECT COUNT(*) FROM hr_prod.title")
+    assert proxy.call(_sweep(proxy)) == []  # everybody still holds what they held
+
+    proxy.clock.advance(timedelta(hours=2))
+    ended = proxy.call(_sweep(proxy))
+    assert ended == [expiring.thread_id()]
+    with pytest.raises(pymysql.MySQLError) as e:
+        expiring.cursor().execute("SELECT 1")
+    assert e.value.args[0] == 2013  # PyMySQL's reading of an error sent with sequence 0 (as at shutdown)
+    assert _wait_for(lambda: [e for e in proxy.events if e["type"] == "session.end"
+                              and e.get("user") == "wfexp" and e.get("reason") == "access_ended"])
+    keeping.cursor().execute("SELECT COUNT(*) FROM hr_prod.title")
+    asking.cursor().execute("SELECT 1")
+    assert proxy.call(_sweep(proxy)) == []
+    keeping.close()
+    asking.close()
+
+
+def _wait_for(condition, timeout_s: float = 10.0):
+    """The audit event is written by the proxy's thread once the closed session unwinds."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    return condition()
+
+
 def test_api_requires_a_valid_token_and_publishes_openapi(workflow, tls_files):
     base = f"https://127.0.0.1:{workflow.server.api.port}"
     with httpx.Client(base_url=base, verify=ssl.create_default_context(cafile=str(tls_files.ca_cert))) as c:
