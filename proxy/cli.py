@@ -130,7 +130,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from proxy.server import PolicyStore
 
     cfg = _load(args)
-    grants = PolicyStore(cfg.policies.dirs)()
+    names = [u.name for u in cfg.instances]
+    if args.instance is None and len(names) > 1:
+        raise SystemExit(f"jitproxy: name the instance with --instance (one of {', '.join(names)})")
+    if args.instance is not None and args.instance not in names:
+        raise SystemExit(f"jitproxy: no instance {args.instance!r} (configured: {', '.join(names)})")
+    instance = args.instance or names[0]
+    grants = PolicyStore(cfg.policies.dirs)().for_instance(instance)
     principal = Principal(user=args.user, groups=tuple(args.group or ()))
     analysis = analyze(args.sql, args.db)
     now = datetime.now(timezone.utc)
@@ -171,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print("missing:    " + "; ".join(str(r) for r in decision.missing))
         from proxy.server import request_hint
 
-        hint = request_hint(args.user, decision)
+        hint = request_hint(args.user, decision, instance if len(names) > 1 else None)
         if hint:
             print(hint)
     return 0 if decision.allowed else 1
@@ -205,7 +211,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.run import run_demo
 
-    return run_demo(Path(args.dir), args.port, args.api_port)
+    return run_demo(Path(args.dir), args.port, args.api_port, iam=args.iam)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", required=True)
     s.add_argument("--group", action="append")
     s.add_argument("--db", help="current database")
+    s.add_argument("--instance", help="the upstream instance (required when the config has several)")
     s.add_argument("sql")
     s.set_defaults(func=cmd_check)
 
@@ -248,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default="demo")
     s.add_argument("--port", type=int, default=3307)
     s.add_argument("--api-port", type=int, default=8443, help="the admin API (jitproxy request ...)")
+    s.add_argument("--iam", action="store_true",
+                   help="reach MariaDB as Aurora IAM users do: a fresh SigV4 token per connection, checked by PAM "
+                        "(needs root: it writes a PAM service in /etc/pam.d)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -3,7 +3,8 @@
 Where the API is and who is asking come from the environment (or flags): JITPROXY_API (default
 https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) and JITPROXY_CA
 (the CA bundle that signed the proxy's certificate; default: the system's). Tokens go only over
-HTTPS. Output is a readable table, or JSON with --json.
+HTTPS. Output is a readable table, or JSON with --json. Tables show an instance column only
+when some row is for one upstream instance (not "*", every instance).
 """
 
 from __future__ import annotations
@@ -68,18 +69,44 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> int:
     return 0
 
 
-def _request_line(r: dict[str, Any]) -> str:
+def _instance(row: dict[str, Any]) -> str:
+    """The row's upstream instance; "*" (every instance) also from a server that predates them."""
+    return str(row.get("instance") or "*")
+
+
+def _instance_width(rows: list[dict[str, Any]]) -> int:
+    """The instance column's width; 0 (no column) when every row is for every instance."""
+    names = [_instance(row) for row in rows]
+    return max(map(len, names)) if any(name != "*" for name in names) else 0
+
+
+def _instance_cell(row: dict[str, Any], width: int) -> str:
+    return f"{_instance(row):{width}} " if width else ""
+
+
+def _request_ref(r: dict[str, Any]) -> str:
+    """"request r-…", naming the instance when it is one."""
+    return f"request {r['id']}" + (f" on {_instance(r)}" if _instance(r) != "*" else "")
+
+
+def _request_line(r: dict[str, Any], width: int = 0) -> str:
     tables = ",".join(r["tables"])
     until = f" until {r['access_until']}" if r.get("access_until") else ""
-    return (f"{r['id']}  {r['status']:9} {r['requester']:16} {r['environment']:6} {r['db']}.{{{tables}}} "
-            f"{','.join(r['privileges'])} for {r['duration_s'] // 60}m{until}  — {r['reason'][:60]}")
+    return (f"{r['id']}  {r['status']:9} {r['requester']:16} {_instance_cell(r, width)}{r['environment']:6} "
+            f"{r['db']}.{{{tables}}} {','.join(r['privileges'])} for {r['duration_s'] // 60}m{until}"
+            f"  — {r['reason'][:60]}")
+
+
+def _with_instance(body: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    # Only when given: the server picks the only instance, or says which ones there are.
+    return {**body, "instance": args.instance} if args.instance else body
 
 
 def cmd_request_create(args: argparse.Namespace) -> int:
-    body = {"db": args.db, "tables": args.table, "privileges": args.privilege or ["SELECT"],
-            "reason": args.reason, **_span(args)}
+    body = _with_instance({"db": args.db, "tables": args.table, "privileges": args.privilege or ["SELECT"],
+                           "reason": args.reason, **_span(args)}, args)
     r = _call(args, "POST", "/v1/requests", json=body)
-    text = f"request {r['id']}: {r['status']}"
+    text = f"{_request_ref(r)}: {r['status']}"
     if r["status"] == "approved":
         text += f" (access until {r['access_until']}; your next statement can use it)"
     else:
@@ -92,12 +119,13 @@ def cmd_request_list(args: argparse.Namespace) -> int:
     if args.status:
         params["status"] = args.status
     found = _call(args, "GET", "/v1/requests", params=params)
-    return _print(args, found, "\n".join(_request_line(r) for r in found) or "no requests")
+    width = _instance_width(found)
+    return _print(args, found, "\n".join(_request_line(r, width) for r in found) or "no requests")
 
 
 def cmd_request_show(args: argparse.Namespace) -> int:
     r = _call(args, "GET", f"/v1/requests/{args.id}")
-    lines = [_request_line(r)]
+    lines = [_request_line(r, _instance_width([r]))]
     for a in r["approvals"]:
         lines.append(f"  {a['decision']:7} by {a['approver']} at {a['at']}" + (f": {a['comment']}" if a["comment"] else ""))
     if r["grant_ids"]:
@@ -107,7 +135,7 @@ def cmd_request_show(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
     r = _call(args, "POST", f"/v1/requests/{args.id}/{verb}", json={"comment": args.comment or ""})
-    return _print(args, r, f"request {r['id']}: {r['status']}")
+    return _print(args, r, f"{_request_ref(r)}: {r['status']}")
 
 
 def cmd_request_approve(args: argparse.Namespace) -> int:
@@ -120,36 +148,44 @@ def cmd_request_deny(args: argparse.Namespace) -> int:
 
 def cmd_request_cancel(args: argparse.Namespace) -> int:
     r = _call(args, "POST", f"/v1/requests/{args.id}/cancel")
-    return _print(args, r, f"request {r['id']}: {r['status']}")
+    return _print(args, r, f"{_request_ref(r)}: {r['status']}")
 
 
-def _grant_line(g: dict[str, Any]) -> str:
-    return (f"{g['grant_id']}  {g['subject']:24} {g['object']:30} {','.join(g['privileges']):20} "
-            f"until {g['expires_at']}  by {g['created_by']}" + (f" (request {g['request_id']})" if g["request_id"] else ""))
+def _grant_line(g: dict[str, Any], width: int = 0) -> str:
+    return (f"{g['grant_id']}  {g['subject']:24} {_instance_cell(g, width)}{g['object']:30} "
+            f"{','.join(g['privileges']):20} until {g['expires_at']}  by {g['created_by']}"
+            + (f" (request {g['request_id']})" if g["request_id"] else ""))
+
+
+def _grant_lines(grants: list[dict[str, Any]], prefix: str = "") -> list[str]:
+    width = _instance_width(grants)
+    return [prefix + _grant_line(g, width) for g in grants]
 
 
 def cmd_grant_add(args: argparse.Namespace) -> int:
     subject = f"user:{args.user}" if args.user else f"group:{args.group}"
-    body = {"subject": subject, "objects": args.grant, "privileges": args.privilege or ["SELECT"],
-            "reason": args.reason or "", **_span(args)}
+    body = _with_instance({"subject": subject, "objects": args.grant, "privileges": args.privilege or ["SELECT"],
+                           "reason": args.reason or "", **_span(args)}, args)
     grants = _call(args, "POST", "/v1/grants", json=body)
-    return _print(args, grants, "\n".join("granted " + _grant_line(g) for g in grants))
+    return _print(args, grants, "\n".join(_grant_lines(grants, "granted ")))
 
 
 def cmd_grant_list(args: argparse.Namespace) -> int:
     grants = _call(args, "GET", "/v1/grants", params={"all": "true"} if args.all else {})
-    return _print(args, grants, "\n".join(_grant_line(g) for g in grants) or "no grants")
+    return _print(args, grants, "\n".join(_grant_lines(grants)) or "no grants")
 
 
 def cmd_grant_revoke(args: argparse.Namespace) -> int:
     g = _call(args, "DELETE", f"/v1/grants/{args.id}")
-    return _print(args, g, f"revoked {_grant_line(g)}")
+    return _print(args, g, "\n".join(_grant_lines([g], "revoked ")))
 
 
 def cmd_access(args: argparse.Namespace) -> int:
     held = _call(args, "GET", "/v1/access")
+    width = _instance_width(held)
     lines = [
-        f"{h['object']:30} {','.join(h['privileges']):30} until {h['expires_at'] or 'no expiry':26} {h['source']}"
+        f"{_instance_cell(h, width)}{h['object']:30} {','.join(h['privileges']):30} "
+        f"until {h['expires_at'] or 'no expiry':26} {h['source']}"
         for h in held
     ]
     return _print(args, held, "\n".join(lines) or "no access")
@@ -170,6 +206,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rq = sub.add_parser("request", help="ask for access, and decide requests").add_subparsers(
         dest="request_command", required=True)
     s = client(rq.add_parser("create", help="ask for access to tables for a while"))
+    s.add_argument("--instance", metavar="NAME",
+                   help="the upstream instance (e.g. hr-prod); needed when the proxy has several")
     s.add_argument("--db", required=True)
     s.add_argument("--table", action="append", required=True, help="table name (repeatable)")
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, ... (repeatable)")
@@ -195,6 +233,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     who = s.add_mutually_exclusive_group(required=True)
     who.add_argument("--user")
     who.add_argument("--group")
+    s.add_argument("--instance", metavar="NAME",
+                   help="the upstream instance the grants apply on; needed when the proxy has several")
     s.add_argument("--grant", action="append", required=True, help="db.table or db.* (repeatable)")
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, ... (repeatable)")
     span(s)

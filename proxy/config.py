@@ -91,25 +91,62 @@ class PoolConfig(_Strict):
     max_idle: int = Field(8, ge=0)
     max_size: int = Field(200, ge=1)
     max_idle_time_s: float = Field(300.0, gt=0)
+    # An idle connection older than this is pinged (COM_PING, ping_timeout_s) before a session
+    # gets it: after a failover the old endpoint may hang instead of closing.
+    ping_after_idle_s: float = Field(1.0, ge=0)
+    ping_timeout_s: float = Field(2.0, gt=0)
+    # New connections are retried with backoff (unreachable / timed out only, never a refusal)
+    # until this deadline; then the client is told the database is unreachable.
+    connect_deadline_s: float = Field(5.0, ge=0)
+
+
+class IamSettings(_Strict):
+    """AWS RDS IAM database authentication (`upstream.auth: iam`). Credentials: boto3's default
+    chain (environment, shared profile, instance profile / IRSA, assume-role via a profile)."""
+
+    region: str
+    profile: str | None = None
+    # Only to print the exact `rds-db:connect` resource ARN in errors; never needed to connect.
+    account_id: str | None = None
+    resource_id: str | None = None
 
 
 class UpstreamConfig(_Strict):
+    """One upstream database instance. Clients pick the instance by the port they connect to."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    environment: str | None = None  # e.g. prod / test: approval policies and audit events
+    listen_port: int | None = Field(None, ge=0, le=65535)  # default: listen.port
     host: str
     port: int = Field(3306, ge=1, le=65535)
     user: str
-    auth: Literal["password"] = "password"
+    auth: Literal["password", "iam"] = "password"
     password: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
+    iam: IamSettings | None = None
     tls: UpstreamTls | None = None
     connect_timeout_s: float = Field(10.0, gt=0)
     pool: PoolConfig = PoolConfig()
 
     @model_validator(mode="after")
-    def _one_password_source(self) -> UpstreamConfig:
+    def _one_credential_source(self) -> UpstreamConfig:
         sources = [s for s in (self.password, self.password_file, self.password_env) if s is not None]
-        if len(sources) != 1:
-            raise ValueError("set exactly one of password, password_file or password_env")
+        if self.auth == "iam":
+            if sources:
+                raise ValueError("auth: iam takes no password (each connection gets a fresh IAM token)")
+            if self.iam is None:
+                raise ValueError("auth: iam needs an `iam:` section (at least `region`)")
+            if self.tls is None or not self.tls.verify_hostname:
+                raise ValueError(
+                    "auth: iam needs `tls:` with verify_hostname (the token is a bearer secret; it only "
+                    "travels inside verified TLS). CA bundle: https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+                )
+        else:
+            if self.iam is not None:
+                raise ValueError("an `iam:` section needs auth: iam")
+            if len(sources) != 1:
+                raise ValueError("set exactly one of password, password_file or password_env")
         return self
 
     def resolve_password(self) -> str:
@@ -227,7 +264,8 @@ class NotifyConfig(_Strict):
 class Config(_Strict):
     listen: ListenConfig
     identity: IdentityConfig
-    upstream: UpstreamConfig
+    upstream: UpstreamConfig | None = None  # one instance, or:
+    upstreams: tuple[UpstreamConfig, ...] = ()  # several, each on its own listen_port
     policies: PoliciesConfig = PoliciesConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
@@ -236,6 +274,26 @@ class Config(_Strict):
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _instances_are_distinct(self) -> Config:
+        if (self.upstream is None) == (not self.upstreams):
+            raise ValueError("set exactly one of `upstream` (one instance) or `upstreams` (a list)")
+        names = [u.name for u in self.instances]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstreams: instance names must be unique ({', '.join(names)})")
+        ports = [self.port_of(u) for u in self.instances if self.port_of(u) != 0]
+        if len(set(ports)) != len(ports):
+            raise ValueError("upstreams: every instance needs its own listen_port")
+        return self
+
+    @property
+    def instances(self) -> tuple[UpstreamConfig, ...]:
+        return (self.upstream,) if self.upstream is not None else self.upstreams
+
+    def port_of(self, upstream: UpstreamConfig) -> int:
+        """The port clients of this instance connect to."""
+        return self.listen.port if upstream.listen_port is None else upstream.listen_port
 
 
 class ConfigError(ValueError):

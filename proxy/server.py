@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -31,15 +33,15 @@ from proxy.workflow.runtime import ApiServer, EffectiveGrants, Poller
 from proxy.workflow.service import AccessService, Limits
 from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
 from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_dir
-from proxy.config import Config
+from proxy.config import Config, UpstreamConfig
 from proxy.identity.tokens import IssuerConfig, TokenVerifier
 from proxy.protocol.connection import ProxyConnection
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.session import ProxySession
 from proxy.protocol.stream import ClientStream
 from proxy.protocol import wire
-from proxy.upstream.connection import ClientProfile, UpstreamTarget, open_connection
-from proxy.upstream.pool import UpstreamPool
+from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError, UpstreamTarget, open_connection
+from proxy.upstream.pool import Connector, UpstreamPool
 from proxy.upstream.schema import SchemaCache
 
 log = structlog.get_logger("jitproxy.server")
@@ -184,8 +186,10 @@ class AnalysisCache:
         table[key] = value
 
 
-def request_hint(user: str, decision: Decision) -> str:
-    """The exact command that asks for what the person was missing (one per database)."""
+def request_hint(user: str, decision: Decision, instance: str | None = None) -> str:
+    """The exact command that asks for what the person was missing (one per database).
+    `instance`: named when the proxy has several (the request must say which)."""
+    where = f" --instance {_shell_word(instance)}" if instance else ""
     if decision.code is DenyCode.MISSING_GRANT and decision.missing:
         by_db: dict[str, tuple[set[str], set[str]]] = {}
         for r in decision.missing:
@@ -196,11 +200,12 @@ def request_hint(user: str, decision: Decision) -> str:
         for db, (tables, privileges) in sorted(by_db.items()):
             args = " ".join(f"--table {_shell_word(t)}" for t in sorted(tables))
             args += " " + " ".join(f"--privilege {p}" for p in sorted(privileges))
-            commands.append(f"jitproxy request create --db {_shell_word(db)} {args} --for 1h --reason '...'")
+            commands.append(f"jitproxy request create{where} --db {_shell_word(db)} {args} --for 1h --reason '...'")
         return "To request access, run: " + " ; ".join(commands)
     if decision.code is DenyCode.DATABASE_ACCESS:
         db = sorted(decision.analysis.database_access)[0]
-        return f"To request access, run: jitproxy request create --db {_shell_word(db)} --table <table> --for 1h --reason '...'"
+        return (f"To request access, run: jitproxy request create{where} --db {_shell_word(db)} --table <table> "
+                "--for 1h --reason '...'")
     return ""
 
 
@@ -210,26 +215,53 @@ def _shell_word(text: str) -> str:
 
 
 @dataclass
+class Instance:
+    """One upstream database instance: its pool of shared-identity connections, its schema
+    cache, and what audit events and approval policies say of it."""
+
+    name: str
+    pool: UpstreamPool
+    environment: str | None = None
+    connect_timeout_s: float = 10.0
+    schema: SchemaCache = field(default_factory=SchemaCache)
+    # matches the shared database account as error messages name it ('user'@'host')
+    shared_account_pattern: re.Pattern[str] | None = None
+
+    async def kill_query(self, thread_id: int) -> None:
+        """KILL QUERY on a side connection of the same instance."""
+        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+        conn = await self.pool.acquire(profile, None)
+        reusable = False
+        try:
+            await conn.execute(f"KILL QUERY {int(thread_id)}")
+            reusable = True
+        finally:
+            self.pool.release(conn, reusable=reusable)
+
+
+@dataclass
 class ProxyContext:
     """Everything sessions share. Clock, audit, verifier and upstream are injected (tests swap them)."""
 
     verifier: TokenVerifier
     grants: EffectiveGrants
-    pool: UpstreamPool
+    instances: dict[str, Instance]  # by name, in configuration order
     audit: AuditEmitter
     analyze: AnalysisCache = field(default_factory=AnalysisCache)
     now: Clock = utc_now
     sessions: dict[int, ProxySession] = field(default_factory=dict)
-    schema: SchemaCache = field(default_factory=SchemaCache)
     masker: Masker = field(default_factory=Masker)
     workflow: AccessService | None = None  # None: no state store (policy files only)
     notifier: WebhookNotifier | None = None
-    # matches the shared database account as error messages name it ('user'@'host')
-    shared_account_pattern: re.Pattern[str] | None = None
     on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
 
-    def request_hint(self, user: str, decision: Decision) -> str:
-        return request_hint(user, decision)
+    @property
+    def pool(self) -> UpstreamPool:
+        """The first instance's pool (one-instance deployments and tests)."""
+        return next(iter(self.instances.values())).pool
+
+    def request_hint(self, user: str, decision: Decision, instance: str | None = None) -> str:
+        return request_hint(user, decision, instance if len(self.instances) > 1 else None)
 
     def sweep_sessions(self) -> list[int]:
         """on_expiry: disconnect — close the sessions of people who held a grant and now hold
@@ -242,7 +274,7 @@ class ProxyContext:
             who = session.principal
             if who is None or session.connection is None or session.end_reason is not None:
                 continue
-            if grants.for_principal(who, now):
+            if grants.for_instance(session.instance.name).for_principal(who, now):
                 session.held_grant = True
             elif session.held_grant:
                 session.end_reason = "access_ended"
@@ -257,19 +289,9 @@ class ProxyContext:
             log.info("sessions closed: access ended", sessions=len(ended))
         return ended
 
-    async def kill_upstream_query(self, thread_id: int) -> None:
-        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
-        conn = await self.pool.acquire(profile, None)
-        reusable = False
-        try:
-            await conn.execute(f"KILL QUERY {int(thread_id)}")
-            reusable = True
-        finally:
-            self.pool.release(conn, reusable=reusable)
 
-
-def upstream_ssl_context(cfg: Config) -> ssl.SSLContext | None:
-    tls = cfg.upstream.tls
+def upstream_ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext | None:
+    tls = upstream.tls
     if tls is None:
         return None
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
@@ -314,25 +336,66 @@ def build_audit(cfg: Config, extra_sinks: list[Sink] | None = None) -> AuditEmit
     return AuditEmitter(sinks, instance=f"{socket.gethostname()}:{os.getpid()}", max_statement_chars=cfg.audit.max_statement_chars)
 
 
-def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = utc_now) -> ProxyContext:
-    password = cfg.upstream.resolve_password()
+def upstream_connector(upstream: UpstreamConfig, session_factory: Any = None) -> Connector:
+    """How new upstream connections authenticate: a fixed password, or a fresh IAM token for
+    each connection (`session_factory`: tests inject boto3 sessions)."""
     target = UpstreamTarget(
-        host=cfg.upstream.host,
-        port=cfg.upstream.port,
-        user=cfg.upstream.user,
-        ssl_context=upstream_ssl_context(cfg),
-        connect_timeout_s=cfg.upstream.connect_timeout_s,
+        host=upstream.host,
+        port=upstream.port,
+        user=upstream.user,
+        ssl_context=upstream_ssl_context(upstream),
+        connect_timeout_s=upstream.connect_timeout_s,
+    )
+    if upstream.auth == "password":
+        password = upstream.resolve_password()
+
+        async def with_password(profile: ClientProfile) -> UpstreamConnection:
+            return await open_connection(target, password, profile)
+
+        return with_password
+
+    from proxy.upstream.iam import IamTarget, IamTokenSource  # boto3 only when it is used
+
+    assert upstream.iam is not None and target.ssl_context is not None
+    iam = upstream.iam
+    source = IamTokenSource(
+        IamTarget(upstream.host, upstream.port, upstream.user, iam.region, iam.profile, iam.account_id, iam.resource_id),
+        **({"session_factory": session_factory} if session_factory else {}),
     )
 
-    async def connector(profile: ClientProfile):
-        return await open_connection(target, password, profile)
+    async def with_iam_token(profile: ClientProfile) -> UpstreamConnection:
+        token = await source.token()
+        try:
+            return await open_connection(target, token, profile)
+        except UpstreamError as e:
+            raise source.refused(e) if e.kind == "refused" else e from None
+        finally:
+            del token
 
-    pool = UpstreamPool(
-        connector,
-        max_idle=cfg.upstream.pool.max_idle,
-        max_size=cfg.upstream.pool.max_size,
-        max_idle_time_s=cfg.upstream.pool.max_idle_time_s,
-    )
+    with_iam_token.tokens = source  # type: ignore[attr-defined]
+    return with_iam_token
+
+
+def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = utc_now,
+                  aws_session_factory: Any = None) -> ProxyContext:
+    instances = {
+        u.name: Instance(
+            name=u.name,
+            environment=u.environment,
+            connect_timeout_s=u.connect_timeout_s,
+            pool=UpstreamPool(
+                upstream_connector(u, aws_session_factory),
+                max_idle=u.pool.max_idle,
+                max_size=u.pool.max_size,
+                max_idle_time_s=u.pool.max_idle_time_s,
+                ping_after_idle_s=u.pool.ping_after_idle_s,
+                ping_timeout_s=u.pool.ping_timeout_s,
+                connect_deadline_s=u.pool.connect_deadline_s,
+            ),
+            shared_account_pattern=re.compile(rf"'{re.escape(u.user)}'@'[^']*'"),
+        )
+        for u in cfg.instances
+    }
     audit = audit or build_audit(cfg)
     store = open_configured_store(cfg)
     notifier = build_notifier(cfg)
@@ -345,16 +408,18 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         admin_groups=frozenset(cfg.api.admin_groups),
         notify=notifier.notify if notifier else (lambda event, body: None),
         limits=Limits(pending_ttl=cfg.api.pending_ttl, max_grant_duration=cfg.api.max_grant_duration),
+        # One `upstream:` keeps requests and grants for every instance ("*"): renaming it later
+        # cannot orphan them. Several: each names its instance, whose environment decides.
+        instances={u.name: u.environment for u in cfg.upstreams},
     )
     return ProxyContext(
-        shared_account_pattern=re.compile(rf"'{re.escape(cfg.upstream.user)}'@'[^']*'"),
         analyze=AnalysisCache(
             max_statement_bytes=cfg.authz.max_statement_bytes,
             thread_offload_bytes=cfg.authz.thread_offload_bytes,
         ),
         verifier=build_verifier(cfg, now),
         grants=EffectiveGrants(policy_files, store, now),
-        pool=pool,
+        instances=instances,
         audit=audit,
         now=now,
         masker=Masker(cfg.authz.resolve_mask_salt()),
@@ -387,22 +452,30 @@ class ProxyServer:
         self.ctx = ctx
         self.tls = listen_ssl_context(cfg)
         self._ids = itertools.count(1)
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: dict[asyncio.Task[None], ProxyConnection] = {}
-        self.port: int | None = None
+        self.port: int | None = None  # the first instance's
+        self.ports: dict[str, int] = {}  # every instance's, by name
         self.api: ApiServer | None = None
         self.poller: Poller | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, host=self.cfg.listen.host, port=self.cfg.listen.port, limit=2**20
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        await self._probe_upstream()
+        for u in self.cfg.instances:
+            instance = self.ctx.instances[u.name]
+            server = await asyncio.start_server(
+                functools.partial(self._accept, instance), host=self.cfg.listen.host, port=self.cfg.port_of(u),
+                limit=2**20,
+            )
+            self._servers.append(server)
+            self.ports[u.name] = server.sockets[0].getsockname()[1]
+        self.port = next(iter(self.ports.values()))
+        await asyncio.gather(*(self._probe_upstream(i) for i in self.ctx.instances.values()))
         await self._start_workflow()
-        log.info("listening", host=self.cfg.listen.host, port=self.port, upstream_version=self.ctx.pool.server_version,
-                 api_port=self.api.port if self.api else None)
+        for name, port in self.ports.items():
+            instance = self.ctx.instances[name]
+            log.info("listening", host=self.cfg.listen.host, port=port, instance=name, environment=instance.environment,
+                     upstream_version=instance.pool.server_version, api_port=self.api.port if self.api else None)
 
     async def _start_workflow(self) -> None:
         try:
@@ -417,29 +490,41 @@ class ProxyServer:
             await self.ctx.notifier.start()
         if self.cfg.api.enabled and workflow is not None:
             app = create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
-                             on_change=lambda: self.ctx.grants.refresh())
+                             on_change=lambda: self.ctx.grants.refresh(), health=self.health)
             tls = self.cfg.listen.tls
             self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file))
             await self.api.start()
 
-    async def _probe_upstream(self) -> None:
+    def health(self) -> dict[str, Any]:
+        """What /healthz answers: each upstream instance's pool state and the store poller's."""
+        upstreams = {}
+        for name, instance in self.ctx.instances.items():
+            h = instance.pool.health()
+            upstreams[name] = {"environment": instance.environment, **h}
+        store = {"revision": self.ctx.grants.revision,
+                 "poll_failures": self.poller.errors if self.poller else None}
+        degraded = any(u["state"] == "down" for u in upstreams.values()) or bool(store["poll_failures"])
+        return {"status": "degraded" if degraded else "ok", "upstreams": upstreams, "store": store}
+
+    async def _probe_upstream(self, instance: Instance) -> None:
         """Open (and pool) one upstream connection at start: clients then see the database's own
         version from their first handshake. A database that is down does not stop the proxy."""
         profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
         try:
-            conn = await asyncio.wait_for(self.ctx.pool.acquire(profile, None), self.cfg.upstream.connect_timeout_s)
+            conn = await asyncio.wait_for(instance.pool.acquire(profile, None), instance.connect_timeout_s)
         except Exception as e:  # noqa: BLE001 - reported, retried by every new session
-            log.warning("upstream unavailable at start", error=getattr(e, "public", type(e).__name__))
+            log.warning("upstream unavailable at start", instance=instance.name,
+                        error=getattr(e, "public", type(e).__name__), detail=getattr(e, "detail", ""))
             return
-        self.ctx.pool.release(conn)
+        instance.pool.release(conn)
 
-    def _server_version(self) -> str:
+    def _server_version(self, instance: Instance) -> str:
         if self.cfg.listen.server_version:
             return self.cfg.listen.server_version
-        upstream = self.ctx.pool.server_version
+        upstream = instance.pool.server_version
         return f"{upstream}-jitproxy" if upstream else "8.0.36-jitproxy"
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, instance: Instance, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -454,7 +539,7 @@ class ProxyServer:
             if len(self._tasks) > self.cfg.listen.max_connections:
                 await stream.write(wire.make_err(ER.TOO_MANY_CONNECTIONS, "08004", "Too many connections"))
                 return
-            session = ProxySession(self.ctx, connection_id, peer_text)
+            session = ProxySession(self.ctx, instance, connection_id, peer_text)
             conn = ProxyConnection(
                 stream,
                 session,
@@ -463,7 +548,7 @@ class ProxyServer:
                 peer_text,
                 handshake_timeout_s=self.cfg.listen.handshake_timeout_s,
                 idle_timeout_s=self.cfg.listen.idle_timeout_s,
-                server_version=self._server_version(),
+                server_version=self._server_version(instance),
             )
             session.connection = conn
             self._connections[task] = conn
@@ -482,8 +567,8 @@ class ProxyServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting; close idle sessions now; give sessions in the middle of a statement
         `grace_s` to finish it; then cancel what is left."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for task, conn in list(self._connections.items()):
             conn.stopping = True
             if conn.idle:
@@ -501,6 +586,8 @@ class ProxyServer:
             await self.ctx.notifier.close()
         if self.ctx.grants.store is not None:
             self.ctx.grants.store.close()
-        await self.ctx.pool.close()
-        log.info("stopped", analysis_cache=self.ctx.analyze.stats(), upstream_connections_opened=self.ctx.pool.opened)
+        for instance in self.ctx.instances.values():
+            await instance.pool.close()
+        log.info("stopped", analysis_cache=self.ctx.analyze.stats(),
+                 upstream_connections_opened={i.name: i.pool.opened for i in self.ctx.instances.values()})
         self.ctx.audit.close()

@@ -52,7 +52,12 @@ def proxy_config(
     port: int = 0,
     audit_file: Path | None = None,
     extra: dict[str, Any] | None = None,
+    instances: list[dict[str, Any]] | None = None,
+    upstream: dict[str, Any] | None = None,
 ) -> Config:
+    """`upstream`: keys of the upstream section to change (a None value removes the key, e.g.
+    `{"auth": "iam", "password": None, "iam": {...}}`). `instances`: several upstream
+    instances, each the upstream with these keys changed (name, environment, listen_port...)."""
     private, public = write_keys(directory / "keys")
     raw: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}},
@@ -72,8 +77,11 @@ def proxy_config(
         "store": {"path": str(directory / "state" / "jitproxy.db")},
         "api": {"port": 0, "admin_groups": ["dba"]},
     }
-    if raw["upstream"]["tls"] is None:
-        del raw["upstream"]["tls"]
+    raw["upstream"].update(upstream or {})
+    raw["upstream"] = {k: v for k, v in raw["upstream"].items() if v is not None}
+    if instances:
+        base = raw.pop("upstream")
+        raw["upstreams"] = [{**base, **changes} for changes in instances]
     for key, value in (extra or {}).items():
         raw.setdefault(key, {}).update(value)
     path = directory / "config.yaml"
@@ -83,8 +91,10 @@ def proxy_config(
 class RunningProxy:
     """A started proxy. `stop()` shuts it down; `audit.events` holds every audit event."""
 
-    def __init__(self, cfg: Config, extra_sinks: list[Sink] | None = None, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, cfg: Config, extra_sinks: list[Sink] | None = None, clock: Callable[[], datetime] | None = None,
+                 aws_session_factory: Any = None) -> None:
         self.cfg = cfg
+        self._aws_session_factory = aws_session_factory
         self.memory = MemorySink()
         self.clock = clock or MutableClock()
         self._loop = asyncio.new_event_loop()
@@ -106,7 +116,7 @@ class RunningProxy:
         )
 
     async def _build(self, cfg: Config, audit: AuditEmitter) -> ProxyContext:
-        return build_context(cfg, audit=audit, now=self.clock)
+        return build_context(cfg, audit=audit, now=self.clock, aws_session_factory=self._aws_session_factory)
 
     def call(self, coro: Any, timeout: float = 60) -> Any:
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)

@@ -43,3 +43,29 @@ def mariadb(
 def upstream_credentials(mariadb: LocalMariaDB) -> Credentials:
     """The account the proxy uses upstream: ALL on hr_prod.* and hr_test.*, nothing else."""
     return Credentials("jitproxy", UPSTREAM_PASSWORD)
+
+
+# -- no secret in any captured output ---------------------------------------------------------
+
+# The IAM tests' AWS secret keys and the parts of an RDS IAM token that are the credential. Every
+# test's captured stdout, stderr and log records are searched for them; a test whose output
+# holds one fails, whatever it asserted itself.
+def _leak_markers() -> tuple[str, ...]:
+    from tests.iam.conftest import ALL_KEYS
+
+    secrets = [k.secret_access_key for k in ALL_KEYS] + [k.session_token for k in ALL_KEYS if k.session_token]
+    return (*secrets, "X-Amz-Signature=", "X-Amz-Credential=")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.passed:
+        return
+    for name, content in report.sections:
+        leaked = [m for m in _leak_markers() if m in content]
+        if leaked:
+            report.outcome = "failed"
+            report.longrepr = f"a secret or part of an IAM token appeared in '{name}' (markers: {len(leaked)})"
+            return

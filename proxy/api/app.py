@@ -26,6 +26,8 @@ from proxy.store.base import RequestStatus, StoreError
 from proxy.workflow.service import AccessService, WorkflowError, grant_fields, request_fields
 
 _bearer = HTTPBearer(auto_error=False)
+_INSTANCE_HELP = ("the upstream instance (its configured name); may be left out when the proxy "
+                  "has one instance")
 
 
 class RequestIn(BaseModel):
@@ -35,6 +37,7 @@ class RequestIn(BaseModel):
     reason: str = Field(max_length=2000)
     duration: str | None = Field(default=None, description="e.g. 30m, 4h, 2d")
     until: datetime | None = None
+    instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
 
 
 class DecisionIn(BaseModel):
@@ -48,6 +51,7 @@ class GrantIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
     duration: str | None = None
     until: datetime | None = None
+    instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
 
 
 async def principal(
@@ -83,9 +87,12 @@ def create_app(
     *,
     access: Callable[[Principal], list[dict[str, Any]]] | None = None,
     on_change: Callable[[], Awaitable[None]] | None = None,
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
-    GET /v1/access. `on_change`: awaited after each write (the proxy refreshes its grants)."""
+    GET /v1/access. `on_change`: awaited after each write (the proxy refreshes its grants).
+    `health()`: the upstream instances' and the store's state, for GET /healthz (no token:
+    load balancers and monitors ask it; it names no host, user or credential)."""
     app = FastAPI(title="jitproxy admin API", version="1", docs_url=None, redoc_url=None)
     app.state.verifier = verifier
 
@@ -104,8 +111,10 @@ def create_app(
         return JSONResponse({"detail": "the state store is unavailable; try again"}, status_code=503)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Always 200 while the proxy serves: a database that is down is reported ("degraded"),
+        not a reason to restart the proxy."""
+        return health() if health is not None else {"status": "ok"}
 
     @app.get("/v1/whoami")
     async def whoami(who: Who) -> dict[str, Any]:
@@ -114,7 +123,7 @@ def create_app(
     @app.post("/v1/requests", status_code=201)
     async def create_request(body: RequestIn, who: Who) -> dict[str, Any]:
         r = await run(service.create_request, who, body.db, body.tables, body.privileges, body.reason,
-                      duration=_duration(body.duration), until=body.until, write=True)
+                      duration=_duration(body.duration), until=body.until, instance=body.instance, write=True)
         return request_fields(r)
 
     @app.get("/v1/requests")
@@ -142,7 +151,8 @@ def create_app(
     @app.post("/v1/grants", status_code=201)
     async def add_grants(body: GrantIn, who: Who) -> list[dict[str, Any]]:
         grants = await run(service.add_grants, who, body.subject, body.objects, body.privileges, body.reason,
-                           duration=_duration(body.duration), until=body.until, write=True)
+                           duration=_duration(body.duration), until=body.until, instance=body.instance,
+                           write=True)
         return [grant_fields(g) for g in grants]
 
     @app.get("/v1/grants")

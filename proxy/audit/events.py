@@ -64,6 +64,8 @@ class SessionInfo:
     client_program: str | None = None
     client_name: str | None = None
     token_id: str | None = None
+    instance: str | None = None  # the upstream instance (config upstreams[].name)
+    environment: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
@@ -74,6 +76,8 @@ class SessionInfo:
             "client_addr": self.client_addr,
             "client_program": self.client_program,
             "client_name": self.client_name,
+            "instance": self.instance,
+            "environment": self.environment,
         }
 
 
@@ -157,7 +161,7 @@ class AuditEmitter:
             "code": CODES[event_type],
             "time": self.clock().isoformat(timespec="microseconds"),
             "event_id": uuid.uuid4().hex,
-            "instance": self.instance,
+            "proxy_instance": self.instance,  # which proxy process (host:pid); "instance" is the upstream's
         }
         if session is not None:
             event.update(session.fields())

@@ -28,7 +28,8 @@ class GrantSet:
     `version` changes whenever the content changes; caches key on it.
     """
 
-    __slots__ = ("_by_subject", "_masks_by_subject", "version", "grants", "masks", "has_column_grants")
+    __slots__ = ("_by_subject", "_masks_by_subject", "version", "grants", "masks", "has_column_grants",
+                 "_instances")
 
     def __init__(self, grants: Iterable[Grant], version: str = "0", masks: Iterable[Mask] = ()) -> None:
         self.grants: tuple[Grant, ...] = tuple(grants)
@@ -43,6 +44,19 @@ class GrantSet:
         self._masks_by_subject = {k: tuple(v) for k, v in masks_by.items()}
         self.version = version
         self.has_column_grants = any(g.columns is not None for g in self.grants)
+        self._instances: dict[str, GrantSet] = {}
+
+    def for_instance(self, instance: str) -> GrantSet:
+        """The grants that apply on one upstream instance (theirs and every-instance ones);
+        made once per snapshot and instance."""
+        if all(g.instance == "*" for g in self.grants):
+            return self
+        found = self._instances.get(instance)
+        if found is None:
+            found = GrantSet((g for g in self.grants if g.instance in ("*", instance)),
+                             f"{self.version}@{instance}", self.masks)
+            self._instances[instance] = found
+        return found
 
     def masks_for(self, principal: Principal, tables: Iterable[TableRef]) -> dict[TableRef, dict[str, MaskMethod]]:
         """Masked columns of `tables` for this person. Two masks of one column with different

@@ -162,6 +162,8 @@ class Grant:
     # Column-level grant: only these columns (lower case) of `table`; None = every column.
     # Only for a table object and SELECT / INSERT / UPDATE (MySQL's column privileges).
     columns: frozenset[str] | None = None
+    # The upstream instance (config `upstreams[].name`) it applies to; "*" = every instance.
+    instance: str = "*"
 
     def active(self, now: datetime) -> bool:
         return self.expires_at is None or now < self.expires_at

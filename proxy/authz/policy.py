@@ -9,6 +9,7 @@ A policy file:
         expires_at: 2026-12-31T00:00:00Z   # optional
         columns: [id, name]          # optional: only these columns (db.table objects, and
                                      # SELECT / INSERT / UPDATE only); SELECT * is then denied
+        instance: hr-prod            # optional: only on this upstream instance (default '*': all)
 
 Overlapping entries for one subject and object are an error at load time, so nobody has to
 guess which expiry wins (Vitess does the same).
@@ -45,7 +46,7 @@ _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
 # (utf8mb3_general_ci: `śsn` names `ssn`) can hide one; statements get the same rule.
 _COLUMN = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _KEYS = {
-    "subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes", "columns"
+    "subject", "grant", "privileges", "expires_at", "max_rows", "allow_unbounded_writes", "columns", "instance"
 }
 
 
@@ -239,9 +240,16 @@ def grants_from_document(doc: Any, source: str) -> list[Grant]:
                 max_rows=_positive_int(entry.get("max_rows"), where),
                 allow_unbounded_writes=_flag(entry.get("allow_unbounded_writes", False), where),
                 columns=parse_columns(entry.get("columns"), where, db, table, privileges),
+                instance=_instance(entry.get("instance", "*"), where),
             )
         )
     return out
+
+
+def _instance(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise PolicyError(f"{where}: instance {value!r} must be an upstream instance name or '*'")
+    return value
 
 
 def check_mask_overlaps(masks: Iterable[Mask]) -> None:
@@ -257,9 +265,9 @@ def check_mask_overlaps(masks: Iterable[Mask]) -> None:
 
 
 def check_overlaps(grants: Iterable[Grant]) -> None:
-    seen: dict[tuple[str, str, str], Grant] = {}
+    seen: dict[tuple[str, str, str, str], Grant] = {}
     for g in grants:
-        key = (g.subject, g.db, g.table)
+        key = (g.subject, g.db, g.table, g.instance)
         if key in seen:
             other = seen[key]
             raise PolicyError(

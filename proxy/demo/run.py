@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import sys
@@ -56,20 +57,40 @@ def _write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def prepare(directory: Path, port: int, api_port: int = 8443) -> tuple[LocalMariaDB, Path]:
+IAM_USER = "iam_app"
+IAM_REGION = "eu-west-1"
+IAM_PROFILE = "jitproxy-demo"
+
+
+def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False) -> tuple[LocalMariaDB, Path]:
     """Start MariaDB (fresh data every run) and write certificates, keys, policies, config and
-    tokens into `directory`. Returns the running database and the config path."""
+    tokens into `directory`. Returns the running database and the config path.
+
+    `iam`: the proxy reaches MariaDB as Aurora's IAM users do (proxy.demo.iam): a fresh SigV4
+    token per upstream connection, sent with mysql_clear_password inside verified TLS, checked
+    by a PAM verifier. The demo's AWS keys are random and local (a shared-credentials profile
+    in `directory`); no AWS is reached."""
     directory.mkdir(parents=True, exist_ok=True)
     tls = make_ca_and_server_cert(directory / "tls")
     shutil.copyfile(tls.ca_cert, directory / "ca.pem")
     shutil.rmtree(directory / "mariadb", ignore_errors=True)
-    db = LocalMariaDB(directory / "mariadb", tls=tls)
+    if iam:
+        from proxy.demo.iam import IAM_SERVER_ARGS
+
+        db = LocalMariaDB(directory / "mariadb", tls=tls, extra_args=IAM_SERVER_ARGS)
+    else:
+        db = LocalMariaDB(directory / "mariadb", tls=tls)
     db.start()
     try:
         load_sample_data(db)
-        upstream_password = secrets.token_urlsafe(24)
-        create_proxy_upstream_user(db, password=upstream_password)
-        _write_private(directory / "upstream.password", upstream_password + "\n")
+        if iam:
+            upstream = _iam_upstream(directory, db)
+        else:
+            upstream_password = secrets.token_urlsafe(24)
+            create_proxy_upstream_user(db, password=upstream_password)
+            _write_private(directory / "upstream.password", upstream_password + "\n")
+            upstream = {"host": "127.0.0.1", "port": db.port, "user": "jitproxy", "password_file": "upstream.password",
+                        "tls": {"ca_file": "tls/ca.pem"}}
         private, public = write_keys(directory / "keys")
         policies = directory / "policies"
         policies.mkdir(exist_ok=True)
@@ -84,13 +105,7 @@ def prepare(directory: Path, port: int, api_port: int = 8443) -> tuple[LocalMari
                 "issuers": [{"issuer": "jitproxy", "audience": "jitproxy", "public_key_file": "keys/token-signing.pub"}],
                 "signing": {"private_key_file": "keys/token-signing.key"},
             },
-            "upstream": {
-                "host": "127.0.0.1",
-                "port": db.port,
-                "user": "jitproxy",
-                "password_file": "upstream.password",
-                "tls": {"ca_file": "tls/ca.pem"},
-            },
+            "upstream": upstream,
             "policies": {"dirs": ["policies"]},
             "store": {"path": "state/jitproxy.db"},
             "api": {"port": api_port, "admin_groups": ["dba"]},
@@ -117,13 +132,34 @@ def prepare(directory: Path, port: int, api_port: int = 8443) -> tuple[LocalMari
     return db, config_path
 
 
-def run_demo(directory: Path, port: int, api_port: int = 8443) -> int:
+def _iam_upstream(directory: Path, db: LocalMariaDB) -> dict:
+    """The IAM verifier on `db`, demo AWS keys in a shared-credentials profile, and the
+    upstream section that uses them."""
+    from proxy.demo.iam import AwsKey, install_iam_auth
+    from proxy.demo.sample import SAMPLE_DATABASES
+
+    key = AwsKey("AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+    install_iam_auth(db, user=IAM_USER, region=IAM_REGION, host="127.0.0.1", port=db.port, keys=[key],
+                     grants_sql=[f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{IAM_USER}'@'%'" for name in SAMPLE_DATABASES])
+    _write_private(directory / "aws-credentials",
+                   f"[{IAM_PROFILE}]\naws_access_key_id = {key.access_key_id}\n"
+                   f"aws_secret_access_key = {key.secret_access_key}\n")
+    return {"host": "127.0.0.1", "port": db.port, "user": IAM_USER, "auth": "iam",
+            "iam": {"region": IAM_REGION, "profile": IAM_PROFILE}, "tls": {"ca_file": "tls/ca.pem"}}
+
+
+def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False) -> int:
     from proxy.cli import configure_logging, serve
 
     directory = directory.resolve()
     configure_logging("info", "console")
     print(f"jitproxy demo: starting MariaDB and writing files in {directory} ...", flush=True)
-    db, config_path = prepare(directory, port, api_port)
+    if iam:
+        # boto3's default chain reads this file: the same path as a profile on an EC2 host.
+        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(directory / "aws-credentials")
+        os.environ.pop("AWS_ACCESS_KEY_ID", None)
+        os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
+    db, config_path = prepare(directory, port, api_port, iam=iam)
     try:
         from proxy.config import load_config
 
@@ -141,7 +177,7 @@ def run_demo(directory: Path, port: int, api_port: int = 8443) -> int:
             from proxy.cli import LISTENING
 
             actual = LISTENING.get("port", port)
-            _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port))
+            _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port), iam)
             await task
 
         asyncio.run(main())
@@ -153,10 +189,12 @@ def run_demo(directory: Path, port: int, api_port: int = 8443) -> int:
     return 0
 
 
-def _print_ready(directory: Path, port: int, api_port: int) -> None:
+def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False) -> None:
     d = directory
+    upstream = (f"MariaDB as {IAM_USER} with a fresh AWS RDS IAM token per connection (PAM-verified, TLS only)"
+                if iam else "MariaDB as jitproxy with a password")
     lines = [
-        f"jitproxy demo ready on 127.0.0.1:{port}",
+        f"jitproxy demo ready on 127.0.0.1:{port} (upstream: {upstream})",
         "",
         "Connect as dev (may read hr_prod.employee and hr_prod.title only):",
         f'  mariadb -h 127.0.0.1 -P {port} -u dev --password="$(cat {d}/dev.token)" '

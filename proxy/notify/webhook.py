@@ -293,6 +293,8 @@ def _fields(request: Mapping[str, Any]) -> dict[str, Any]:
         ("Environment", _mrkdwn(request.get("environment", "?"))),
         ("Status", _mrkdwn(request.get("status", "?"))),
     ]
+    if request.get("instance") not in (None, "*"):
+        pairs.insert(1, ("Instance", _code(request["instance"])))
     if request.get("access_until"):
         pairs.append(("Access until", _mrkdwn(request["access_until"])))
     return {"type": "section", "fields": [_mrkdwn_text(f"*{label}*\n{value}") for label, value in pairs]}

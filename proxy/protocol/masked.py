@@ -34,7 +34,7 @@ class MaskingCommands:
         if "*" in sql:  # only a star needs the tables' real columns
             try:
                 for table in sorted(masks):
-                    columns[table] = await self.ctx.schema.ordered(self.upstream, table)
+                    columns[table] = await self.instance.schema.ordered(self.upstream, table)
             except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
                 raise UpstreamLost() from None
             except RuntimeError:

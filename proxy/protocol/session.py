@@ -16,7 +16,7 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import EventType, SessionInfo
-from proxy.authz.decide import decide, stars_needing_schema
+from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import (
     Analysis,
     Decision,
@@ -38,7 +38,7 @@ from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 
 if TYPE_CHECKING:
     from proxy.protocol.connection import ProxyConnection
-    from proxy.server import ProxyContext
+    from proxy.server import Instance, ProxyContext
 
 log = structlog.get_logger("jitproxy.session")
 
@@ -51,8 +51,9 @@ _DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
 
 class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands, BaseSession):
-    def __init__(self, ctx: ProxyContext, connection_id: int, peer: str) -> None:
+    def __init__(self, ctx: ProxyContext, instance: Instance, connection_id: int, peer: str) -> None:
         self.variables = SessionVariables(GlobalVariables())
+        self.instance = instance
         self.username: str | None = None
         self.database: str | None = None
         self.ctx = ctx
@@ -62,7 +63,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self.upstream: UpstreamConnection | None = None
         self.prepared: dict[int, Prepared] = {}  # COM_STMT_PREPARE, by statement id
         self.sql_prepared: dict[str, Analysis] = {}  # PREPARE name FROM '...', by lower-case name
-        self.info = SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=peer)
+        self.info = SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=peer, instance=instance.name,
+                                environment=instance.environment)
         self.started = time.monotonic()
         self.statements = 0
         self.denied = 0
@@ -124,7 +126,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             ps_multi_results=bool(caps & (1 << 18)),
         )
         try:
-            self.upstream = await self.ctx.pool.acquire(profile, database or None)
+            self.upstream = await self.instance.pool.acquire(profile, database or None)
             charset = self.connection.client_charset_name
             if charset != self.upstream.charset:
                 await self.upstream.execute(f"SET NAMES {charset}")
@@ -138,7 +140,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             await self.rejected("upstream_unavailable", "upstream failed")
             return ClientError(ER.UPSTREAM_UNAVAILABLE, "jitproxy: the database is unavailable", keep_connection=False)
         self.database = database or None
-        self.held_grant = bool(self.ctx.grants().for_principal(principal, self.ctx.now()))
+        self.held_grant = bool(self._grants().for_principal(principal, self.ctx.now()))
         self.ctx.sessions[self.connection_id] = self
         self.ctx.audit.emit(
             EventType.SESSION_START,
@@ -154,7 +156,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self.ctx.sessions.pop(self.connection_id, None)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            self.ctx.pool.release(upstream, reusable=not upstream.broken)
+            self.instance.pool.release(upstream, reusable=not upstream.broken)
         if not self._ended and self.principal is not None:
             self._ended = True
             self.ctx.audit.emit(
@@ -177,6 +179,9 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         try:
             return await handler(self, payload)
         except UpstreamLost:
+            # The database went away under us (a failover, a restart): the idle connections to
+            # the same endpoint are stale too.
+            await self.instance.pool.drop_idle()
             await self._send(
                 wire.make_err(ER.UPSTREAM_LOST, "HY000", "Lost connection to the database during query (jitproxy)")
             )
@@ -218,7 +223,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         """An upstream error naming the shared database account ('jitproxy'@'10.0.0.5') names the
         person instead: people never learn the shared identity or where the proxy connects from."""
         err = wire.parse_err(payload)
-        pattern = self.ctx.shared_account_pattern
+        pattern = self.instance.shared_account_pattern
         if pattern is None or not pattern.search(err.message):
             return None
         message = pattern.sub(f"'{self.username or '?'}'", err.message)
@@ -226,20 +231,24 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
 
     # -- authorization ---------------------------------------------------------------------
 
+    def _grants(self) -> GrantSet:
+        """The grants in effect now on this session's instance."""
+        return self.ctx.grants().for_instance(self.instance.name)
+
     def _decide(self, analysis: Analysis) -> Decision:
         assert self.principal is not None
-        return decide(analysis, self.principal, self.ctx.grants(), self.ctx.now())
+        return decide(analysis, self.principal, self._grants(), self.ctx.now())
 
     async def _decide_with_schema(self, analysis: Analysis) -> Decision:
         """Like _decide; a `*` read through column-restricted grants is expanded to the table's
         real columns, read from the upstream (cached)."""
         assert self.principal is not None and self.upstream is not None
-        grants, now = self.ctx.grants(), self.ctx.now()
+        grants, now = self._grants(), self.ctx.now()
         tables = stars_needing_schema(analysis, self.principal, grants, now)
         if not tables:
             return decide(analysis, self.principal, grants, now)
         try:
-            columns = {t: await self.ctx.schema.columns(self.upstream, t) for t in sorted(tables)}
+            columns = {t: await self.instance.schema.columns(self.upstream, t) for t in sorted(tables)}
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
             raise UpstreamLost() from None
         except RuntimeError:
@@ -248,7 +257,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
 
     def _deny_error(self, decision: Decision) -> ClientError:
         user = self.username or "?"
-        hint = self.ctx.request_hint(user, decision)
+        hint = self.ctx.request_hint(user, decision, self.instance.name)
         if decision.code is DenyCode.DATABASE_ACCESS:
             db = next(iter(sorted(decision.analysis.database_access)), "?")
             return ClientError(
@@ -372,7 +381,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
                 self.sql_prepared.pop(analysis.prepared_name, None)
             if analysis.statement_class.startswith(_DDL_CLASSES):
-                self.ctx.schema.invalidate()
+                self.instance.schema.invalidate()
         elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
             # MySQL drops a statement of that name before preparing the new text, even if that fails
             self.sql_prepared.pop(analysis.prepared_name, None)
@@ -418,7 +427,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             raise ClientError(ER.KILL_DENIED, f"You are not owner of thread {target_id}")
         if analysis.kill_query_only:
             if target.upstream is not None:
-                await self.ctx.kill_upstream_query(target.upstream.thread_id)
+                await target.instance.kill_query(target.upstream.thread_id)
         elif target is self:
             self._audit_statement(wire.COM_QUERY, sql, decision, started, kill="connection")
             raise ClientError(ER.CONNECTION_KILLED, "Connection was killed", keep_connection=False)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from proxy.store.base import (
+    ANY_INSTANCE,
     AccessRequest,
     Approval,
     Conflict,
@@ -30,6 +31,7 @@ from proxy.store.base import (
 )
 
 __all__ = [
+    "ANY_INSTANCE",
     "AccessRequest",
     "Approval",
     "Conflict",

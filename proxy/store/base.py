@@ -18,6 +18,11 @@ from datetime import datetime
 from typing import Protocol
 
 
+# A grant or request for every upstream instance; also what rows written before instances
+# existed read as (schema version 2 added the column with this default).
+ANY_INSTANCE = "*"
+
+
 class RequestStatus(str, enum.Enum):
     PENDING = "pending"
     APPROVED = "approved"  # its grants exist (they end on their own at `access_until`)
@@ -48,6 +53,7 @@ class NewGrant:
     created_by: str
     reason: str = ""
     request_id: str | None = None
+    instance: str = ANY_INSTANCE  # the upstream instance (config name) it applies to
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class StoredGrant:
     request_id: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    instance: str = ANY_INSTANCE
 
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
@@ -79,6 +86,7 @@ class NewRequest:
     reason: str
     environment: str  # e.g. "prod", "test": the approval policy that applies
     pending_until: datetime  # a request still pending then becomes EXPIRED
+    instance: str = ANY_INSTANCE  # the upstream instance its grants will apply to
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class AccessRequest:
     approvals: tuple[Approval, ...] = ()  # in the order they were recorded
     grant_ids: tuple[str, ...] = ()  # the grants its approval created
     status_by: str | None = None  # who approved (the last approval), denied or cancelled it
+    instance: str = ANY_INSTANCE
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ Schema notes (both dialects):
   lists as JSON text; PostgreSQL uses timestamptz and text[].
 - `requests.grant_ids` lists the grants the request's approval created, in creation order
   (`grants.request_id` alone cannot say that: a grant added by hand may cite a request).
+- `grants.instance` / `requests.instance` (version 2): the upstream instance (its configured
+  name) a grant applies to, "*" for every instance; rows older than version 2 read "*".
 """
 
 from __future__ import annotations
@@ -158,6 +160,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 at timestamptz NOT NULL,
                 PRIMARY KEY (request_id, position)
             )""",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="grants.instance, requests.instance (the upstream instance; '*' = every one)",
+        # Rows from before instances existed apply to every instance, as they always did.
+        sqlite=(
+            "ALTER TABLE grants ADD COLUMN instance TEXT NOT NULL DEFAULT '*'",
+            "ALTER TABLE requests ADD COLUMN instance TEXT NOT NULL DEFAULT '*'",
+        ),
+        postgres=(
+            "ALTER TABLE grants ADD COLUMN instance text NOT NULL DEFAULT '*'",
+            "ALTER TABLE requests ADD COLUMN instance text NOT NULL DEFAULT '*'",
         ),
     ),
 )

@@ -136,14 +136,14 @@ class PostgresStore:
             row = _one(
                 cursor,
                 """INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
-                       environment, status, created_at, updated_at, pending_until)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       environment, status, created_at, updated_at, pending_until, instance)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    RETURNING *""",
                 (
                     new_request_id(), request.requester, request.db, list(request.tables),
                     list(request.privileges), request.duration_s, request.reason,
                     request.environment, RequestStatus.PENDING.value, utc(now), utc(now),
-                    utc(request.pending_until),
+                    utc(request.pending_until), request.instance,
                 ),
             )
             return _request(row, ())
@@ -314,12 +314,13 @@ def _insert_grant(cursor: Cursor, grant: NewGrant, now: datetime) -> StoredGrant
     return _grant(_one(
         cursor,
         """INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
-               created_by, reason, request_id)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               created_by, reason, request_id, instance)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            RETURNING *""",
         (
             new_grant_id(), grant.subject, grant.db, grant.table, list(grant.privileges),
             utc(grant.expires_at), utc(now), grant.created_by, grant.reason, grant.request_id,
+            grant.instance,
         ),
     ))
 
@@ -370,6 +371,7 @@ def _grant(row: DictRow) -> StoredGrant:
         request_id=row["request_id"],
         revoked_at=_optional_time(row["revoked_at"]),
         revoked_by=row["revoked_by"],
+        instance=row["instance"],
     )
 
 
@@ -391,6 +393,7 @@ def _request(row: DictRow, approvals: Sequence[Approval]) -> AccessRequest:
         approvals=tuple(approvals),
         grant_ids=tuple(row["grant_ids"]),
         status_by=row["status_by"],
+        instance=row["instance"],
     )
 
 

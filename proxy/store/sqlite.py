@@ -129,13 +129,13 @@ class SQLiteStore:
             request_id = new_request_id()
             conn.execute(
                 """INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
-                       environment, status, created_at, updated_at, pending_until)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       environment, status, created_at, updated_at, pending_until, instance)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     request_id, request.requester, request.db, _json(request.tables),
                     _json(request.privileges), request.duration_s, request.reason,
                     request.environment, RequestStatus.PENDING.value, _text(now), _text(now),
-                    _text(request.pending_until),
+                    _text(request.pending_until), request.instance,
                 ),
             )
             return _require(_select_request(conn, request_id))
@@ -241,11 +241,12 @@ def _insert_grant(conn: sqlite3.Connection, grant: NewGrant, now: datetime) -> S
     grant_id = new_grant_id()
     conn.execute(
         """INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
-               created_by, reason, request_id)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               created_by, reason, request_id, instance)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             grant_id, grant.subject, grant.db, grant.table, _json(grant.privileges),
             _text(grant.expires_at), _text(now), grant.created_by, grant.reason, grant.request_id,
+            grant.instance,
         ),
     )
     return _require(_select_grant(conn, grant_id))
@@ -303,6 +304,7 @@ def _grant(row: sqlite3.Row) -> StoredGrant:
         request_id=row["request_id"],
         revoked_at=_optional_time(row["revoked_at"]),
         revoked_by=row["revoked_by"],
+        instance=row["instance"],
     )
 
 
@@ -324,6 +326,7 @@ def _request(row: sqlite3.Row, approvals: Sequence[Approval]) -> AccessRequest:
         approvals=tuple(approvals),
         grant_ids=tuple(json.loads(row["grant_ids"])),
         status_by=row["status_by"],
+        instance=row["instance"],
     )
 
 

@@ -58,12 +58,15 @@ CLIENT_DEPRECATE_EOF = 1 << 24
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or refused us. `public` is safe to show a client."""
+    """The upstream could not be reached or refused us. `public` is safe to show a client;
+    `detail` is for the operator log (never a credential). `kind`: "unreachable", "timeout"
+    (both worth retrying), "refused" (authentication), "credentials" (ours are missing), "" ."""
 
-    def __init__(self, public: str, detail: str = "") -> None:
+    def __init__(self, public: str, detail: str = "", kind: str = "") -> None:
         super().__init__(public)
         self.public = public
         self.detail = detail
+        self.kind = kind
 
 
 class UpstreamConnection:
@@ -213,7 +216,8 @@ class UpstreamTarget:
 async def open_connection(
     target: UpstreamTarget, password: str, profile: ClientProfile
 ) -> UpstreamConnection:
-    """A new authenticated upstream connection whose capabilities match `profile`."""
+    """A new authenticated upstream connection whose capabilities match `profile`. `password`
+    is sent only after TLS is up when `target.ssl_context` is set (the guard above)."""
     aio = _GuardedConnection(
         host=target.host,
         port=target.port,
@@ -231,14 +235,24 @@ async def open_connection(
         await asyncio.wait_for(aio._connect(), timeout=target.connect_timeout_s)
     except asyncio.TimeoutError:
         aio.close()
-        raise UpstreamError("the database did not answer in time", "connect timeout") from None
+        raise UpstreamError("the database did not answer in time", "connect timeout", "timeout") from None
     except OperationalError as e:
         aio.close()
         code = e.args[0] if e.args else 0
-        raise UpstreamError("the database refused the proxy's connection", f"{code}: {e.args[-1]}") from None
-    except (OSError, ssl.SSLError) as e:
+        if isinstance(e.__cause__, ssl.SSLError):  # aiomysql wraps it: not worth retrying
+            raise UpstreamError("the database's TLS certificate was not accepted",
+                                f"{type(e.__cause__).__name__}: {e.__cause__}", "refused") from None
+        if code in (2003, 2013, 2006):  # aiomysql's "can't connect" / "lost connection"
+            cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
+            raise UpstreamError("the database is unreachable", f"{code}: {e.args[-1]}{cause}", "unreachable") from None
+        raise UpstreamError("the database refused the proxy's connection", f"{code}: {e.args[-1]}", "refused") from None
+    except ssl.SSLError as e:  # a certificate that does not verify is not worth retrying
         aio.close()
-        raise UpstreamError("the database is unreachable", f"{type(e).__name__}: {e}") from None
+        raise UpstreamError("the database's TLS certificate was not accepted", f"{type(e).__name__}: {e}",
+                            "refused") from None
+    except OSError as e:
+        aio.close()
+        raise UpstreamError("the database is unreachable", f"{type(e).__name__}: {e}", "unreachable") from None
     if aio.client_flag & CLIENT.MULTI_STATEMENTS:  # defence in depth: never batch upstream
         aio.close()
         raise UpstreamError("upstream connection setup failed", "multi-statements enabled")

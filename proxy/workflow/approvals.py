@@ -26,7 +26,8 @@ In the policy files (GitOps, next to the grants):
 Every privilege a request asks for must be covered by a policy of its environment (otherwise
 it cannot be requested: fail closed); every policy that covers one of them must be satisfied;
 the shortest `max_duration` applies. A request is auto-approved only when all of them say so.
-A database with no environment and no "*" entry is `prod`.
+A database with no environment and no "*" entry is `prod`. A request for an upstream instance
+whose configuration names an `environment` is in that environment, whatever its database.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ class ApprovalPolicies:
     def environment_of(self, db: str) -> str:
         return self.environments.get(db) or self.environments.get("*") or DEFAULT_ENVIRONMENT
 
-    def plan(self, db: str, privileges: Iterable[Privilege]) -> Plan:
-        env = self.environment_of(db)
+    def plan(self, db: str, privileges: Iterable[Privilege], environment: str | None = None) -> Plan:
+        """The rules for `privileges` on `db` in `environment` (the upstream instance's, when it
+        has one), else in the database's environment."""
+        env = environment or self.environment_of(db)
         wanted = frozenset(privileges)
         rules = tuple(r for r in self.rules if r.environment == env and r.privileges & wanted)
         uncovered = wanted - frozenset().union(*(r.privileges for r in rules)) if rules else wanted

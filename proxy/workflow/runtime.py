@@ -34,6 +34,7 @@ def to_grant(g: StoredGrant) -> Grant:
         privileges=frozenset(Privilege.parse(p) for p in g.privileges),
         expires_at=g.expires_at,
         source=f"store:{g.id}" + (f" (request {g.request_id})" if g.request_id else ""),
+        instance=g.instance,
     )
 
 
@@ -97,6 +98,7 @@ class EffectiveGrants:
                 "expires_at": g.expires_at.isoformat() if g.expires_at else None,
                 "source": g.source,
                 "columns": sorted(g.columns) if g.columns is not None else None,
+                "instance": g.instance,
             })
         return out
 

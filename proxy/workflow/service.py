@@ -9,20 +9,28 @@ who caused it, then (through `notify`) the approvers' webhooks. Who may do what:
 - an approver of the policy that applies (proxy.workflow.approvals): approve or deny a pending
   request of somebody else (nobody approves their own, also not through a group);
 - an admin (a member of `admin_groups`): everything, including direct grants and revocation.
+
+Upstream instances: with `instances` configured (name -> environment), every request and direct
+grant is for one of them (named, or implied when there is only one), and the grants it makes
+apply on that instance only. The request's environment is its instance's, when the instance has
+one, else its database's (the approval policies' `environments`). Without `instances` (no names
+configured) everything is for "*", every instance, as before instances existed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from proxy.audit.events import AuditEmitter, EventType
 from proxy.authz.model import Principal, Privilege
 from proxy.authz.policy import PolicyError, split_object
 from proxy.store.base import (
+    ANY_INSTANCE,
     AccessRequest,
     Approval,
     Conflict,
@@ -39,6 +47,7 @@ from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan
 _NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
 SYSTEM = "jitproxy"
+_NO_INSTANCES: Mapping[str, str | None] = MappingProxyType({})
 
 
 class WorkflowError(Exception):
@@ -83,7 +92,10 @@ class AccessService:
         admin_groups: frozenset[str] = frozenset(),
         notify: Callable[[str, dict[str, Any]], None] = lambda event, body: None,
         limits: Limits = Limits(),
+        instances: Mapping[str, str | None] = _NO_INSTANCES,
     ) -> None:
+        """`instances`: the upstream instances by name (configuration order) -> environment
+        (None when the instance names none). Empty: no instances, everything is for "*"."""
         self.store = store
         self.policies = policies
         self.audit = audit
@@ -91,6 +103,7 @@ class AccessService:
         self.admin_groups = admin_groups
         self.notify = notify
         self.limits = limits
+        self.instances: Mapping[str, str | None] = MappingProxyType(dict(instances))
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -109,6 +122,7 @@ class AccessService:
         *,
         duration: timedelta | None = None,
         until: datetime | None = None,
+        instance: str | None = None,
     ) -> AccessRequest:
         now = self.clock()
         reason = (reason or "").strip()
@@ -119,9 +133,10 @@ class AccessService:
         db = _name(db, "database")
         names = tuple(dict.fromkeys("*" if t == "*" else _name(t, "table") for t in tables))
         privs = _privileges(privileges or ["SELECT"])
+        target = self._instance(instance)
         span = _span(now, duration, until)
         try:
-            plan = self.policies().plan(db, privs)
+            plan = self.policies().plan(db, privs, self._environment_of(target))
         except NoApprovalPolicy as e:
             raise Forbidden(str(e)) from None
         if span > plan.max_duration:
@@ -129,7 +144,7 @@ class AccessService:
                           f"{', '.join(sorted(p.value for p in privs))}; ask for less")
         request = self.store.create_request(
             NewRequest(who.user, db, names, tuple(sorted(p.value for p in privs)), int(span.total_seconds()),
-                       reason, plan.environment, now + self.limits.pending_ttl),
+                       reason, plan.environment, now + self.limits.pending_ttl, instance=target),
             now,
         )
         self._event(EventType.REQUEST_CREATED, who, request, policy=plan.describe())
@@ -217,23 +232,27 @@ class AccessService:
         *,
         duration: timedelta | None = None,
         until: datetime | None = None,
+        instance: str | None = None,
     ) -> list[StoredGrant]:
         self._admin(who)
         if not _SUBJECT.match(subject or ""):
             raise Invalid("subject must be user:NAME or group:NAME")
         if not objects:
             raise Invalid("name at least one db.table or db.*")
+        target = self._instance(instance)
         now = self.clock()
         span = _span(now, duration, until)
         if span > self.limits.max_grant_duration:
             raise Invalid(f"direct grants last at most {_human(self.limits.max_grant_duration)}; "
                           "put lasting grants in the policy files")
         privs = tuple(sorted(p.value for p in _privileges(privileges or ["SELECT"])))
+        targets = [_object(obj) for obj in objects]  # all valid before any is granted
         out = []
-        for obj in objects:
-            db, table = _object(obj)
+        for db, table in targets:
             grant = self.store.add_grant(
-                NewGrant(subject, db, table, privs, now + span, who.user, (reason or "").strip()), now
+                NewGrant(subject, db, table, privs, now + span, who.user, (reason or "").strip(),
+                         instance=target),
+                now,
             )
             self.audit.emit(EventType.GRANT_ADDED, None, **_actor(who), **grant_fields(grant))
             out.append(grant)
@@ -264,6 +283,27 @@ class AccessService:
         if not self.is_admin(who):
             raise Forbidden(f"admins only (members of {', '.join(sorted(self.admin_groups)) or 'no group'})")
 
+    def _instance(self, name: str | None) -> str:
+        """The instance a request or grant is for: `name` if it is configured, the only one when
+        there is one and no name, "*" when no instances are configured."""
+        known = list(self.instances)
+        if not known:
+            if name in (None, "", ANY_INSTANCE):
+                return ANY_INSTANCE
+            raise Invalid(f"unknown instance {name[:80]!r}: this proxy names no upstream instances; "
+                          "leave out --instance")
+        if name is None or name == "":
+            if len(known) == 1:
+                return known[0]
+            raise Invalid(f"name the instance: --instance <one of {', '.join(known)}>")
+        if name not in self.instances:
+            raise Invalid(f"unknown instance {name[:80]!r}: --instance <one of {', '.join(known)}>")
+        return name
+
+    def _environment_of(self, instance: str) -> str | None:
+        """The instance's configured environment; None: its database's decides."""
+        return self.instances.get(instance)
+
     def _get(self, request_id: str) -> AccessRequest:
         request = self.store.get_request(request_id)
         if request is None:
@@ -272,7 +312,8 @@ class AccessService:
 
     def _plan(self, request: AccessRequest) -> Plan | None:
         try:
-            return self.policies().plan(request.db, [Privilege.parse(p) for p in request.privileges])
+            return self.policies().plan(request.db, [Privilege.parse(p) for p in request.privileges],
+                                        self._environment_of(request.instance))
         except NoApprovalPolicy:
             return None
 
@@ -306,7 +347,7 @@ class AccessService:
         until = now + timedelta(seconds=request.duration_s)
         return tuple(
             NewGrant(f"user:{request.requester}", request.db, table, request.privileges, until, by,
-                     request.reason, request.id)
+                     request.reason, request.id, instance=request.instance)
             for table in request.tables
         )
 
@@ -327,6 +368,7 @@ def request_fields(r: AccessRequest) -> dict[str, Any]:
     return {
         "id": r.id,
         "requester": r.requester,
+        "instance": r.instance,
         "db": r.db,
         "tables": list(r.tables),
         "privileges": list(r.privileges),
@@ -350,6 +392,7 @@ def grant_fields(g: StoredGrant) -> dict[str, Any]:
     return {
         "grant_id": g.id,
         "subject": g.subject,
+        "instance": g.instance,
         "object": f"{g.db}.{g.table}",
         "privileges": list(g.privileges),
         "expires_at": g.expires_at.isoformat(),

@@ -63,6 +63,7 @@ def local_proxy_config(
     upstream: Credentials,
     policies_dir: Path,
     extra: dict[str, Any] | None = None,
+    instances: list[dict[str, Any]] | None = None,
 ) -> Config:
     """A proxy config in `directory` for the test MariaDB over verified TLS."""
     return proxy_config(
@@ -76,6 +77,7 @@ def local_proxy_config(
         upstream_ca=tls_files.ca_cert,
         policies_dir=policies_dir,
         extra=extra,
+        instances=instances,
     )
 
 

@@ -7,12 +7,10 @@ import ssl
 
 import pymysql
 import pytest
-from mysql_mimic import packets
-from mysql_mimic.charset import CharacterSet
-from mysql_mimic.types import Capabilities, ServerStatus
 
 from proxy.upstream.connection import ClientProfile, UpstreamError, UpstreamTarget, open_connection
 from tests.integration.conftest import client_ssl
+from tests.no_tls_server import server_without_tls
 
 PROFILE = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
 
@@ -22,20 +20,7 @@ def test_upstream_without_tls_never_receives_the_credential(tls_files):
     received: list[bytes] = []
 
     async def scenario() -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            caps = Capabilities.CLIENT_PROTOCOL_41 | Capabilities.CLIENT_SECURE_CONNECTION | Capabilities.CLIENT_PLUGIN_AUTH
-            hs = packets.make_handshake_v10(capabilities=caps, server_charset=CharacterSet.utf8mb4,
-                                            server_version="8.0.36", connection_id=1, auth_data=b"x" * 20 + b"\0",
-                                            status_flags=ServerStatus(0), auth_plugin_name="mysql_clear_password")
-            writer.write(len(hs).to_bytes(3, "little") + b"\0" + hs)
-            await writer.drain()
-            try:
-                received.append(await asyncio.wait_for(reader.read(65536), 2))
-            except asyncio.TimeoutError:
-                pass
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await server_without_tls(received)
         port = server.sockets[0].getsockname()[1]
         ctx = ssl.create_default_context(cafile=str(tls_files.ca_cert))
         target = UpstreamTarget("127.0.0.1", port, "jitproxy", ctx, connect_timeout_s=5)

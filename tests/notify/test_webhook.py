@@ -241,6 +241,15 @@ def test_slack_body_shape_and_escaping(receiver: Receiver) -> None:
     assert texts[-1] == "*To approve:* `jitproxy request approve r-0123456789ab`"
 
 
+def test_slack_names_the_instance_when_the_request_has_one() -> None:
+    def fields(**overrides: Any) -> list[str]:
+        body = slack_payload("request.created", sample_request(**overrides))
+        return [f["text"] for b in body["blocks"] for f in b.get("fields", [])]
+
+    assert "*Instance*\n`hr-prod`" in fields(instance="hr-prod")
+    assert not any(f.startswith("*Instance*") for f in fields(instance="*") + fields())
+
+
 def test_slack_truncates_reason_and_omits_approve_command_after_creation() -> None:
     payload = slack_payload(
         "request.approved",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from proxy.store.base import (
     StoredGrant,
     StoreError,
 )
+from proxy.store.migrations import MIGRATIONS
 from tests.store.conftest import run_sql, unmigrated_store
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -33,6 +35,7 @@ SECOND = timedelta(seconds=1)
 HOUR = timedelta(hours=1)
 GRANT_ID = re.compile(r"g-[0-9a-f]{12}")
 REQUEST_ID = re.compile(r"r-[0-9a-f]{12}")
+ALL_VERSIONS = [(migration.version,) for migration in MIGRATIONS]
 
 
 def new_grant(subject: str = "user:alice", *, expires_at: datetime = NOW + HOUR, **changes: Any) -> NewGrant:
@@ -62,7 +65,7 @@ def approve_with_grants(request: AccessRequest, approver: str = "bob", at: datet
     """What the workflow writes when the last approval arrives: one grant per table."""
     grants = tuple(
         NewGrant(f"user:{request.requester}", request.db, table, request.privileges, at + HOUR,
-                 approver, request.reason, request.id)
+                 approver, request.reason, request.id, instance=request.instance)
         for table in request.tables
     )
     return Decision(approval(approver, at=at), RequestStatus.APPROVED, at + HOUR, grants)
@@ -82,7 +85,7 @@ def test_migrate_again_is_a_noop(store: Store, store_url: str) -> None:
     store.migrate()
     assert store.revision() == revision
     assert store.get_grant(grant.id) == grant
-    assert run_sql(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert run_sql(store_url, "SELECT version FROM schema_migrations ORDER BY version") == ALL_VERSIONS
 
 
 def test_concurrent_migrations_of_a_fresh_store_all_succeed(store_url: str) -> None:
@@ -101,13 +104,93 @@ def test_concurrent_migrations_of_a_fresh_store_all_succeed(store_url: str) -> N
     with ThreadPoolExecutor(start.parties) as pool:
         futures = [pool.submit(open_and_migrate) for _ in range(start.parties)]
     assert [future.result() for future in futures] == [0] * start.parties
-    assert run_sql(store_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert run_sql(store_url, "SELECT version FROM schema_migrations ORDER BY version") == ALL_VERSIONS
 
 
 def test_a_schema_newer_than_this_code_is_refused(store: Store, store_url: str) -> None:
     run_sql(store_url, "INSERT INTO schema_migrations (version, applied_at) VALUES (99, CURRENT_TIMESTAMP)")
     with pytest.raises(StoreError, match="version 99"):
         store.migrate()
+
+
+def _v1_store(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the store at `url` what jitproxy wrote before schema version 2 (instances)."""
+    import proxy.store.migrations as migrations
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
+        patch.setattr(migrations, "LATEST_VERSION", 1)
+        old = unmigrated_store(url)
+        try:
+            old.migrate()
+        finally:
+            old.close()
+    assert run_sql(url, "SELECT version FROM schema_migrations") == [(1,)]
+
+
+def _sql_list(url: str, values: list[str]) -> str:
+    """A list literal in the store's dialect (JSON text in SQLite, text[] in PostgreSQL)."""
+    if url.startswith("sqlite:///"):
+        return "'" + json.dumps(values) + "'"
+    return "ARRAY[" + ", ".join(f"'{value}'" for value in values) + "]::text[]"
+
+
+def test_rows_written_before_version_2_apply_to_every_instance(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _v1_store(store_url, monkeypatch)
+    at, until = NOW.isoformat(), (NOW + HOUR).isoformat()
+    # Rows as the version-1 code wrote them: an approved request, its approval and its grant.
+    run_sql(store_url, f"""INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
+            environment, status, created_at, updated_at, pending_until, access_until, grant_ids, status_by)
+        VALUES ('r-00000000000a', 'alice', 'hr_prod', {_sql_list(store_url, ["employees"])},
+            {_sql_list(store_url, ["SELECT"])}, 3600, 'incident 42', 'prod', 'approved', '{at}', '{at}',
+            '{until}', '{until}', {_sql_list(store_url, ["g-00000000000a"])}, 'bob')""")
+    run_sql(store_url, f"""INSERT INTO approvals (request_id, position, approver, roles, decision, comment, at)
+        VALUES ('r-00000000000a', 1, 'bob', {_sql_list(store_url, ["group:dba"])}, 'approve', 'ok', '{at}')""")
+    run_sql(store_url, f"""INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
+            created_by, reason, request_id)
+        VALUES ('g-00000000000a', 'user:alice', 'hr_prod', 'employees', {_sql_list(store_url, ["SELECT"])},
+            '{until}', '{at}', 'bob', 'incident 42', 'r-00000000000a')""")
+
+    store = unmigrated_store(store_url)
+    try:
+        store.migrate()
+        assert run_sql(store_url, "SELECT version FROM schema_migrations ORDER BY version") == ALL_VERSIONS
+        assert store.get_grant("g-00000000000a") == StoredGrant(
+            id="g-00000000000a", subject="user:alice", db="hr_prod", table="employees",
+            privileges=("SELECT",), expires_at=NOW + HOUR, created_at=NOW, created_by="bob",
+            reason="incident 42", request_id="r-00000000000a", instance="*",
+        )
+        assert store.get_request("r-00000000000a") == AccessRequest(
+            id="r-00000000000a", requester="alice", db="hr_prod", tables=("employees",),
+            privileges=("SELECT",), duration_s=3600, reason="incident 42", environment="prod",
+            status=RequestStatus.APPROVED, created_at=NOW, updated_at=NOW, pending_until=NOW + HOUR,
+            access_until=NOW + HOUR, approvals=(Approval("bob", ("group:dba",), "approve", "ok", NOW),),
+            grant_ids=("g-00000000000a",), status_by="bob", instance="*",
+        )
+        # Old and new rows side by side after the upgrade.
+        new = store.add_grant(new_grant(instance="hr-test"), NOW)
+        assert [(g.id, g.instance) for g in store.grants(active_at=NOW)] == [
+            ("g-00000000000a", "*"), (new.id, "hr-test"),
+        ]
+        assert [r.instance for r in store.requests()] == ["*"]
+    finally:
+        store.close()
+
+
+def test_a_version_1_store_with_no_rows_upgrades_and_takes_instances(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _v1_store(store_url, monkeypatch)
+    store = unmigrated_store(store_url)
+    try:
+        store.migrate()
+        request = store.create_request(new_request(instance="hr-prod"), NOW)
+        assert store.get_request(request.id) == request and request.instance == "hr-prod"
+        assert store.revision() == 1
+    finally:
+        store.close()
 
 
 # -- revision -------------------------------------------------------------------------------------
@@ -323,6 +406,45 @@ def test_a_decision_that_says_nothing_coherent_is_refused(store: Store, decision
     with pytest.raises(ValueError):
         store.record_decision(request.id, decision, NOW)
     assert store.get_request(request.id) == request
+
+
+# -- instances ------------------------------------------------------------------------------------
+
+
+def test_instance_defaults_to_every_instance() -> None:
+    assert new_grant().instance == "*" and new_request().instance == "*"
+
+
+def test_the_instance_of_a_grant_round_trips(store: Store) -> None:
+    anywhere = store.add_grant(new_grant(table="anywhere"), NOW)
+    on_test = store.add_grant(new_grant(instance="hr-test"), NOW)
+    on_prod = store.add_grant(new_grant(instance="hr-prod"), NOW)  # same db.table, other instance
+    assert (anywhere.instance, on_test.instance, on_prod.instance) == ("*", "hr-test", "hr-prod")
+    assert on_test == StoredGrant(
+        id=on_test.id, subject="user:alice", db="hr_prod", table="employees", privileges=("SELECT",),
+        expires_at=NOW + HOUR, created_at=NOW, created_by="admin", instance="hr-test",
+    )
+    assert store.get_grant(on_test.id) == on_test
+    assert [(g.table, g.instance) for g in store.grants(active_at=NOW, subject="user:alice")] == [
+        ("anywhere", "*"), ("employees", "hr-test"), ("employees", "hr-prod"),
+    ]
+    assert store.revoke_grant(on_test.id, "admin", NOW).instance == "hr-test"
+
+
+def test_the_instance_of_a_request_round_trips_and_its_grants_keep_theirs(store: Store) -> None:
+    request = store.create_request(new_request(instance="hr-test", environment="test"), NOW)
+    assert request.instance == "hr-test"
+    assert store.get_request(request.id) == request
+    assert [r.instance for r in store.requests(requester="alice")] == ["hr-test"]
+    done = store.record_decision(request.id, approve_with_grants(request), NOW)
+    assert done.instance == "hr-test" and store.get_request(request.id) == done
+    assert [g.instance for g in store.grants()] == ["hr-test", "hr-test"]
+    # The store writes what each NewGrant says; tying them to the request is the workflow's job.
+    other = store.create_request(new_request(), NOW)
+    mixed = replace(approve_with_grants(other), grants=(replace(new_grant(), instance="hr-prod"),))
+    store.record_decision(other.id, mixed, NOW)
+    assert store.get_request(other.id).instance == "*"  # type: ignore[union-attr]
+    assert store.grants()[-1].instance == "hr-prod"
 
 
 # -- values ---------------------------------------------------------------------------------------

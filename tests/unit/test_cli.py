@@ -100,3 +100,21 @@ def test_check_shows_masks_and_the_forwarded_text(config, capsys):
                  "SELECT id FROM employee WHERE email LIKE 'a%'"]) == 1
     out = capsys.readouterr().out
     assert "DENY" in out and "masked_column" in out
+
+
+def test_check_with_several_instances_names_the_instance(config, capsys):
+    raw = yaml.safe_load(config.read_text())
+    one = raw.pop("upstream")
+    raw["upstreams"] = [{**one, "name": "hr-prod", "listen_port": 3307}, {**one, "name": "hr-test", "listen_port": 3308}]
+    config.write_text(yaml.safe_dump(raw))
+    (config.parent / "policies" / "base.yaml").write_text(
+        "grants:\n  - {subject: user:dev, grant: hr_prod.employee, privileges: [SELECT], instance: hr-test}\n")
+    sql = "SELECT * FROM hr_prod.employee"
+    with pytest.raises(SystemExit, match="one of hr-prod, hr-test"):
+        main(["check", "--config", str(config), "--user", "dev", sql])
+    with pytest.raises(SystemExit, match="no instance 'nope'"):
+        main(["check", "--config", str(config), "--user", "dev", "--instance", "nope", sql])
+    assert main(["check", "--config", str(config), "--user", "dev", "--instance", "hr-test", sql]) == 0
+    capsys.readouterr()
+    assert main(["check", "--config", str(config), "--user", "dev", "--instance", "hr-prod", sql]) == 1
+    assert "jitproxy request create --instance hr-prod --db hr_prod --table employee" in capsys.readouterr().out
