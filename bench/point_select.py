@@ -13,22 +13,10 @@ import argparse
 import random
 import ssl
 import statistics
-import time
 
 import pymysql
 
-from harness import bench_environment
-
-
-def run(conn: pymysql.Connection, n: int, ids: list[int]) -> list[float]:
-    out = []
-    with conn.cursor() as cur:
-        for i in range(n):
-            t = time.perf_counter()
-            cur.execute(f"SELECT c FROM sbtest1 WHERE id = {ids[i]}")
-            cur.fetchall()
-            out.append(time.perf_counter() - t)
-    return out
+from harness import SBTEST_GRANT, SBTEST_SETUP, bench_environment, point_selects
 
 
 def main() -> None:
@@ -36,25 +24,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--reps", type=int, default=3)
     opts = ap.parse_args()
-    setup = [
-        "CREATE TABLE sbtest1 (id INT PRIMARY KEY, k INT, c CHAR(120), pad CHAR(60)) "
-        "SELECT seq AS id, seq % 1000 AS k, REPEAT('c', 120) AS c, REPEAT('p', 60) AS pad FROM seq_1_to_10000"
-    ]
     rng = random.Random(7)
     ids = [rng.randint(1, 10000) for _ in range(opts.n)]
-    with bench_environment("  - {subject: user:bench, grant: hr_prod.sbtest1, privileges: [SELECT]}\n", setup) as b:
+    with bench_environment(SBTEST_GRANT, SBTEST_SETUP) as b:
         ctx = ssl.create_default_context(cafile=str(b.tls.ca_cert))
         direct = pymysql.connect(host="127.0.0.1", port=b.db.port, user=b.upstream.user,
                                  password=b.upstream.password, database="hr_prod", ssl=ctx)
         via = pymysql.connect(host="127.0.0.1", port=b.port, user=b.user, password=b.token, database="hr_prod", ssl=ctx)
-        run(direct, 300, ids)  # warm-up
-        run(via, 300, ids)
+        point_selects(direct, 300, ids)  # warm-up
+        point_selects(via, 300, ids)
         lat: dict[str, list[float]] = {"direct": [], "jitproxy": []}
         cpu = 0.0
         for rep in range(opts.reps):
             for name in ("direct", "jitproxy") if rep % 2 == 0 else ("jitproxy", "direct"):
                 before = b.proc_stat()["cpu_s"]
-                lat[name] += run(direct if name == "direct" else via, opts.n, ids)
+                lat[name] += point_selects(direct if name == "direct" else via, opts.n, ids)
                 if name == "jitproxy":
                     cpu += b.proc_stat()["cpu_s"] - before
         direct.close()

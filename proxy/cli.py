@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import logging
 import os
@@ -183,6 +184,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the hash chains of audit JSON lines (files in the order written, or - for stdin)."""
+    import json
+
+    from proxy.audit.chain import verify
+
+    def events():
+        for name in args.files:
+            handle = sys.stdin if name == "-" else open(name, encoding="utf-8")
+            with handle if name != "-" else contextlib.nullcontext(handle):
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        yield {"proxy_instance": f"{name}:{number}", "event_id": None}
+
+    report = verify(events())
+    for p in report.problems:
+        where = f"seq {p.seq}" if p.seq is not None else "?"
+        print(f"{p.kind.upper():12} {p.proxy_instance} {where} event {p.event_id or '?'}: {p.detail}")
+    chains = ", ".join(f"{name} (seq 1..{last})" for name, last in sorted(report.chains.items()))
+    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{verdict}: {report.events} events in {len(report.chains)} chain(s): {chains}")
+    return 0 if report.ok else 1
+
+
 def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
     """The decision with masks applied: the text that would be forwarded, or the denial."""
     from proxy.authz.analyze import analyze
@@ -245,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sql")
     s.set_defaults(func=cmd_check)
 
-    add_api_commands(sub)
+    audit = add_api_commands(sub)
+    s = audit.add_parser("verify", help="check the hash chains of audit JSON lines (exit 1 on any break)")
+    s.add_argument("files", nargs="+", help="audit files in the order written (rotated ones first), or - for stdin")
+    s.set_defaults(func=cmd_audit_verify)
 
     cf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     s = with_config(cf.add_parser("check", help="validate the config and policies"))

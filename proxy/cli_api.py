@@ -1,10 +1,14 @@
-"""`jitproxy request|grant|access`: the admin API's command-line client.
+"""`jitproxy request|grant|access|audit`: the admin API's command-line client.
 
 Where the API is and who is asking come from the environment (or flags): JITPROXY_API (default
 https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) and JITPROXY_CA
 (the CA bundle that signed the proxy's certificate; default: the system's). Tokens go only over
 HTTPS. Output is a readable table, or JSON with --json. Tables show an instance column only
 when some row is for one upstream instance (not "*", every instance).
+
+`jitproxy audit search` shows audit events as a table (times in your local zone), or as JSON
+lines with --json (one event per line, exactly as written: for a SIEM or jq); `jitproxy audit
+chain` prints one proxy process's events as JSON lines in seq order, for `jitproxy audit verify`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import argparse
 import json
 import os
 import ssl
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from proxy.audit.search import SearchError, build_query
 
 DEFAULT_API = "https://127.0.0.1:8443"
 
@@ -191,12 +199,123 @@ def cmd_access(args: argparse.Namespace) -> int:
     return _print(args, held, "\n".join(lines) or "no access")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+# -- audit -----------------------------------------------------------------------------------------
+
+
+def _json_line(event: dict[str, Any]) -> str:
+    # Compact and non-ASCII kept: an event the proxy stored comes out as the line it wrote.
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def _local_time(text: Any) -> str:
+    """An event's time in the local zone, short ("11-21 17:25:53"); as given if unreadable."""
+    try:
+        return datetime.fromisoformat(str(text)).astimezone().strftime("%m-%d %H:%M:%S")
+    except ValueError:
+        return str(text)[:14]
+
+
+def _one_line(text: Any, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def _what(e: dict[str, Any]) -> str:
+    """What the event is about, for the table's last wide column."""
+    if e.get("statement"):
+        return str(e["statement"])
+    kind = str(e.get("type", ""))
+    if kind.startswith("request."):
+        tables = ",".join(str(t) for t in e.get("tables") or ())
+        return f"{e.get('id')} {e.get('db')}.{{{tables}}} {','.join(map(str, e.get('privileges') or ()))}"
+    if kind.startswith("grant."):
+        return f"{e.get('grant_id')} {e.get('subject')} {e.get('object')} {','.join(map(str, e.get('privileges') or ()))}"
+    if kind == "admin.api_call":
+        return f"{e.get('method')} {e.get('path')} -> {e.get('status')}"
+    if kind == "statement.failed":  # the result of an allowed statement, joined by statement_id
+        return f"[{e.get('statement_id')}] {e.get('error') or 'failed'}"
+    if kind.startswith("statement."):
+        counts = [f"{key}={e[field]}" for key, field in (("rows", "rows"), ("affected", "affected_rows"))
+                  if e.get(field) is not None]
+        return f"[{e.get('statement_id')}] {' '.join(counts)}".rstrip()
+    if kind.startswith("session."):
+        return f"{e.get('client_program') or '?'} from {e.get('client_addr') or '?'}"
+    return str(e.get("reason") or e.get("error") or "")
+
+
+def _code(e: dict[str, Any]) -> str:
+    if e.get("reason_code"):
+        return str(e["reason_code"])
+    if e.get("error_code") is not None:
+        return str(e["error_code"])
+    return ""
+
+
+def _audit_table(events: list[dict[str, Any]]) -> str:
+    columns = ("TIME", "USER", "INSTANCE", "TYPE", "DECISION", "WHAT", "REASON/ERROR")
+    rows = [(_local_time(e.get("time")), _one_line(e.get("user") or "-", 16), _one_line(e.get("instance") or "-", 14),
+             str(e.get("type", "?")), str(e.get("decision") or "-"), _one_line(_what(e), 60), _code(e))
+            for e in events]
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns) - 1)]
+    return "\n".join(
+        ("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]).rstrip()
+        for row in [columns, *rows]
+    )
+
+
+def cmd_audit_search(args: argparse.Namespace) -> int:
+    now = datetime.now().astimezone()
+    try:
+        # Checked here first (clear errors before any network); a time without a zone is yours.
+        q = build_query(now=now, user=args.user, since=args.since, until=args.until, table=args.table,
+                        decision=args.decision, type=args.type, instance=args.instance, session_id=args.session,
+                        proxy_instance=args.proxy_instance, limit=args.limit, oldest_first=args.oldest_first,
+                        naive_tz=now.tzinfo or UTC)
+    except SearchError as e:
+        raise ApiError(f"jitproxy audit search: {e}") from None
+    params: dict[str, Any] = {"limit": q.limit}
+    for key, value in (("user", q.user), ("table", q.table), ("decision", q.decision), ("type", q.type),
+                       ("instance", q.instance), ("session_id", q.session_id), ("proxy_instance", q.proxy_instance),
+                       ("since", q.since.isoformat() if q.since else None),
+                       ("until", q.until.isoformat() if q.until else None)):
+        if value is not None:
+            params[key] = value
+    if q.oldest_first:
+        params["oldest_first"] = "true"
+    events = _call(args, "GET", "/v1/audit", params=params)["events"]
+    if args.json:
+        for event in events:
+            print(_json_line(event))
+        return 0
+    print(_audit_table(events) if events else "no events")
+    if len(events) >= q.limit:
+        print(f"({len(events)} events shown; more may match: narrow with --since/--until or raise --limit)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_audit_chain(args: argparse.Namespace) -> int:
+    """Every event of the chain (paged), as JSON lines."""
+    after = args.after_seq
+    while True:
+        page = _call(args, "GET", "/v1/audit/chain",
+                     params={"proxy_instance": args.proxy_instance, "after_seq": after, "limit": args.page_size})
+        events = page["events"]
+        for event in events:
+            print(_json_line(event))
+        if len(events) < args.page_size or not isinstance(events[-1].get("seq"), int):
+            return 0
+        after = events[-1]["seq"]
+
+
+def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add request, grant, access and audit (search, chain); returns the `audit` subcommands,
+    so more can be added to them (verify)."""
+    def client(sp: argparse.ArgumentParser, json_help: str = "machine-readable output") -> argparse.ArgumentParser:
         sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
         sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
         sp.add_argument("--ca", help="CA bundle for the API's certificate (default: $JITPROXY_CA)")
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--json", action="store_true", help=json_help)
         return sp
 
     def span(sp: argparse.ArgumentParser) -> None:
@@ -249,5 +368,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     s = client(sub.add_parser("access", help="what you may access now, and until when"))
     s.set_defaults(func=cmd_access)
+
+    au = sub.add_parser("audit", help="the audit trail (admins and auditors)").add_subparsers(
+        dest="audit_command", required=True)
+    s = client(au.add_parser("search", help="find audit events (newest first)",
+                             description="Filters combine; times are yours (local) unless they name a zone."),
+               json_help="JSON lines, one event per line, as written (for a SIEM, jq)")
+    s.add_argument("--user", help="the person")
+    s.add_argument("--since", help="from: 1h, 30m, 2d (ago), or a time (2026-11-21T08:00, 2026-11-21T08:00:00Z)")
+    s.add_argument("--until", help="before: same forms as --since")
+    s.add_argument("--table", help="db.table (or db.*): statements, requests and grants naming it")
+    s.add_argument("--decision", choices=["allow", "deny"])
+    s.add_argument("--type", help="an event type (statement.denied) or a prefix (statement.)")
+    s.add_argument("--instance", metavar="NAME", help="the upstream instance")
+    s.add_argument("--session", metavar="SESSION_ID", help="one client session")
+    s.add_argument("--proxy-instance", metavar="HOST:PID", help="one proxy process")
+    s.add_argument("--limit", type=int, default=100, help="at most this many events (1..10000, default 100)")
+    s.add_argument("--oldest-first", action="store_true")
+    s.set_defaults(func=cmd_audit_search)
+    s = client(au.add_parser("chain", help="one proxy process's events in seq order, as JSON lines",
+                             description="For verification: jitproxy audit chain --proxy-instance H:P | "
+                                         "jitproxy audit verify -"),
+               json_help="(the default: the output is always JSON lines)")
+    s.add_argument("--proxy-instance", required=True, metavar="HOST:PID",
+                   help="the proxy process (the proxy_instance of its events)")
+    s.add_argument("--after-seq", type=int, default=0, help="start after this seq (default: from the first)")
+    s.add_argument("--page-size", type=int, default=10_000, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_audit_chain)
+    return au
 
 

@@ -191,19 +191,36 @@ class AuthzConfig(_Strict):
 
 
 class AuditSinkConfig(_Strict):
-    type: Literal["stdout", "file"]
-    path: Path | None = None
+    type: Literal["stdout", "file", "store"]
+    path: Path | None = None  # file
+    max_bytes: int = Field(0, ge=0)  # file: rotate past this size (0: never; logrotate may do it)
+    backups: int = Field(5, ge=0)  # file: rotated files kept (path.1 ... path.N)
+    fsync: bool = True  # file: each batch reaches the disk before fail_closed statements go on
+    # fail_closed statements wait for this sink; an unrequired sink is written best effort.
+    required: bool = True
 
     @model_validator(mode="after")
     def _path_for_file(self) -> AuditSinkConfig:
         if (self.type == "file") != (self.path is not None):
-            raise ValueError("a file sink needs 'path'; a stdout sink takes none")
+            raise ValueError("a file sink needs 'path'; stdout and store sinks take none")
         return self
 
 
 class AuditConfig(_Strict):
     sinks: tuple[AuditSinkConfig, ...] = (AuditSinkConfig(type="stdout"),)
-    max_statement_chars: int = Field(16384, ge=256)
+    # fail_closed: a statement's event is written by every required sink before the statement
+    # is forwarded, and statements are refused while one fails. best_effort: statements run;
+    # events wait in a bounded queue (max_queue) while a sink fails, then are dropped and
+    # counted. off: statement events are not written (denials, sessions and admin events still
+    # are). auto: fail_closed for instances whose environment is prod, best_effort otherwise.
+    # (YAML reads a bare `off` as false: that means "off" here.)
+    mode: Annotated[Literal["auto", "fail_closed", "best_effort", "off"],
+                    BeforeValidator(lambda v: "off" if v is False else v)] = "auto"
+    durable_timeout_s: float = Field(2.0, gt=0)  # fail_closed: longer than this → refused
+    max_queue: int = Field(100_000, ge=1)  # events per sink waiting to be written
+    max_statement_chars: int = Field(16384, ge=256)  # longer text is cut (length + SHA-256 kept)
+    max_event_bytes: int = Field(65536, ge=4096)  # larger events are cut the same way, never dropped
+    redact_literals: bool = False  # statement text with literals as ? (the fingerprint is kept)
 
 
 class LogConfig(_Strict):
@@ -244,6 +261,7 @@ class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=0, le=65535)
     admin_groups: tuple[str, ...] = ()  # members may grant, revoke and decide any request
+    auditor_groups: tuple[str, ...] = ()  # members may search the audit trail (admins may too)
     pending_ttl: Duration = timedelta(hours=24)  # an undecided request expires after this
     max_grant_duration: Duration = timedelta(days=7)  # direct grants through the API
 

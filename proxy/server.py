@@ -19,12 +19,13 @@ from typing import Any
 
 import structlog
 
-from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
+from proxy.audit.events import AuditEmitter, EventType, FileSink, Sink, StreamSink
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
 from proxy.authz.fingerprint import Fingerprint, fingerprint
 from proxy.authz.masking import Masker
 from proxy.api.app import create_app
+from proxy.api.audit_middleware import AuditMiddleware
 from proxy.notify.webhook import WebhookNotifier, WebhookTarget
 from proxy.store import open_store
 from proxy.store.base import Store
@@ -58,8 +59,10 @@ class PolicyStore:
     changes (checked at most once a second, on the statement path: a stat per file). A broken
     edit keeps the last good policies."""
 
-    def __init__(self, dirs: tuple[Path, ...], check_interval_s: float = 1.0) -> None:
+    def __init__(self, dirs: tuple[Path, ...], check_interval_s: float = 1.0,
+                 on_reload: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
         self.dirs = dirs
+        self.on_reload = on_reload  # (event type, fields): policy.reloaded / policy.reload_failed
         self.check_interval_s = check_interval_s
         self._stamp: tuple[tuple[str, int, int], ...] = ()
         self._checked = 0.0
@@ -92,6 +95,13 @@ class PolicyStore:
         self.approvals = approvals
         self._stamp = stamp
 
+    def _files(self) -> list[str]:
+        return [path for path, _, _ in self._stamp]
+
+    def _tell(self, event: str, **fields: Any) -> None:
+        if self.on_reload is not None:
+            self.on_reload(event, fields)
+
     def approval_policies(self) -> ApprovalPolicies:
         self()  # picks up an edited file, like the grants
         return self.approvals
@@ -101,12 +111,16 @@ class PolicyStore:
         if now - self._checked >= self.check_interval_s:
             self._checked = now
             if self._stat() != self._stamp:
+                before = self.snapshot.version
                 try:
                     self.reload()
                     log.info("policies reloaded", grants=len(self.snapshot.grants), version=self.snapshot.version)
+                    self._tell(EventType.POLICY_RELOADED, previous_version=before, version=self.snapshot.version,
+                               grants=len(self.snapshot.grants), masks=len(self.snapshot.masks), files=self._files())
                 except Exception as e:  # noqa: BLE001 - keep serving with the last good policy
                     self._stamp = self._stat()
                     log.error("policy reload failed; keeping the previous grants", error=str(e))
+                    self._tell(EventType.POLICY_RELOAD_FAILED, version=before, error=str(e)[:1000], files=self._files())
         return self.snapshot
 
 
@@ -254,6 +268,7 @@ class ProxyContext:
     workflow: AccessService | None = None  # None: no state store (policy files only)
     notifier: WebhookNotifier | None = None
     on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
+    audit_store: Store | None = None  # searches of the store audit sink (GET /v1/audit)
 
     @property
     def pool(self) -> UpstreamPool:
@@ -328,12 +343,26 @@ def build_verifier(cfg: Config, clock: Clock = utc_now) -> TokenVerifier:
     )
 
 
-def build_audit(cfg: Config, extra_sinks: list[Sink] | None = None) -> AuditEmitter:
+def build_audit(cfg: Config, extra_sinks: list[Sink] | None = None, store: Store | None = None) -> AuditEmitter:
+    """The emitter and its sinks. A `store` sink writes into `store` (the state store)."""
     sinks: list[Sink] = []
     for s in cfg.audit.sinks:
-        sinks.append(StreamSink() if s.type == "stdout" else FileSink(s.path))  # type: ignore[arg-type]
+        if s.type == "stdout":
+            sinks.append(StreamSink(required=s.required))
+        elif s.type == "file":
+            assert s.path is not None
+            sinks.append(FileSink(s.path, max_bytes=s.max_bytes, backups=s.backups, fsync=s.fsync, required=s.required))
+        else:
+            from proxy.audit.store_sink import StoreSink
+
+            if store is None:
+                raise ValueError("audit.sinks: a store sink needs the state store")
+            sinks.append(StoreSink(store, required=s.required))
     sinks.extend(extra_sinks or [])
-    return AuditEmitter(sinks, instance=f"{socket.gethostname()}:{os.getpid()}", max_statement_chars=cfg.audit.max_statement_chars)
+    a = cfg.audit
+    return AuditEmitter(sinks, instance=f"{socket.gethostname()}:{os.getpid()}", max_statement_chars=a.max_statement_chars,
+                        max_event_bytes=a.max_event_bytes, redact_literals=a.redact_literals, mode=a.mode,
+                        max_queue=a.max_queue, durable_timeout_s=a.durable_timeout_s)
 
 
 def upstream_connector(upstream: UpstreamConfig, session_factory: Any = None) -> Connector:
@@ -377,7 +406,7 @@ def upstream_connector(upstream: UpstreamConfig, session_factory: Any = None) ->
 
 
 def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = utc_now,
-                  aws_session_factory: Any = None) -> ProxyContext:
+                  aws_session_factory: Any = None, extra_sinks: list[Sink] | None = None) -> ProxyContext:
     instances = {
         u.name: Instance(
             name=u.name,
@@ -396,10 +425,18 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         )
         for u in cfg.instances
     }
-    audit = audit or build_audit(cfg)
     store = open_configured_store(cfg)
+    audit_store = None
+    if any(s.type == "store" for s in cfg.audit.sinks):
+        # Store objects of their own: the sink's batches, searches and the grant poll never
+        # wait for each other on one connection.
+        sink_store, audit_store = open_configured_store(cfg), open_configured_store(cfg)
+    if audit is None:
+        audit = build_audit(cfg, extra_sinks, sink_store if audit_store else None)
+        if audit_store:
+            audit.on_close.append(sink_store.close)
     notifier = build_notifier(cfg)
-    policy_files = PolicyStore(cfg.policies.dirs)
+    policy_files = PolicyStore(cfg.policies.dirs, on_reload=lambda event, fields: audit.emit(event, None, **fields))
     workflow = AccessService(
         store,
         policy_files.approval_policies,
@@ -426,6 +463,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         workflow=workflow,
         notifier=notifier,
         on_expiry=cfg.authz.on_expiry,
+        audit_store=audit_store,
     )
 
 
@@ -489,8 +527,11 @@ class ProxyServer:
         if self.ctx.notifier is not None:
             await self.ctx.notifier.start()
         if self.cfg.api.enabled and workflow is not None:
-            app = create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
-                             on_change=lambda: self.ctx.grants.refresh(), health=self.health)
+            app = AuditMiddleware(create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
+                                             on_change=lambda: self.ctx.grants.refresh(), health=self.health,
+                                             audit_store=self.ctx.audit_store,
+                                             auditor_groups=frozenset(self.cfg.api.auditor_groups)),
+                                  self.ctx.audit)
             tls = self.cfg.listen.tls
             self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file))
             await self.api.start()
@@ -586,8 +627,10 @@ class ProxyServer:
             await self.ctx.notifier.close()
         if self.ctx.grants.store is not None:
             self.ctx.grants.store.close()
+        if self.ctx.audit_store is not None:
+            self.ctx.audit_store.close()
         for instance in self.ctx.instances.values():
             await instance.pool.close()
-        log.info("stopped", analysis_cache=self.ctx.analyze.stats(),
+        log.info("stopped", analysis_cache=self.ctx.analyze.stats(), audit=self.ctx.audit.stats(),
                  upstream_connections_opened={i.name: i.pool.opened for i in self.ctx.instances.values()})
         self.ctx.audit.close()

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from proxy.audit.events import AuditEmitter, MemorySink, Sink
+from proxy.audit.events import MemorySink, Sink
 from proxy.config import Config, config_from_dict
 from proxy.identity.tokens import TokenIssuer, generate_ed25519_keypair
-from proxy.server import ProxyContext, ProxyServer, build_audit, build_context
+from proxy.server import ProxyContext, ProxyServer, build_context
 
 
 class MutableClock:
@@ -100,8 +100,7 @@ class RunningProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="jitproxy", daemon=True)
         self._thread.start()
-        audit: AuditEmitter = build_audit(cfg, [self.memory, *(extra_sinks or [])])
-        self.ctx: ProxyContext = self.call(self._build(cfg, audit))
+        self.ctx: ProxyContext = self.call(self._build(cfg, [self.memory, *(extra_sinks or [])]))
         self.server = ProxyServer(cfg, self.ctx)
         self.call(self.server.start())
         assert self.server.port is not None
@@ -115,8 +114,8 @@ class RunningProxy:
             max_ttl=cfg.identity.max_token_ttl,
         )
 
-    async def _build(self, cfg: Config, audit: AuditEmitter) -> ProxyContext:
-        return build_context(cfg, audit=audit, now=self.clock, aws_session_factory=self._aws_session_factory)
+    async def _build(self, cfg: Config, sinks: list[Sink]) -> ProxyContext:
+        return build_context(cfg, now=self.clock, aws_session_factory=self._aws_session_factory, extra_sinks=sinks)
 
     def call(self, coro: Any, timeout: float = 60) -> Any:
         fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)

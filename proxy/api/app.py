@@ -5,24 +5,30 @@ client of it, so nobody needs credentials for the state store.
 
 Workflow calls are synchronous store transactions: they run in a worker thread so the proxy's
 event loop keeps relaying statements meanwhile.
+
+The audit trail, when the proxy stores it (an `audit_store`), is searchable at GET /v1/audit
+and readable in chain order at GET /v1/audit/chain, by admins and members of `auditor_groups`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from proxy.audit.search import SearchError, build_query, chain_params
 from proxy.authz.model import Principal
 from proxy.config import parse_duration
 from proxy.identity.tokens import TokenError, TokenVerifier
-from proxy.store.base import RequestStatus, StoreError
+from proxy.store.base import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, RequestStatus, Store, StoreError
 from proxy.workflow.service import AccessService, WorkflowError, grant_fields, request_fields
 
 _bearer = HTTPBearer(auto_error=False)
@@ -64,9 +70,11 @@ async def principal(
                             headers={"WWW-Authenticate": "Bearer"})
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return await verifier.verify_async(None, creds.credentials)
+        who = await verifier.verify_async(None, creds.credentials)
     except TokenError as e:
         raise HTTPException(401, f"token rejected ({e.code})", headers={"WWW-Authenticate": "Bearer"}) from None
+    request.state.principal = who  # for the audit middleware's admin.api_call event
+    return who
 
 
 Who = Annotated[Principal, Depends(principal)]
@@ -88,13 +96,21 @@ def create_app(
     access: Callable[[Principal], list[dict[str, Any]]] | None = None,
     on_change: Callable[[], Awaitable[None]] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    audit_store: Store | None = None,
+    auditor_groups: frozenset[str] = frozenset(),
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
     GET /v1/access. `on_change`: awaited after each write (the proxy refreshes its grants).
     `health()`: the upstream instances' and the store's state, for GET /healthz (no token:
-    load balancers and monitors ask it; it names no host, user or credential)."""
+    load balancers and monitors ask it; it names no host, user or credential).
+    `audit_store`: a store object on the state store the `store` audit sink writes to, for
+    GET /v1/audit and /v1/audit/chain (best not the sink's own object: a 10,000-event search
+    would hold its connection while fail_closed statements wait for their batch); None: those
+    answer 404. `auditor_groups`: groups whose members may read
+    the audit trail, besides admins."""
     app = FastAPI(title="jitproxy admin API", version="1", docs_url=None, redoc_url=None)
     app.state.verifier = verifier
+    auditors = frozenset(auditor_groups)
 
     async def run(fn: Callable[..., Any], *args: Any, write: bool = False, **kwargs: Any) -> Any:
         result = await asyncio.to_thread(fn, *args, **kwargs)
@@ -109,6 +125,24 @@ def create_app(
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, e: StoreError) -> JSONResponse:
         return JSONResponse({"detail": "the state store is unavailable; try again"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        # The audit endpoints answer a wrong parameter with 400, as their own checks do.
+        if request.url.path.startswith("/v1/audit"):
+            return JSONResponse({"detail": _validation_detail(e)}, status_code=400)
+        return await request_validation_exception_handler(request, e)
+
+    def audit_reader(who: Principal) -> Store:
+        """The audit store, if `who` may read it (admins and auditors; else 403)."""
+        if not (service.is_admin(who) or auditors & set(who.groups)):
+            groups = ", ".join(sorted(auditors)) or "none configured"
+            raise HTTPException(403, f"reading the audit trail is for admins and auditors (auditor groups: {groups}); "
+                                     f"{who.user} is neither")
+        if audit_store is None:
+            raise HTTPException(404, "this proxy does not store its audit trail (no 'store' sink in audit.sinks); "
+                                     "search its audit files or your log system instead")
+        return audit_store
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:
@@ -167,4 +201,53 @@ def create_app(
     async def my_access(who: Who) -> list[dict[str, Any]]:
         return access(who) if access is not None else []
 
+    @app.get("/v1/audit", summary="Search the audit trail (admins and auditors)")
+    async def audit_search(
+        who: Who,
+        user: Annotated[str | None, Query(description="the person (token subject)")] = None,
+        since: Annotated[str | None, Query(description="from: 1h, 30m, 2d (ago) or an ISO-8601 time; "
+                                                       "a time without a zone is UTC")] = None,
+        until: Annotated[str | None, Query(description="before: same forms as since")] = None,
+        table: Annotated[str | None, Query(description="db.table (or db.*): events naming it")] = None,
+        decision: Annotated[str | None, Query(description="allow or deny")] = None,
+        event_type: Annotated[str | None, Query(alias="type", description=(
+            "an event type (statement.denied) or a prefix (statement. or statement.*)"))] = None,
+        instance: Annotated[str | None, Query(description="the upstream instance")] = None,
+        session_id: str | None = None,
+        proxy_instance: Annotated[str | None, Query(description="the proxy process (host:pid)")] = None,
+        limit: Annotated[int, Query(ge=1, le=AUDIT_MAX_LIMIT)] = AUDIT_DEFAULT_LIMIT,
+        oldest_first: bool = False,
+    ) -> dict[str, Any]:
+        """Events matching every filter given, newest first (or oldest first): `{"events": [...]}`,
+        each the event exactly as written."""
+        store = audit_reader(who)
+        try:
+            query = build_query(now=datetime.now(UTC), user=user, since=since, until=until, table=table,
+                                decision=decision, type=event_type, instance=instance, session_id=session_id,
+                                proxy_instance=proxy_instance, limit=limit, oldest_first=oldest_first)
+        except SearchError as e:
+            raise HTTPException(400, str(e)) from None
+        return {"events": await run(store.search_audit, query)}
+
+    @app.get("/v1/audit/chain", summary="One proxy process's audit events in seq order (for verification)")
+    async def audit_chain(
+        who: Who,
+        proxy_instance: Annotated[str, Query(description="the proxy process (host:pid)")],
+        after_seq: Annotated[int, Query(ge=0, description="only events after this seq (paging)")] = 0,
+        limit: Annotated[int, Query(ge=1, le=AUDIT_MAX_LIMIT)] = AUDIT_MAX_LIMIT,
+    ) -> dict[str, Any]:
+        """`{"events": [...]}` in seq order; fewer than `limit` means the chain's end. Page with
+        after_seq = the last seq returned. Feed them to `jitproxy audit verify`."""
+        store = audit_reader(who)
+        try:
+            name, after, count = chain_params(proxy_instance, after_seq, limit)
+        except SearchError as e:
+            raise HTTPException(400, str(e)) from None
+        return {"events": await run(store.audit_chain, name, after, count)}
+
     return app
+
+
+def _validation_detail(e: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: "query.limit: Input should be ..."."""
+    return "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors())

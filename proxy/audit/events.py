@@ -5,25 +5,43 @@ never carries a token, password or IAM signature. Sinks receive one JSON object 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import hashlib
 import json
-import os
 import re
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any
+
+import structlog
+
+from proxy.audit.chain import GENESIS, canonical, seal
+from proxy.audit.normalize import fingerprint, normalize
+from proxy.audit.sinks import FileSink, MemorySink, Record, Sink, SinkWriter, StreamSink
+
+log = structlog.get_logger("jitproxy.audit")
+
+SCHEMA_VERSION = 1
+# Who is calling, for events made outside a client session (the admin API sets it per request;
+# asyncio.to_thread carries it into the worker thread that emits).
+CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("audit_caller", default=None)
+# On every event (null where it does not apply): the schema's common fields.
+_COMMON = ("session_id", "user", "groups", "client_addr", "client_program", "instance", "environment")
+__all__ = ["AuditEmitter", "AuditUnavailable", "EventType", "FileSink", "MemorySink", "SessionInfo", "Sink",
+           "StreamSink"]
 
 
 class EventType:
     SESSION_START = "session.start"
     SESSION_REJECTED = "session.rejected"
     SESSION_END = "session.end"
-    STATEMENT_ALLOWED = "statement.allowed"
-    STATEMENT_FAILED = "statement.failed"
+    STATEMENT_ALLOWED = "statement.allowed"  # authorized; written before it is forwarded
+    STATEMENT_COMPLETED = "statement.completed"  # its result: rows, affected rows, duration
+    STATEMENT_FAILED = "statement.failed"  # the database (or a guardrail) answered with an error
     STATEMENT_DENIED = "statement.denied"
     REQUEST_CREATED = "request.created"
     REQUEST_APPROVAL = "request.approval"  # one approver's approval, before the request is approved
@@ -33,6 +51,9 @@ class EventType:
     REQUEST_EXPIRED = "request.expired"
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
+    POLICY_RELOADED = "policy.reloaded"
+    POLICY_RELOAD_FAILED = "policy.reload_failed"
+    ADMIN_API_CALL = "admin.api_call"
 
 
 CODES = {
@@ -42,6 +63,7 @@ CODES = {
     EventType.STATEMENT_ALLOWED: "JP2000",
     EventType.STATEMENT_FAILED: "JP2001",
     EventType.STATEMENT_DENIED: "JP2002",
+    EventType.STATEMENT_COMPLETED: "JP2003",
     EventType.REQUEST_CREATED: "JP3000",
     EventType.REQUEST_APPROVAL: "JP3001",
     EventType.REQUEST_APPROVED: "JP3002",
@@ -50,6 +72,9 @@ CODES = {
     EventType.REQUEST_EXPIRED: "JP3005",
     EventType.GRANT_ADDED: "JP3100",
     EventType.GRANT_REVOKED: "JP3101",
+    EventType.POLICY_RELOADED: "JP4000",
+    EventType.POLICY_RELOAD_FAILED: "JP4001",
+    EventType.ADMIN_API_CALL: "JP5000",
 }
 
 
@@ -81,59 +106,13 @@ class SessionInfo:
         }
 
 
-class Sink(Protocol):
-    def write(self, event: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class StreamSink:
-    """JSON lines to a text stream (stdout by default: what log shippers ingest)."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), default=str, ensure_ascii=False) + "\n"
-        stream = self._stream or sys.stdout
-        with self._lock:
-            stream.write(line)
-            stream.flush()
-
-    def close(self) -> None:
-        pass
-
-
-class FileSink(StreamSink):
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        super().__init__(os.fdopen(fd, "a", encoding="utf-8"))
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def write(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
 _SECRET_STATEMENT = re.compile(r"\b(IDENTIFIED|PASSWORD|SECRET|TOKEN)\b", re.IGNORECASE)
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"", re.DOTALL)
 
 
 def redact_statement(sql: str, max_chars: int) -> tuple[str, bool]:
     """Statement text for audit: literals of statements that may carry a secret are blanked;
-    long text is truncated (the original length is reported by the caller)."""
+    long text is truncated (the caller records the original length and hash)."""
     if _SECRET_STATEMENT.search(sql):
         sql = _STRING_LITERAL.sub("'?'", sql)
     if len(sql) > max_chars:
@@ -141,43 +120,231 @@ def redact_statement(sql: str, max_chars: int) -> tuple[str, bool]:
     return sql, False
 
 
+class AuditUnavailable(Exception):
+    """A fail_closed statement's event could not be written durably in time."""
+
+
+MODES = ("fail_closed", "best_effort", "off")
+
+
 class AuditEmitter:
+    """Builds, seals (seq + hash chain) and dispatches every audit event.
+
+    `emit` is cheap and thread-safe (the API's worker threads emit too): it seals the event
+    under a lock and hands it to each sink's writer thread. `emit_durable` also waits, on the
+    event loop, until every required sink has the event: what fail_closed statements do before
+    they are forwarded. `mode_for(environment)`: `audit.mode` per environment ("auto": prod is
+    fail_closed, the rest best_effort)."""
+
     def __init__(
         self,
         sinks: Iterable[Sink],
         instance: str,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         max_statement_chars: int = 16384,
+        *,
+        max_event_bytes: int = 65536,
+        redact_literals: bool = False,
+        mode: str = "auto",
+        max_queue: int = 100_000,
+        durable_timeout_s: float = 2.0,
     ) -> None:
         self.sinks = list(sinks)
         self.instance = instance
         self.clock = clock
         self.max_statement_chars = max_statement_chars
-        self.failures = 0
+        self.max_event_bytes = max_event_bytes
+        self.redact_literals = redact_literals
+        self.mode = mode
+        self.durable_timeout_s = durable_timeout_s
+        self._lock = threading.Lock()
+        self._n = 0
+        self._seq = 0
+        self._last_hash = GENESIS
+        self._sync = [s for s in self.sinks if s.synchronous]
+        self._writers = [SinkWriter(s, max_queue, self._written, self._failed) for s in self.sinks if not s.synchronous]
+        self._required = [w for w in self._writers if w.sink.required]
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.refused = 0  # fail_closed statements refused because audit was unavailable
+        self.on_close: list[Callable[[], Any]] = []  # run after the sinks are closed (their stores)
+
+    # -- modes ------------------------------------------------------------------------------
+
+    def mode_for(self, environment: str | None) -> str:
+        if self.mode == "auto":
+            return "fail_closed" if environment == "prod" else "best_effort"
+        return self.mode
+
+    # -- emit -------------------------------------------------------------------------------
 
     def emit(self, event_type: str, session: SessionInfo | None, **fields: Any) -> dict[str, Any]:
+        return self._emit(event_type, session, fields, False)[0]
+
+    async def emit_durable(self, event_type: str, session: SessionInfo | None, **fields: Any) -> dict[str, Any]:
+        """Emit, then wait until every required sink has written it. Raises AuditUnavailable
+        at once when one is failing, or after `durable_timeout_s`."""
+        event, n = self._emit(event_type, session, fields, True)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if any(not w.up for w in self._required):
+                self.refused += 1
+                raise AuditUnavailable(self._unavailable())
+            if n <= self._durable_n():
+                return event
+            self._waiters.append((n, loop, future))
+        try:
+            await asyncio.wait_for(future, self.durable_timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.refused += 1
+            raise AuditUnavailable(f"the audit trail did not confirm within {self.durable_timeout_s:g} s") from None
+        except AuditUnavailable:
+            self.refused += 1
+            raise
+        finally:
+            if not future.done() or future.cancelled():
+                with self._lock:
+                    self._waiters = [w for w in self._waiters if w[2] is not future]
+        return event
+
+    def _emit(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any],
+              durable: bool) -> tuple[dict[str, Any], int]:
         event: dict[str, Any] = {
             "type": event_type,
             "code": CODES[event_type],
+            "schema_version": SCHEMA_VERSION,
             "time": self.clock().isoformat(timespec="microseconds"),
             "event_id": uuid.uuid4().hex,
             "proxy_instance": self.instance,  # which proxy process (host:pid); "instance" is the upstream's
         }
         if session is not None:
             event.update(session.fields())
-        if "statement" in fields and isinstance(fields["statement"], str):
-            text = fields["statement"]
-            fields["statement"], truncated = redact_statement(text, self.max_statement_chars)
-            if truncated:
-                fields["statement_length"] = len(text)
+        else:
+            caller = CALLER.get()
+            if caller:
+                event.update(caller)
+        statement = fields.get("statement")
+        if isinstance(statement, str):
+            self._statement_fields(statement, fields)
         event.update(fields)
-        for sink in self.sinks:
-            try:
-                sink.write(event)
-            except Exception:  # noqa: BLE001 - counted; issue 6 adds fail-closed sinks
-                self.failures += 1
-        return event
+        for key in _COMMON:
+            if key not in event:
+                event[key] = [] if key == "groups" else None
+        with self._lock:
+            self._n += 1
+            self._seq += 1
+            line = seal(event, self._seq, self._last_hash)
+            if len(line) > self.max_event_bytes:
+                line = self._shrink(event)
+            self._last_hash = event["hash"]
+            record = Record(self._n, line, event, durable)
+            for sink in self._sync:
+                sink.write_batch([record])
+            for writer in self._writers:
+                writer.put(record)
+            return event, self._n
+
+    def _statement_fields(self, statement: str, fields: dict[str, Any]) -> None:
+        fields.setdefault("fingerprint", fingerprint(statement))
+        if self.redact_literals:
+            statement = normalize(statement)
+            fields["redacted"] = True
+        text, truncated = redact_statement(statement, self.max_statement_chars)
+        if truncated:
+            fields["statement_length"] = len(statement)
+            fields["statement_sha256"] = hashlib.sha256(statement.encode("utf-8")).hexdigest()
+        fields["statement"] = text
+        if self.redact_literals and "params" in fields:
+            fields["params"] = len(fields["params"]) if isinstance(fields["params"], list) else None
+
+    def _shrink(self, event: dict[str, Any]) -> str:
+        """An event over max_event_bytes: its largest strings and lists are cut (their original
+        length and SHA-256 recorded in `truncated`); the event is resealed, never dropped."""
+        del event["hash"]
+        truncated: dict[str, Any] = {}
+        budget = max(self.max_event_bytes // 4, 256)
+        for key, value in sorted(event.items(), key=lambda kv: -len(json.dumps(kv[1], default=str))):
+            text = json.dumps(value, default=str, ensure_ascii=False)
+            if len(text) <= budget or key in _CHAIN_KEYS:
+                continue
+            truncated[key] = {"length": len(text), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+            event[key] = text[:budget] + "…"
+            if len(canonical(event)) < self.max_event_bytes - 1024:
+                break
+        event["truncated"] = truncated
+        return seal(event, event["seq"], event["prev_hash"])
+
+    # -- durability ---------------------------------------------------------------------------
+
+    def _durable_n(self) -> int:
+        return min((w.written_n for w in self._required), default=self._n)
+
+    def _written(self, _: SinkWriter) -> None:
+        with self._lock:
+            durable = self._durable_n()
+            done = [w for w in self._waiters if w[0] <= durable]
+            if done:
+                self._waiters = [w for w in self._waiters if w[0] > durable]
+        for _, loop, future in done:
+            _wake(loop, future, None)
+
+    def _failed(self, writer: SinkWriter) -> None:
+        if not writer.sink.required:
+            return
+        with self._lock:
+            failed, self._waiters = self._waiters, []
+        error = AuditUnavailable(self._unavailable())
+        for _, loop, future in failed:
+            _wake(loop, future, error)
+
+    def _unavailable(self) -> str:
+        down = [w.sink.name for w in self._required if not w.up]
+        return f"the audit trail is unavailable ({', '.join(down) or 'a sink'} failing)"
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "events": self._n,
+            "refused_statements": self.refused,
+            "sinks": {w.sink.name: {"up": w.up, "queued": w.queued, "dropped": w.dropped, "failures": w.failures,
+                                    "last_error": w.last_error} for w in self._writers},
+        }
+
+    @property
+    def dropped(self) -> int:
+        return sum(w.dropped for w in self._writers)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every writer's queue is empty (tests, shutdown)."""
+        return all(w.wait_idle(timeout_s) for w in self._writers)
 
     def close(self) -> None:
-        for sink in self.sinks:
+        for writer in self._writers:
+            writer.close()
+        for sink in self._sync:
             sink.close()
+        for callback in self.on_close:
+            callback()
+        log.info("audit closed", last_seq=self._seq, last_hash=self._last_hash, proxy_instance=self.instance,
+                 dropped=self.dropped)
+
+
+_CHAIN_KEYS = frozenset({"type", "code", "schema_version", "time", "event_id", "proxy_instance", "seq", "prev_hash"})
+
+
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], error: BaseException | None) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, future, error)
+    except RuntimeError:  # that loop is closed: nobody waits any more
+        pass
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -25,6 +25,7 @@ class ER:
     UPSTREAM_UNAVAILABLE = 2003
     UPSTREAM_LOST = 2013
     INTERNAL = 1105
+    AUDIT_UNAVAILABLE = 1105  # ER_UNKNOWN_ERROR: fail_closed refused a statement it could not audit
     TOO_MANY_CONNECTIONS = 1040
     TOO_BIG_SELECT = 1104
 

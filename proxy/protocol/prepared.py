@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field
 
+from proxy.audit.params import decode_execute_params
 from proxy.authz.model import Analysis, Decision, DenyCode, MaskMethod, StatementKind, TableRef
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError
@@ -25,6 +27,9 @@ class Prepared:
     analysis: Analysis
     rows_sent: int = 0  # through a cursor (COM_STMT_FETCH): counts against the grant's max_rows
     masks: tuple[tuple[TableRef, str, MaskMethod], ...] = ()  # what the prepared text was masked for
+    num_params: int = 0
+    param_types: tuple[int, ...] | None = None  # bound by the last execute that sent them (audit)
+    long_data: set[int] = field(default_factory=set)  # parameters sent by COM_STMT_SEND_LONG_DATA
 
 
 def _preparable(analysis: Analysis) -> bool:
@@ -65,12 +70,24 @@ class PreparedStatementCommands:
             payload, denied = self._restrict_metadata(sql, analysis)
             if denied is not None:
                 return await self._deny(wire.COM_STMT_PREPARE, sql, denied, started)
+        await self._admit(wire.COM_STMT_PREPARE, sql, decision)
         outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
         assert outcome is not None
         if outcome.error is None and outcome.stmt_id is not None:
-            self.prepared[outcome.stmt_id] = Prepared(sql, analysis, masks=decision.masks)
+            self.prepared[outcome.stmt_id] = Prepared(sql, analysis, masks=decision.masks, num_params=outcome.num_params)
         self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
         return True
+
+    def _params(self, payload: bytes, stmt: Prepared) -> dict[str, Any]:
+        """The execute's parameters for its audit event (decoded from the packet that is relayed
+        unchanged; the types of the last execute that bound them are remembered)."""
+        if not stmt.num_params or self.audit_mode == "off":
+            return {}
+        if stmt.long_data:  # their values are not in this packet: the rest cannot be told apart
+            sent, stmt.long_data = sorted(stmt.long_data), set()
+            return {"params": None, "params_long_data": sent}
+        values, stmt.param_types = decode_execute_params(payload, stmt.num_params, stmt.param_types)
+        return {"params": values}
 
     @staticmethod
     def _same_masks(decision: Decision, stmt: Prepared) -> Decision:
@@ -101,6 +118,7 @@ class PreparedStatementCommands:
         decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)  # grants may have ended
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
+        await self._admit(wire.COM_STMT_EXECUTE, stmt.sql, decision, stmt_id=stmt_id, **self._params(payload, stmt))
         outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
         assert outcome is not None
         stmt.rows_sent = outcome.rows
@@ -123,6 +141,8 @@ class PreparedStatementCommands:
     async def com_stmt_send_long_data(self, payload: bytes) -> bool:
         stmt_id, stmt = self._stmt(payload)
         if stmt is not None:  # no response is ever sent for this command
+            if len(payload) >= 6:
+                stmt.long_data.add(int.from_bytes(payload[4:6], "little"))
             await self._upstream(wire.COM_STMT_SEND_LONG_DATA, payload, None)
         return True
 

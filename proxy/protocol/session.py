@@ -15,7 +15,7 @@ import structlog
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from proxy.audit.events import EventType, SessionInfo
+from proxy.audit.events import AuditUnavailable, EventType, SessionInfo
 from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import (
     Analysis,
@@ -69,6 +69,9 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self.statements = 0
         self.denied = 0
         self.held_grant = False  # held one at some point (on_expiry: disconnect closes it after)
+        self.audit_mode = ctx.audit.mode_for(instance.environment)
+        self._statement_n = 0
+        self._statement_id: str | None = None
         self.end_reason: str | None = None
         self._ended = False
 
@@ -278,6 +281,46 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             f"Statement denied by jitproxy ({code}): {decision.reason}",
         )
 
+    def _statement_fields(self, command: int, sql: str, decision: Decision) -> dict[str, Any]:
+        analysis = decision.analysis
+        return {
+            "command": wire.COMMAND_NAMES.get(command, str(command)),
+            "statement": sql,
+            "statement_class": analysis.statement_class,
+            "db": self.database,
+            "tables": sorted({str(t) for t in analysis.tables}),
+            "privileges": sorted(str(r) for r in analysis.requirements),
+        }
+
+    async def _admit(self, command: int, sql: str, decision: Decision, **extra: Any) -> None:
+        """`statement.allowed`, before the statement is forwarded. fail_closed: written durably
+        first, or the statement is refused and never reaches the database."""
+        self._statement_n += 1
+        self._statement_id = f"{self.info.session_id}.{self._statement_n}"
+        if self.audit_mode == "off":
+            return
+        fields = self._statement_fields(command, sql, decision)
+        fields.update(decision="allow", statement_id=self._statement_id, **extra)
+        if decision.masks:
+            fields["masked_columns"] = sorted(f"{t}.{c}:{m.value}" for t, c, m in decision.masks)
+        if decision.used_grants:
+            fields["grants"] = sorted({g.source for g in decision.used_grants if g.source})
+        if self.audit_mode != "fail_closed":
+            self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields)
+            return
+        try:
+            await self.ctx.audit.emit_durable(EventType.STATEMENT_ALLOWED, self.info, **fields)
+        except AuditUnavailable as e:
+            self.denied += 1
+            fields.update(decision="deny", reason_code="audit_unavailable", reason=str(e))
+            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
+            raise ClientError(
+                ER.AUDIT_UNAVAILABLE,
+                f"Statement refused by jitproxy (audit_unavailable): {e}. This database requires every "
+                "statement to be audited before it runs (audit mode fail_closed); nothing was sent to it. "
+                "Try again shortly; if it persists, tell the jitproxy operators.",
+            ) from None
+
     def _audit_statement(
         self,
         command: int,
@@ -287,40 +330,43 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         outcome: Outcome | None = None,
         **extra: Any,
     ) -> None:
+        """After the statement: `statement.denied` (refused), or the result of an admitted one
+        (`statement.completed` / `statement.failed`, joined to its `statement.allowed` by
+        `statement_id`)."""
         self.statements += 1
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if not decision.allowed:
+            self.denied += 1
+            fields = self._statement_fields(command, sql, decision)
+            fields.update(decision="deny", reason_code=decision.code.value if decision.code else None,
+                          reason=decision.reason, duration_ms=duration_ms, **extra)
+            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
+            return
+        if self.audit_mode == "off":
+            return
         analysis = decision.analysis
-        fields: dict[str, Any] = {
+        fields = {
             "command": wire.COMMAND_NAMES.get(command, str(command)),
-            "statement": sql,
+            "statement_id": self._statement_id,
             "statement_class": analysis.statement_class,
             "db": self.database,
             "tables": sorted({str(t) for t in analysis.tables}),
-            "privileges": sorted(str(r) for r in analysis.requirements),
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "decision": "allow",
+            "duration_ms": duration_ms,
+            **extra,
         }
-        if not decision.allowed:
-            self.denied += 1
-            fields.update(decision="deny", reason_code=decision.code.value if decision.code else None, reason=decision.reason)
-            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields, **extra)
-            return
-        fields["decision"] = "allow"
-        if decision.masks:
-            fields["masked_columns"] = sorted(f"{t}.{c}:{m.value}" for t, c, m in decision.masks)
-        if decision.used_grants:
-            fields["grants"] = sorted({g.source for g in decision.used_grants if g.source})
+        event_type = EventType.STATEMENT_COMPLETED
         if outcome is not None:
             fields.update(rows=outcome.rows, affected_rows=outcome.affected_rows, warnings=outcome.warnings)
             if outcome.last_insert_id:
                 fields["last_insert_id"] = outcome.last_insert_id
             if outcome.error is not None:
                 fields.update(error_code=outcome.error.code, sqlstate=outcome.error.sqlstate, error=outcome.error.message[:512])
-                self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields, **extra)
-                return
-            if outcome.truncated:
+                event_type = EventType.STATEMENT_FAILED
+            elif outcome.truncated:
                 fields.update(error_code=ER.TOO_BIG_SELECT, reason_code="max_rows", rows_sent=decision.max_rows)
-                self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields, **extra)
-                return
-        self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields, **extra)
+                event_type = EventType.STATEMENT_FAILED
+        self.ctx.audit.emit(event_type, self.info, **fields)
 
     async def _deny(self, command: int, sql: str, decision: Decision, started: float, **extra: Any) -> bool:
         self._audit_statement(command, sql, decision, started, **extra)
@@ -354,6 +400,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
         if kind is StatementKind.KILL:
+            await self._admit(wire.COM_QUERY, sql, decision)
             return await self._kill(sql, decision, started)
         if decision.masks:
             payload, denied = await self._masked_payload(sql, kind, decision)
@@ -364,6 +411,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)
 
+        await self._admit(wire.COM_QUERY, sql, decision)
         if kind is StatementKind.SHOW and analysis.statement_class in FILTERED_SHOWS:
             outcome = await self._filtered_show(payload, analysis)
         elif decision.listed_columns is not None:  # also EXECUTE of a PREPAREd DESCRIBE
@@ -445,6 +493,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         decision = self._decide(_use_analysis(db))
         if not decision.allowed:
             return await self._deny(wire.COM_INIT_DB, f"USE `{db}`", decision, started)
+        await self._admit(wire.COM_INIT_DB, f"USE `{db}`", decision)
         outcome = await self._upstream(wire.COM_INIT_DB, payload, Expect.OK)
         assert outcome is not None
         if outcome.error is None:
@@ -469,6 +518,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         sql = f"SHOW COLUMNS FROM `{table}`"
         if not decision.allowed:
             return await self._deny(wire.COM_FIELD_LIST, sql, decision, started)
+        await self._admit(wire.COM_FIELD_LIST, sql, decision)
         outcome = await self._upstream(wire.COM_FIELD_LIST, payload, Expect.FIELDS)
         self._audit_statement(wire.COM_FIELD_LIST, sql, decision, started, outcome)
         return True

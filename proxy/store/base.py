@@ -8,14 +8,20 @@ every write bumps the revision in the same transaction, so a replica polling it 
 change (approval, revocation) within its poll interval.
 
 Times are timezone-aware UTC datetimes in and out (microseconds kept).
+
+The store also keeps the audit trail (`append_audit`, `search_audit`, `audit_chain`): events
+are appended in batches by the audit sink's writer thread and searched by the admin API. Those
+writes do not bump the revision: it tells replicas that grants changed, and audit events change
+no grant.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 # A grant or request for every upstream instance; also what rows written before instances
@@ -130,6 +136,55 @@ class Decision:
     by: str | None = None  # status_by when there is no approval (the requester cancelling, "system")
 
 
+# search_audit / audit_chain return at most this many events per call.
+AUDIT_DEFAULT_LIMIT = 100
+AUDIT_MAX_LIMIT = 10_000
+AUDIT_DECISIONS = ("allow", "deny")
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """What `search_audit` looks for; every filter given must match (None: any).
+
+    `since` <= time < `until` (aware datetimes). `table` is "db.table" (also "db.*"): events
+    that name it, in `tables` (statements; a request's table names are qualified with its `db`)
+    or as `object` (grants). `type` is one event type ("statement.denied"), or a prefix when it
+    ends with "." or "*" ("statement." and "statement.*" match every statement event).
+    Results are newest first (time, then insertion order), or oldest first."""
+
+    user: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    table: str | None = None
+    decision: str | None = None  # "allow" or "deny"
+    type: str | None = None
+    instance: str | None = None  # the upstream instance (its configured name)
+    session_id: str | None = None
+    proxy_instance: str | None = None  # the proxy process (host:pid) that wrote the event
+    limit: int = AUDIT_DEFAULT_LIMIT
+    oldest_first: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= AUDIT_MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{AUDIT_MAX_LIMIT}, got {self.limit!r}")
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
+                raise ValueError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
+        if self.decision is not None and self.decision not in AUDIT_DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(AUDIT_DECISIONS)}, got {self.decision!r}")
+        if self.type is not None and self.type in ("", "*", "."):
+            raise ValueError("type must name an event type or a prefix such as statement.")
+
+    def type_filter(self) -> tuple[str, bool] | None:
+        """(text, is_prefix) for `type`, None when any type matches."""
+        if self.type is None:
+            return None
+        if self.type.endswith("*"):
+            return self.type[:-1], True
+        return self.type, self.type.endswith(".")
+
+
 class Store(Protocol):
     def migrate(self) -> None:
         """Create or upgrade the schema (versioned migrations; idempotent, safe to race)."""
@@ -164,5 +219,21 @@ class Store(Protocol):
         missing), append the approval (if any), and when `new_status` is set, change the status
         (status_by = the approval's approver, else `decision.by`), set access_until and create
         the grants (their ids land in `grant_ids`). Bumps the revision."""
+
+    # -- the audit trail ----------------------------------------------------------------------
+
+    def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Store a batch of sealed audit events in one transaction (all or none). Each needs
+        `event_id`, `time` (ISO-8601 with a zone) and `type` (else ValueError, nothing
+        written). Idempotent on `event_id`: events already stored are skipped, so a batch
+        retried after a lost answer neither fails nor duplicates. The body is kept as given
+        (its JSON), for `audit verify` to recompute the hashes. Does not bump the revision."""
+
+    def search_audit(self, query: AuditQuery) -> list[dict[str, Any]]:
+        """The bodies of the events matching `query`, newest first (or oldest first)."""
+
+    def audit_chain(self, proxy_instance: str, after_seq: int = 0, limit: int = AUDIT_MAX_LIMIT) -> list[dict[str, Any]]:
+        """The bodies of `proxy_instance`'s events with seq > `after_seq`, in seq order, at most
+        `limit` (1..AUDIT_MAX_LIMIT): page with after_seq = the last seq returned."""
 
     def close(self) -> None: ...

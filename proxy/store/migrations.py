@@ -23,6 +23,14 @@ Schema notes (both dialects):
   (`grants.request_id` alone cannot say that: a grant added by hand may cite a request).
 - `grants.instance` / `requests.instance` (version 2): the upstream instance (its configured
   name) a grant applies to, "*" for every instance; rows older than version 2 read "*".
+- `audit_events` (version 3): the audit trail. `body` is the event's JSON text exactly as
+  appended (text, not jsonb, in PostgreSQL too: jsonb would reorder keys and reformat numbers,
+  and `audit verify` recomputes hashes from the body; `body::jsonb` serves ad-hoc queries).
+  The other columns are copied out of the body for searching (`person` is the event's "user").
+  `id` is the insertion order (the tie-break for equal times). `audit_event_tables` has one
+  row per table an event names ("db.table"), with the event's time, keyed for "the events on
+  this table, newest first"; it points at `audit_events.id` (no foreign key: a retention job
+  deletes from both). Audit writes do not bump `meta.revision`.
 """
 
 from __future__ import annotations
@@ -173,6 +181,68 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=(
             "ALTER TABLE grants ADD COLUMN instance text NOT NULL DEFAULT '*'",
             "ALTER TABLE requests ADD COLUMN instance text NOT NULL DEFAULT '*'",
+        ),
+    ),
+    Migration(
+        version=3,
+        description="audit_events, audit_event_tables (the audit trail, searchable)",
+        sqlite=(
+            """CREATE TABLE audit_events (
+                id INTEGER PRIMARY KEY,
+                event_id TEXT NOT NULL UNIQUE,
+                time TEXT NOT NULL,
+                type TEXT NOT NULL,
+                person TEXT,
+                instance TEXT,
+                environment TEXT,
+                decision TEXT,
+                session_id TEXT,
+                proxy_instance TEXT,
+                seq INTEGER,
+                body TEXT NOT NULL
+            )""",
+            # Newest first by time, then id: SQLite indexes end with the rowid (= id).
+            "CREATE INDEX audit_events_time ON audit_events (time)",
+            "CREATE INDEX audit_events_person ON audit_events (person, time)",
+            "CREATE INDEX audit_events_type ON audit_events (type, time)",
+            "CREATE INDEX audit_events_instance ON audit_events (instance, time)",
+            "CREATE INDEX audit_events_session ON audit_events (session_id, time)",
+            "CREATE INDEX audit_events_chain ON audit_events (proxy_instance, seq)",
+            # One row per table an event names; walked in time order for "events on db.table".
+            """CREATE TABLE audit_event_tables (
+                table_name TEXT NOT NULL,
+                time TEXT NOT NULL,
+                event_pk INTEGER NOT NULL,
+                PRIMARY KEY (table_name, time, event_pk)
+            ) WITHOUT ROWID""",
+        ),
+        postgres=(
+            """CREATE TABLE audit_events (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                event_id text NOT NULL UNIQUE,
+                time timestamptz NOT NULL,
+                type text NOT NULL,
+                person text,
+                instance text,
+                environment text,
+                decision text,
+                session_id text,
+                proxy_instance text,
+                seq bigint,
+                body text NOT NULL
+            )""",
+            "CREATE INDEX audit_events_time ON audit_events (time, id)",
+            "CREATE INDEX audit_events_person ON audit_events (person, time, id)",
+            "CREATE INDEX audit_events_type ON audit_events (type, time, id)",
+            "CREATE INDEX audit_events_instance ON audit_events (instance, time, id)",
+            "CREATE INDEX audit_events_session ON audit_events (session_id, time, id)",
+            "CREATE INDEX audit_events_chain ON audit_events (proxy_instance, seq)",
+            """CREATE TABLE audit_event_tables (
+                table_name text NOT NULL,
+                time timestamptz NOT NULL,
+                event_pk bigint NOT NULL,
+                PRIMARY KEY (table_name, time, event_pk)
+            )""",
         ),
     ),
 )

@@ -15,12 +15,18 @@ it was applied.
 
 Errors become StoreError with a message naming the server (host, port, database) but never the
 DSN: it may carry a password.
+
+Audit batches (`append_audit`) are two statements over arrays (one round trip each, whatever
+the batch size) in a transaction that does not bump the revision. Being idempotent on
+event_id, they are retried on a new connection even when the connection broke during COMMIT.
+Give the audit sink a store object (connection) of its own, so a batch never waits behind a
+grant poll and the reverse.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -30,9 +36,12 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
 from proxy.store import check_decision, new_grant_id, new_request_id, status_by, utc
+from proxy.store.audit import INSERT_COLUMNS, audit_rows, chain_sql, parse_body, row_values, search_sql, table_pairs
 from proxy.store.base import (
+    AUDIT_MAX_LIMIT,
     AccessRequest,
     Approval,
+    AuditQuery,
     Conflict,
     Decision,
     NewGrant,
@@ -214,6 +223,41 @@ class PostgresStore:
 
         return self._write(decide)
 
+    def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        rows = audit_rows(events)
+        if not rows:
+            return
+        columns = [list(values) for values in zip(*(row_values(row, utc) for row in rows), strict=True)]
+        pairs = table_pairs(rows)
+
+        def append(conn: Connection) -> None:
+            # No revision bump (audit changes no grant), and no "lost during COMMIT" guard:
+            # replaying the batch on a new connection stores nothing twice.
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.execute(_AUDIT_INSERT, columns)
+                if pairs:
+                    cursor.execute(_AUDIT_TABLES_INSERT, ([p[0] for p in pairs], [p[1] for p in pairs]))
+
+        self._run(append)
+
+    def search_audit(self, query: AuditQuery) -> list[dict[str, Any]]:
+        sql, args = search_sql(query, "%s", utc)
+
+        def select(cursor: Cursor) -> list[dict[str, Any]]:
+            cursor.execute(sql, args)
+            return [parse_body(row["body"]) for row in cursor.fetchall()]
+
+        return self._read(select)
+
+    def audit_chain(self, proxy_instance: str, after_seq: int = 0, limit: int = AUDIT_MAX_LIMIT) -> list[dict[str, Any]]:
+        sql, args = chain_sql(proxy_instance, after_seq, limit, "%s")
+
+        def select(cursor: Cursor) -> list[dict[str, Any]]:
+            cursor.execute(sql, args)
+            return [parse_body(row["body"]) for row in cursor.fetchall()]
+
+        return self._read(select)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -300,6 +344,22 @@ class PostgresStore:
 
 
 # -- rows -------------------------------------------------------------------------------------
+
+_AUDIT_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "text", "bigint", "text")
+# One array per column, unnested in the batch's order (ORDINALITY: ids follow it). DO NOTHING
+# also skips a duplicate event_id inside the batch.
+_AUDIT_INSERT = (
+    f"INSERT INTO audit_events ({', '.join(INSERT_COLUMNS)}) "
+    f"SELECT {', '.join('b.' + c for c in INSERT_COLUMNS)} "
+    f"FROM unnest({', '.join(f'%s::{t}[]' for t in _AUDIT_TYPES)}) "
+    f"WITH ORDINALITY AS b({', '.join(INSERT_COLUMNS)}, n) ORDER BY b.n "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_AUDIT_TABLES_INSERT = """INSERT INTO audit_event_tables (table_name, time, event_pk)
+    SELECT p.table_name, e.time, e.id
+    FROM unnest(%s::text[], %s::text[]) AS p(event_id, table_name) JOIN audit_events e ON e.event_id = p.event_id
+    ON CONFLICT DO NOTHING"""
+
 
 
 def _one(cursor: Cursor, sql: str, args: Sequence[Any] = ()) -> DictRow:

@@ -9,6 +9,11 @@ another process. A writer that finds the lock taken waits up to the busy timeout
 Times are stored as ISO-8601 UTC text with microseconds, always the same width
 ("2024-05-01T12:00:00.000000+00:00"), so comparing the text compares the times. Lists are JSON
 text.
+
+Audit events (`append_audit`) are written in their own BEGIN IMMEDIATE transaction that does
+not bump the revision. Give the audit sink a store object of its own (a second `open_store` on
+the same file): its batches then never wait for this object's lock behind a grant poll, and
+WAL lets the poll read while a batch is written.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
 from proxy.store import check_decision, new_grant_id, new_request_id, status_by, utc
+from proxy.store.audit import INSERT_COLUMNS, audit_rows, chain_sql, parse_body, row_values, search_sql, table_pairs
 from proxy.store.base import (
+    AUDIT_MAX_LIMIT,
     AccessRequest,
     Approval,
+    AuditQuery,
     Conflict,
     Decision,
     NewGrant,
@@ -195,6 +203,30 @@ class SQLiteStore:
 
         return self._write(decide)
 
+    def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        rows = audit_rows(events)
+        if not rows:
+            return
+        pairs = table_pairs(rows)
+
+        def append(conn: sqlite3.Connection) -> None:
+            conn.executemany(_AUDIT_INSERT, [row_values(row, _text) for row in rows])
+            if pairs:
+                # One statement for every table of the batch; an event skipped above as already
+                # stored had its tables stored with it, so those skip too.
+                conn.execute(_AUDIT_TABLES_INSERT, (json.dumps(pairs),))
+
+        # Not _write: audit events change no grant, so the revision stays.
+        self._transaction("BEGIN IMMEDIATE", append, bump=False)
+
+    def search_audit(self, query: AuditQuery) -> list[dict[str, Any]]:
+        sql, args = search_sql(query, "?", _text)
+        return self._read(lambda conn: [parse_body(row[0]) for row in conn.execute(sql, args)])
+
+    def audit_chain(self, proxy_instance: str, after_seq: int = 0, limit: int = AUDIT_MAX_LIMIT) -> list[dict[str, Any]]:
+        sql, args = chain_sql(proxy_instance, after_seq, limit, "?")
+        return self._read(lambda conn: [parse_body(row[0]) for row in conn.execute(sql, args)])
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -235,6 +267,18 @@ class SQLiteStore:
 
 
 # -- rows -------------------------------------------------------------------------------------
+
+_AUDIT_INSERT = (
+    f"INSERT INTO audit_events ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(INSERT_COLUMNS))}) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+# "WHERE true": SQLite's parser needs it between an INSERT's SELECT and its ON CONFLICT.
+_AUDIT_TABLES_INSERT = """INSERT INTO audit_event_tables (table_name, time, event_pk)
+    SELECT json_extract(p.value, '$[1]'), e.time, e.id
+    FROM json_each(?) AS p JOIN audit_events e ON e.event_id = json_extract(p.value, '$[0]')
+    WHERE true
+    ON CONFLICT DO NOTHING"""
+
 
 
 def _insert_grant(conn: sqlite3.Connection, grant: NewGrant, now: datetime) -> StoredGrant:

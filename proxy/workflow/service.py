@@ -405,7 +405,8 @@ def grant_fields(g: StoredGrant) -> dict[str, Any]:
 
 
 def _actor(who: Principal) -> dict[str, Any]:
-    return {"actor": who.user, "actor_groups": list(who.groups)}
+    """The person acting is the event's person (`user`, `groups`) and its `actor`."""
+    return {"actor": who.user, "actor_groups": list(who.groups), "user": who.user, "groups": list(who.groups)}
 
 
 def _name(text: str, what: str) -> str:

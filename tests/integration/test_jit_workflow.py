@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import sys
 from datetime import timedelta
 
 import httpx
 import pymysql
 import pytest
 
-from proxy.cli import main
+from tests.helpers import api_cli, eventually
 from tests.integration.conftest import client_ssl
 
 APPROVALS = """
@@ -42,14 +41,7 @@ def workflow(proxy, policies_dir, tls_files, monkeypatch):
 
 
 def cli(monkeypatch, capsys, proxy, user: str, groups: tuple[str, ...], *argv: str) -> tuple[int, str]:
-    monkeypatch.setenv("JITPROXY_TOKEN", proxy.token(user, groups))
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = 1 if e.code not in (0, None) else 0
-        print(e.code, file=sys.stderr)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    return api_cli(monkeypatch, capsys, proxy, user, groups, *argv)
 
 
 def _session(proxy, tls_files, user="wfdev"):
@@ -160,26 +152,13 @@ def test_on_expiry_disconnect_closes_sessions_whose_last_grant_ended(workflow, t
     with pytest.raises(pymysql.MySQLError) as e:
         expiring.cursor().execute("SELECT 1")
     assert e.value.args[0] == 2013  # PyMySQL's reading of an error sent with sequence 0 (as at shutdown)
-    assert _wait_for(lambda: [e for e in proxy.events if e["type"] == "session.end"
+    assert eventually(lambda: [e for e in proxy.events if e["type"] == "session.end"
                               and e.get("user") == "wfexp" and e.get("reason") == "access_ended"])
     keeping.cursor().execute("SELECT COUNT(*) FROM hr_prod.title")
     asking.cursor().execute("SELECT 1")
     assert proxy.call(_sweep(proxy)) == []
     keeping.close()
     asking.close()
-
-
-def _wait_for(condition, timeout_s: float = 10.0):
-    """The audit event is written by the proxy's thread once the closed session unwinds."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    return condition()
 
 
 def test_api_requires_a_valid_token_and_publishes_openapi(workflow, tls_files):

@@ -196,7 +196,10 @@ def test_session_state_is_the_upstream_sessions(proxy, tls_files):
     c.close()
 
 
-def test_every_statement_has_exactly_one_audit_event_naming_the_person(proxy, tls_files):
+def test_every_statement_is_audited_naming_the_person(proxy, tls_files):
+    """Allowed: `statement.allowed` (before forwarding, with the text) and its result event
+    (`statement.completed` / `statement.failed`, joined by statement_id). Denied: one
+    `statement.denied`. All name the person, groups and client program."""
     before = len(proxy.events)
     token = proxy.token("dev", ("oncall",))
     c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="dev", password=token,
@@ -212,13 +215,24 @@ def test_every_statement_has_exactly_one_audit_event_naming_the_person(proxy, tl
     c.close()
     proxy.call(_idle())
     events = proxy.events[before:]
+    by_id = {}
+    for e in events:
+        if e.get("statement_id"):
+            by_id.setdefault(e["statement_id"], []).append(e)
     for s in statements:
         mine = [e for e in events if e.get("statement") == s]
         assert len(mine) == 1, s
         assert mine[0]["user"] == "dev" and mine[0]["groups"] == ["oncall"]
         assert mine[0]["client_program"] == "audit-test"
-    types = [e["type"] for e in events if e.get("statement") in statements]
-    assert types == ["statement.allowed", "statement.denied", "statement.failed"]
+    first, second, third = ([e for e in events if e.get("statement") == s][0] for s in statements)
+    assert first["type"] == "statement.allowed" and second["type"] == "statement.denied"
+    assert third["type"] == "statement.allowed"
+    assert [e["type"] for e in by_id[first["statement_id"]]] == ["statement.allowed", "statement.completed"]
+    assert by_id[first["statement_id"]][1]["rows"] == 1
+    failed = by_id[third["statement_id"]]
+    assert [e["type"] for e in failed] == ["statement.allowed", "statement.failed"]
+    assert failed[1]["error_code"] == 1054 and failed[1]["user"] == "dev"
+    assert first["fingerprint"] != third["fingerprint"] and len(first["fingerprint"]) == 16
     assert any(e["type"] == "session.start" for e in events) and any(e["type"] == "session.end" for e in events)
     denied = next(e for e in events if e["type"] == "statement.denied")
     assert denied["reason_code"] == "missing_grant" and denied["tables"] == ["hr_prod.salary"]

@@ -7,17 +7,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
 from proxy.testing import RunningProxy
+from tests.helpers import api_cli
 from tests.integration.conftest import local_proxy_config
 from tests.notify.test_webhook import SECRET_PATH, Receiver
 
@@ -65,17 +64,9 @@ def notifying_proxy(
 
 
 def _cli(monkeypatch, capsys, proxy: RunningProxy, ca: Path, user: str, groups: tuple[str, ...], *argv: str) -> str:
-    monkeypatch.setenv("JITPROXY_API", f"https://127.0.0.1:{proxy.server.api.port}")
-    monkeypatch.setenv("JITPROXY_CA", str(ca))
-    monkeypatch.setenv("JITPROXY_TOKEN", proxy.token(user, groups))
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = 0 if e.code in (0, None) else 1
-        print(e.code, file=sys.stderr)
-    out = capsys.readouterr()
-    assert code == 0, out.out + out.err
-    return out.out
+    code, out = api_cli(monkeypatch, capsys, proxy, user, groups, *argv, ca=ca)
+    assert code == 0, out
+    return out
 
 
 def _object(out: str) -> dict:

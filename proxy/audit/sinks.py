@@ -1,0 +1,268 @@
+"""Where audit events go, and the writer threads that take them there off the event loop.
+
+A sink writes batches of sealed events (`Record`: the JSON line and the parsed event). Each
+non-synchronous sink has its own `SinkWriter` thread and bounded queue: batches of up to 500
+events, one write (and one fsync for files) per batch, so the cost per event falls as load
+rises. A failed batch is kept and retried with backoff, in order, until the sink is back:
+nothing is lost while the queue has room; past `max_queue` new events are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("jitproxy.audit")
+
+BATCH = 500
+LINGER_S = 0.002  # how long a writer waits for more events before writing a batch
+
+
+@dataclass(frozen=True)
+class Record:
+    n: int  # the emitter's order of emission
+    line: str  # the sealed JSON line (no newline)
+    event: dict[str, Any]  # what `line` parses to
+    durable: bool = False  # a fail_closed statement waits for it: write (and sync) it at once
+
+
+class Sink(Protocol):
+    name: str
+    required: bool  # fail_closed statements wait until this sink has their event
+    synchronous: bool  # written inside emit() (in-memory sinks only)
+
+    def write_batch(self, records: list[Record]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StreamSink:
+    """JSON lines on a stream (stdout by default: what log shippers ingest)."""
+
+    synchronous = False
+
+    def __init__(self, stream: IO[str] | None = None, *, name: str = "stdout", required: bool = True) -> None:
+        self._stream = stream
+        self.name = name
+        self.required = required
+
+    def write_batch(self, records: list[Record]) -> None:
+        stream = self._stream or sys.stdout
+        stream.write("".join(r.line + "\n" for r in records))
+        stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class FileSink:
+    """JSON lines appended to a file (mode 0600), flushed per batch; synced (fdatasync) in the
+    batch that carries an event a fail_closed statement waits for, else at least every
+    `sync_interval_s` (best_effort events reach the disk within it; a crash of the process
+    alone loses nothing once flushed). With
+    `max_bytes`, the file rotates like logrotate's numbered scheme: path → path.1 → ... →
+    path.<backups> (the oldest is removed). Rotation happens between batches, never inside one.
+    (stdlib RotatingFileHandler swallows write errors, which fail_closed must see.)"""
+
+    synchronous = False
+
+    def __init__(self, path: Path, *, max_bytes: int = 0, backups: int = 5, fsync: bool = True,
+                 name: str | None = None, required: bool = True, sync_interval_s: float = 1.0) -> None:
+        self.path = path
+        self.sync_interval_s = sync_interval_s
+        self._synced_at = time.monotonic()
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync = fsync
+        self.name = name or f"file:{path.name}"
+        self.required = required
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "ab")
+        self._size = os.fstat(fd).st_size
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        for i in range(self.backups, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
+            if newer.exists():
+                os.replace(newer, older)
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        self._open()
+
+    def write_batch(self, records: list[Record]) -> None:
+        data = "".join(r.line + "\n" for r in records).encode("utf-8")
+        if self._file is None:
+            self._open()
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+        now = time.monotonic()
+        if self.fsync and (any(r.durable for r in records)
+                           or now - self._synced_at >= self.sync_interval_s):
+            os.fdatasync(self._file.fileno())
+            self._synced_at = now
+        self._size += len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            if self.fsync:
+                self._file.flush()
+                os.fdatasync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+class MemorySink:
+    """Every event, in order, as a list of dicts (tests; written synchronously)."""
+
+    synchronous = True
+    required = False
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def write_batch(self, records: list[Record]) -> None:
+        self.events.extend(json.loads(r.line) for r in records)
+
+    def close(self) -> None:
+        pass
+
+
+class SinkWriter:
+    """One sink's thread: batches from a bounded queue; a failed batch is retried (backoff
+    0.05 s doubling to 5 s) before anything after it, so the sink sees events in order."""
+
+    def __init__(self, sink: Sink, max_queue: int, on_written: Callable[[SinkWriter], None],
+                 on_failed: Callable[[SinkWriter], None]) -> None:
+        self.sink = sink
+        self.max_queue = max_queue
+        self._on_written = on_written
+        self._on_failed = on_failed
+        self._queue: deque[Record] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.written_n = 0  # every event with n <= this is in the sink
+        self.up = True
+        self.dropped = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"audit-{sink.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def put(self, record: Record) -> bool:
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                self.dropped += 1
+                return False
+            self._queue.append(record)
+            # Wake the writer only when it must act: it lingers for more otherwise.
+            if len(self._queue) == 1 or record.durable or len(self._queue) >= min(BATCH, self.max_queue // 2):
+                self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                # Linger a little for more events (fewer writes and wake-ups under load),
+                # unless a fail_closed statement is waiting for one of them.
+                deadline = time.monotonic() + LINGER_S
+                while (len(self._queue) < min(BATCH, self.max_queue // 2) and not self._closing
+                       and not self._queue[-1].durable
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._cond.wait(left)
+                batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            try:
+                self.sink.write_batch(batch)
+            except (ValueError, TypeError) as e:  # the events themselves are refused: retrying cannot help
+                with self._cond:
+                    for _ in batch:
+                        self._queue.popleft()
+                    self.dropped += len(batch)
+                log.error("audit sink refused a batch; dropped", sink=self.sink.name, events=len(batch),
+                          error=f"{type(e).__name__}: {str(e)[:200]}")
+                continue
+            except Exception as e:  # noqa: BLE001 - any other failure: the batch stays queued
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {str(e)[:200]}"
+                if self.up:
+                    log.error("audit sink failing; events kept and retried", sink=self.sink.name, error=self.last_error)
+                self.up = False
+                self._notify(self._on_failed)
+                with self._cond:
+                    if self._closing and self._give_up:
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.05
+            with self._cond:
+                for _ in batch:
+                    self._queue.popleft()
+            if not self.up:
+                log.info("audit sink back", sink=self.sink.name)
+            self.up = True
+            self.written_n = batch[-1].n
+            self._notify(self._on_written)
+
+    _give_up = False
+
+    def _notify(self, callback: Callable[[SinkWriter], None]) -> None:
+        try:
+            callback(self)
+        except Exception:  # noqa: BLE001 - the writer thread must outlive any bug here
+            log.exception("audit writer callback failed", sink=self.sink.name)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (up to `timeout_s`), then close the sink."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            with self._cond:
+                self._give_up = True
+                self.dropped += len(self._queue)
+                self._cond.notify()
+            self._thread.join(1)
+            log.error("audit sink closed with events unwritten", sink=self.sink.name, dropped=self.dropped)
+        self.sink.close()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return True
+            time.sleep(0.002)
+        return False

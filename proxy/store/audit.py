@@ -1,0 +1,215 @@
+"""What both store backends share for the audit trail: turning sealed audit events into rows.
+
+An event is stored twice over: its whole body as JSON text, exactly as given (what `search_audit`
+and `audit_chain` return and what `audit verify` recomputes hashes from), and a few columns
+copied out of it for the searches (person, instance, type, ...), plus one row per table it names
+in `audit_event_tables`.
+
+The copied columns are indexed, so they are made safe to index whatever an event holds: text
+without NUL characters (PostgreSQL refuses them) or unpaired surrogates, at most
+`MAX_COLUMN_CHARS` characters (a hostile statement's 10 kB "table name" must not make the batch
+fail forever). Only the columns are cleaned; the body keeps every byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from proxy.store import utc
+from proxy.store.base import AUDIT_MAX_LIMIT, AuditQuery
+
+MAX_COLUMN_CHARS = 256
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    event_id: str
+    time: datetime  # aware, UTC
+    type: str
+    person: str | None  # the event's "user"
+    instance: str | None
+    environment: str | None
+    decision: str | None
+    session_id: str | None
+    proxy_instance: str | None
+    seq: int | None
+    tables: tuple[str, ...]  # "db.table" (or "db.*")
+    body: str  # the event's JSON
+
+
+def audit_rows(events: Iterable[Mapping[str, Any]]) -> list[AuditRow]:
+    """The rows for `events`, in order; ValueError (naming the event) for one that lacks an
+    `event_id`, a `type` or an ISO-8601 `time` with a zone."""
+    return [_row(event, n) for n, event in enumerate(events)]
+
+
+def _row(event: Mapping[str, Any], n: int) -> AuditRow:
+    if not isinstance(event, Mapping):
+        raise ValueError(f"audit event #{n} is a {type(event).__name__}, not a mapping")
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_COLUMN_CHARS:
+        raise ValueError(f"audit event #{n} has no usable event_id: {event_id!r:.80}")
+    event_type = event.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise ValueError(f"audit event {event_id} has no type")
+    return AuditRow(
+        event_id=_column(event_id) or event_id,
+        time=_event_time(event.get("time"), event_id),
+        type=_column(event_type) or event_type,
+        person=_column(event.get("user")),
+        instance=_column(event.get("instance")),
+        environment=_column(event.get("environment")),
+        decision=_column(event.get("decision")),
+        session_id=_column(event.get("session_id")),
+        proxy_instance=_column(event.get("proxy_instance")),
+        seq=_int(event.get("seq")),
+        tables=_tables(event),
+        body=_body(event),
+    )
+
+
+def _event_time(value: Any, event_id: str) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"audit event {event_id} has no time")
+    try:
+        moment = datetime.fromisoformat(value)
+        return utc(moment)
+    except ValueError:
+        raise ValueError(f"audit event {event_id}: time {value!r:.60} is not ISO-8601 with a zone") from None
+
+
+def _int(value: Any) -> int | None:
+    # bool is an int to Python, not a sequence number; bigint bounds for PostgreSQL.
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
+
+
+def _column(value: Any) -> str | None:
+    """`value` as a searchable column: None stays None, other non-text is its str()."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return _clean(text)[:MAX_COLUMN_CHARS]
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # unpaired surrogates
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _tables(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tables the event names, as "db.table": `tables` (statements name them qualified; a
+    request names its `db`'s tables unqualified) and `object` (grant events)."""
+    found: dict[str, None] = {}
+    db = event.get("db")
+    listed = event.get("tables")
+    names: list[Any] = list(listed) if isinstance(listed, (list, tuple)) else []
+    if isinstance(event.get("object"), str):
+        names.append(event["object"])
+    for name in names:
+        if not isinstance(name, str) or not name:
+            continue
+        if "." not in name:
+            if not isinstance(db, str) or not db:
+                continue
+            name = f"{db}.{name}"
+        name = _clean(name)
+        if len(name) <= MAX_COLUMN_CHARS:  # longer is no real table; still in the body
+            found[name] = None
+    return tuple(found)
+
+
+def _body(event: Mapping[str, Any]) -> str:
+    # default=str as the hash chain's canonical form does, so the stored body hashes the same.
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # unpaired surrogates: escaped, so the text stays storable
+        text = json.dumps(event, ensure_ascii=True, separators=(",", ":"), default=str)
+    return text
+
+
+def table_pairs(rows: Sequence[AuditRow]) -> list[tuple[str, str]]:
+    """(event_id, table) for every table of every row."""
+    return [(row.event_id, table) for row in rows for table in row.tables]
+
+
+def parse_body(text: str) -> dict[str, Any]:
+    body = json.loads(text)
+    if not isinstance(body, dict):  # only append_audit writes the table
+        raise ValueError("a stored audit body is not a JSON object")
+    return body
+
+
+# -- queries (both dialects: `mark` is the placeholder, `when` makes a time parameter) ----------
+
+INSERT_COLUMNS = ("event_id", "time", "type", "person", "instance", "environment", "decision", "session_id",
+                  "proxy_instance", "seq", "body")
+
+
+def row_values(row: AuditRow, when: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """`row`'s values in INSERT_COLUMNS order."""
+    return (row.event_id, when(row.time), row.type, row.person, row.instance, row.environment, row.decision,
+            row.session_id, row.proxy_instance, row.seq, row.body)
+
+
+def search_sql(query: AuditQuery, mark: str, when: Callable[[datetime], Any]) -> tuple[str, list[Any]]:
+    """The SELECT of bodies for `query`, and its parameters. With a table, the walk starts from
+    audit_event_tables (its key is in time order), else from audit_events' time index."""
+    if not isinstance(query, AuditQuery):
+        raise TypeError(f"search_audit takes an AuditQuery, not {type(query).__name__}")
+    conditions: list[str] = []
+    args: list[Any] = []
+    source = "audit_events e"
+    at, order_id = "e.time", "e.id"
+    if query.table is not None:
+        source += " JOIN audit_event_tables t ON t.event_pk = e.id"
+        at, order_id = "t.time", "t.event_pk"
+        conditions.append(f"t.table_name = {mark}")
+        args.append(query.table)
+    if query.since is not None:
+        conditions.append(f"{at} >= {mark}")
+        args.append(when(query.since))
+    if query.until is not None:
+        conditions.append(f"{at} < {mark}")
+        args.append(when(query.until))
+    for column, value in (("person", query.user), ("decision", query.decision), ("instance", query.instance),
+                          ("session_id", query.session_id), ("proxy_instance", query.proxy_instance)):
+        if value is not None:
+            conditions.append(f"e.{column} = {mark}")
+            args.append(value)
+    type_filter = query.type_filter()
+    if type_filter is not None:
+        text, prefix = type_filter
+        if prefix:
+            conditions.append(f"substr(e.type, 1, {mark}) = {mark}")
+            args.extend((len(text), text))
+        else:
+            conditions.append(f"e.type = {mark}")
+            args.append(text)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    direction = "" if query.oldest_first else " DESC"
+    sql = (f"SELECT e.body FROM {source} {where} "
+           f"ORDER BY {at}{direction}, {order_id}{direction} LIMIT {mark}")
+    return sql, [*args, query.limit]
+
+
+def chain_sql(proxy_instance: str, after_seq: int, limit: int, mark: str) -> tuple[str, list[Any]]:
+    if not isinstance(proxy_instance, str) or not proxy_instance:
+        raise ValueError("audit_chain needs a proxy_instance")
+    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+        raise ValueError(f"after_seq must be an integer >= 0, got {after_seq!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= AUDIT_MAX_LIMIT:
+        raise ValueError(f"limit must be 1..{AUDIT_MAX_LIMIT}, got {limit!r}")
+    sql = (f"SELECT body FROM audit_events WHERE proxy_instance = {mark} AND seq > {mark} "
+           f"ORDER BY seq, id LIMIT {mark}")
+    return sql, [proxy_instance, after_seq, limit]
