@@ -53,11 +53,12 @@ def _load(args: argparse.Namespace) -> Config:
 # -- serve ---------------------------------------------------------------------------------
 
 
-async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                reuse_port: bool = False) -> None:
     from proxy.server import ProxyServer, build_context
 
     ctx = build_context(cfg)
-    server = ProxyServer(cfg, ctx)
+    server = ProxyServer(cfg, ctx, reuse_port=reuse_port)
     await server.start()
     assert server.port is not None
     LISTENING["port"] = server.port
@@ -90,6 +91,14 @@ def _run(coro) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     configure_logging(cfg.log.level, cfg.log.format)
+    if args.worker is not None:  # one of `--workers N`'s processes
+        _run(serve(cfg, reuse_port=True))
+        return 0
+    if args.workers > 1:
+        from proxy.workers import check_config_for_workers, supervise
+
+        check_config_for_workers(cfg)
+        return supervise(cfg, args.workers, [sys.executable, "-m", "proxy.cli", "serve", "--config", str(cfg.source)])
     _run(serve(cfg))
     return 0
 
@@ -252,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     s = with_config(sub.add_parser("serve", help="run the proxy"))
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the listening ports (SO_REUSEPORT); one Python process uses one core")
+    s.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
     s.set_defaults(func=cmd_serve)
 
     tok = sub.add_parser("token", help="personal tokens").add_subparsers(dest="token_command", required=True)

@@ -485,8 +485,9 @@ def build_notifier(cfg: Config) -> WebhookNotifier | None:
 
 
 class ProxyServer:
-    def __init__(self, cfg: Config, ctx: ProxyContext) -> None:
+    def __init__(self, cfg: Config, ctx: ProxyContext, reuse_port: bool = False) -> None:
         self.cfg = cfg
+        self.reuse_port = reuse_port  # `serve --workers N`: N processes share each listening port
         self.ctx = ctx
         self.tls = listen_ssl_context(cfg)
         self._ids = itertools.count(1)
@@ -503,7 +504,7 @@ class ProxyServer:
             instance = self.ctx.instances[u.name]
             server = await asyncio.start_server(
                 functools.partial(self._accept, instance), host=self.cfg.listen.host, port=self.cfg.port_of(u),
-                limit=2**20,
+                limit=2**20, reuse_port=self.reuse_port or None,
             )
             self._servers.append(server)
             self.ports[u.name] = server.sockets[0].getsockname()[1]
@@ -533,7 +534,8 @@ class ProxyServer:
                                              auditor_groups=frozenset(self.cfg.api.auditor_groups)),
                                   self.ctx.audit)
             tls = self.cfg.listen.tls
-            self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file))
+            self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file),
+                                 reuse_port=self.reuse_port)
             await self.api.start()
 
     def health(self) -> dict[str, Any]:

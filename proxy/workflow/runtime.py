@@ -112,10 +112,12 @@ class _Server(uvicorn.Server):
 class ApiServer:
     """uvicorn on a socket bound here (so port 0 works and the port is known at once)."""
 
-    def __init__(self, app: Any, host: str, port: int, cert: str, key: str) -> None:
+    def __init__(self, app: Any, host: str, port: int, cert: str, key: str, reuse_port: bool = False) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind((host, port))
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
