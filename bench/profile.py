@@ -1,27 +1,24 @@
-"""Where the proxy's time goes: point selects through `jitproxy serve` while py-spy samples it.
+"""Where the proxy's time goes: sysbench through `jitproxy serve` while py-spy samples it.
 
-Prints the functions with the most samples on the stack (inclusive) and on top (self), grouped
-by area (analysis, decision, audit, relay, TLS, event loop). Needs py-spy (`pip install py-spy`)
-and permission to ptrace the proxy (root, or kernel.yama.ptrace_scope=0).
+Uses bench/sysbench.py's environment (own MariaDB, TLS, token login, YAML grant, audit to a
+file) and runs one sysbench workload against jitproxy while py-spy records. Prints the functions
+with the most samples on the stack (inclusive) and on top (self), grouped by area (analysis,
+decision, audit, relay, TLS, event loop). Needs sysbench, py-spy (`pip install py-spy`) and
+permission to ptrace the proxy (root, or kernel.yama.ptrace_scope=0).
 
-    .venv/bin/python bench/profile.py [--seconds 15] [--ps]   # --ps: server-side prepared
+    .venv/bin/python bench/profile.py [--seconds 15] [--threads 16] [--ps auto] [--test oltp_read_only]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import random
 import shutil
-import ssl
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
-import pymysql
-
-from harness import SBTEST_GRANT, SBTEST_SETUP, bench_environment, point_selects
+from sysbench import environment, run_sysbench
 
 AREAS = (
     ("audit", ("proxy/audit/",)),
@@ -45,35 +42,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--test", default="oltp_point_select")
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--ps", default="disable", choices=["disable", "auto"], help="sysbench --db-ps-mode")
+    ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     opts = ap.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    rng = random.Random(3)
-    ids = [rng.randint(1, 10000) for _ in range(200_000)]
-    with bench_environment(SBTEST_GRANT, SBTEST_SETUP) as b, tempfile.TemporaryDirectory() as tmp:
-        ctx = ssl.create_default_context(cafile=str(b.tls.ca_cert))
-        stop = threading.Event()
-
-        def load() -> None:
-            conn = pymysql.connect(host="127.0.0.1", port=b.port, user=b.user, password=b.token,
-                                   database="hr_prod", ssl=ctx)
-            i = 0
-            while not stop.is_set():
-                point_selects(conn, 500, ids[i % 199_000:])
-                i += 500
-            conn.close()
-
-        threads = [threading.Thread(target=load) for _ in range(2)]
-        for t in threads:
-            t.start()
+    with environment(10_000, 1_000, workers=0) as env, tempfile.TemporaryDirectory() as tmp:
+        route = env.routes["jitproxy"]
+        assert route.proc is not None
+        run_sysbench(env, route, opts.test, 4, opts.ps, 2, 10_000)  # warm-up
         raw = Path(tmp) / "profile.txt"
-        subprocess.run([spy, "record", "--pid", str(b.proxy.pid), "--duration", str(opts.seconds), "--rate", "250",
-                        "--format", "raw", "--output", str(raw), "--nonblocking"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stop.set()
-        for t in threads:
-            t.join()
+        spy_proc = subprocess.Popen([spy, "record", "--pid", str(route.proc.pid), "--duration", str(opts.seconds),
+                                     "--rate", "250", "--format", "raw", "--output", str(raw),
+                                     *(["--native"] if opts.native else ["--nonblocking"])],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        res = run_sysbench(env, route, opts.test, opts.threads, opts.ps, opts.seconds + 2, 10_000)
+        spy_proc.wait()
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
         areas: collections.Counter[str] = collections.Counter()
@@ -87,7 +74,8 @@ def main() -> None:
                 inclusive[f] += n
             own[frames[-1]] += n
             areas[area(frames[-1])] += n
-    print(f"{total} samples of the proxy process (2 clients doing point selects, text protocol)")
+    print(f"{total} samples of the proxy process ({opts.test}, {opts.threads} threads, --db-ps-mode={opts.ps}: "
+          f"{res.get('qps', 0):,.0f} QPS{'; ' + res['error'] if 'error' in res else ''})")
     print("\nself time by area:")
     for name, n in areas.most_common():
         print(f"  {name:12} {100 * n / total:5.1f}%")

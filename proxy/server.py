@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 
 from proxy.audit.events import AuditEmitter, EventType, FileSink, Sink, StreamSink
+from proxy.audit.normalize import fingerprint as audit_fingerprint
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
 from proxy.authz.fingerprint import Fingerprint, fingerprint
@@ -188,7 +190,7 @@ class AnalysisCache:
                 self._remember(self._entries, key, hit)
                 return hit
         self.misses += 1
-        result = analyze(sql, db)
+        result = dataclasses.replace(analyze(sql, db), fingerprint=audit_fingerprint(sql))
         self._remember(self._entries, key, result)
         if shape is not None and result.kind is StatementKind.QUERY:
             self._remember(self._shapes, (shape, db), result)
@@ -484,6 +486,9 @@ def build_notifier(cfg: Config) -> WebhookNotifier | None:
     return WebhookNotifier(targets) if targets else None
 
 
+HOUSEKEEPING_S = 0.5  # how often idle connections and running statements are looked at
+
+
 class ProxyServer:
     def __init__(self, cfg: Config, ctx: ProxyContext, reuse_port: bool = False) -> None:
         self.cfg = cfg
@@ -498,6 +503,7 @@ class ProxyServer:
         self.ports: dict[str, int] = {}  # every instance's, by name
         self.api: ApiServer | None = None
         self.poller: Poller | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for u in self.cfg.instances:
@@ -511,6 +517,7 @@ class ProxyServer:
         self.port = next(iter(self.ports.values()))
         await asyncio.gather(*(self._probe_upstream(i) for i in self.ctx.instances.values()))
         await self._start_workflow()
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="jitproxy-housekeeping")
         for name, port in self.ports.items():
             instance = self.ctx.instances[name]
             log.info("listening", host=self.cfg.listen.host, port=port, instance=name, environment=instance.environment,
@@ -537,6 +544,24 @@ class ProxyServer:
             self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file),
                                  reuse_port=self.reuse_port)
             await self.api.start()
+
+    async def _housekeeping(self) -> None:
+        """Per-connection timers, done once for all connections (a timer per statement costs
+        more than the statement's authorization): close connections idle past
+        listen.idle_timeout_s; write `statement.allowed` for best_effort statements still running."""
+        idle_timeout_s = self.cfg.listen.idle_timeout_s
+        interval = min(HOUSEKEEPING_S, idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self._connections.values()):
+                try:
+                    if conn.idle and now - conn.idle_since >= idle_timeout_s:
+                        conn.time_out()
+                    elif not conn.idle:
+                        conn.session.announce_in_flight(now)
+                except Exception:  # noqa: BLE001 - housekeeping must outlive any one connection
+                    log.exception("housekeeping failed for a connection", connection_id=conn.connection_id)
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: each upstream instance's pool state and the store poller's."""
@@ -612,6 +637,8 @@ class ProxyServer:
         `grace_s` to finish it; then cancel what is left."""
         for server in self._servers:
             server.close()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
         for task, conn in list(self._connections.items()):
             conn.stopping = True
             if conn.idle:

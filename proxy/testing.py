@@ -88,6 +88,11 @@ def proxy_config(
     return config_from_dict(raw, path)
 
 
+async def _turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 class RunningProxy:
     """A started proxy. `stop()` shuts it down; `audit.events` holds every audit event."""
 
@@ -126,6 +131,11 @@ class RunningProxy:
 
     @property
     def events(self) -> list[dict[str, Any]]:
+        """Every event so far. A statement's closing event is emitted just after its last
+        bytes are sent, so a client may have its answer first: let the proxy's loop run a few
+        turns before reading (from any thread but the loop's)."""
+        if threading.current_thread() is not self._thread and self._loop.is_running():
+            self.call(_turns(3))
         return self.memory.events
 
     def stop(self) -> None:

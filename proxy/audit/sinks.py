@@ -226,13 +226,13 @@ class SinkWriter:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
-            with self._cond:
+            with self._cond:  # `up` changes with the queue, so an idle writer is never seen down
                 for _ in batch:
                     self._queue.popleft()
-            if not self.up:
+                was_down, self.up = not self.up, True
+                self.written_n = batch[-1].n
+            if was_down:
                 log.info("audit sink back", sink=self.sink.name)
-            self.up = True
-            self.written_n = batch[-1].n
             self._notify(self._on_written)
 
     _give_up = False

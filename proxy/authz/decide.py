@@ -29,7 +29,7 @@ class GrantSet:
     """
 
     __slots__ = ("_by_subject", "_masks_by_subject", "version", "grants", "masks", "has_column_grants",
-                 "_instances")
+                 "_instances", "_every_instance")
 
     def __init__(self, grants: Iterable[Grant], version: str = "0", masks: Iterable[Mask] = ()) -> None:
         self.grants: tuple[Grant, ...] = tuple(grants)
@@ -45,11 +45,12 @@ class GrantSet:
         self.version = version
         self.has_column_grants = any(g.columns is not None for g in self.grants)
         self._instances: dict[str, GrantSet] = {}
+        self._every_instance = all(g.instance == "*" for g in self.grants)
 
     def for_instance(self, instance: str) -> GrantSet:
         """The grants that apply on one upstream instance (theirs and every-instance ones);
         made once per snapshot and instance."""
-        if all(g.instance == "*" for g in self.grants):
+        if self._every_instance:
             return self
         found = self._instances.get(instance)
         if found is None:
@@ -81,6 +82,13 @@ class GrantSet:
         for subject in principal.subjects:
             out.extend(g for g in self._by_subject.get(subject, ()) if g.active(now))
         return out
+
+    def next_expiry(self, principal: Principal, now: datetime) -> datetime | None:
+        """When the first of the person's grants in effect at `now` ends (None: none ends).
+        Until then, and while this snapshot is current, their decisions cannot change: a
+        snapshot's grants only ever end, they never start later."""
+        ends = [g.expires_at for g in self.for_principal(principal, now) if g.expires_at is not None]
+        return min(ends) if ends else None
 
 
 def decide(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 
 
@@ -136,10 +137,22 @@ class Analysis:
     # pass has no branch for). Only column-restricted grants look at them.
     columns: frozenset[tuple[TableRef, str, Privilege]] = frozenset()
     star_tables: frozenset[Requirement] = frozenset()
+    # The audit fingerprint of the statement text (proxy.audit.normalize), set by the analysis
+    # cache: statements that share this analysis share their fingerprint too.
+    fingerprint: str | None = field(default=None, compare=False)
 
     @property
     def tables(self) -> frozenset[TableRef]:
         return frozenset(r.target for r in self.requirements)
+
+    # For audit events, computed once per cached analysis (the analysis is immutable).
+    @cached_property
+    def audit_tables(self) -> tuple[str, ...]:
+        return tuple(sorted({str(r.target) for r in self.requirements}))
+
+    @cached_property
+    def audit_privileges(self) -> tuple[str, ...]:
+        return tuple(sorted(str(r) for r in self.requirements))
 
     @classmethod
     def denied(cls, statement_class: str, code: DenyCode, detail: str) -> Analysis:

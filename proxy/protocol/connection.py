@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,9 @@ class ProxyConnection(Connection):
         self.killed = False
         self.kill_error = ClientError(ER.CONNECTION_KILLED, "Connection was killed")
         self.idle = False  # waiting for the client's next command: safe to close at shutdown
+        self.idle_since = time.monotonic()  # when it began waiting (the server's housekeeping
+        # closes it after idle_timeout_s: cheaper than a timer per command)
+        self.timed_out = False
         self.stopping = False  # the server is shutting down: finish the current command, then close
 
     # mysql-mimic reads these from its variables; ours come from the handshake.
@@ -124,9 +128,16 @@ class ProxyConnection(Connection):
                 return
             await self._command_phase()
         except asyncio.CancelledError:
-            if not self.killed:
+            if self.timed_out:
+                self.session.end_reason = self.session.end_reason or "idle_timeout"
+                await self._send_error_quietly(ClientError(
+                    ER.CLIENT_INTERACTION_TIMEOUT,
+                    f"The client was disconnected by jitproxy because of inactivity "
+                    f"(listen.idle_timeout_s = {self.idle_timeout_s:g})"))
+            elif not self.killed:
                 raise
-            await self._send_error_quietly(self.kill_error)
+            else:
+                await self._send_error_quietly(self.kill_error)
         except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -135,6 +146,12 @@ class ProxyConnection(Connection):
     def kill(self) -> None:  # type: ignore[override]
         if self._task is not None and not self._task.done():
             self.killed = True
+            self._task.cancel()
+
+    def time_out(self) -> None:
+        """Idle past idle_timeout_s (checked by the server's housekeeping): close, telling why."""
+        if self.idle and self._task is not None and not self._task.done():
+            self.timed_out = True
             self._task.cancel()
 
     def end(self, error: ClientError) -> None:
@@ -277,11 +294,9 @@ class ProxyConnection(Connection):
         while not self.stopping:
             self.stream.reset_seq()
             self.idle = True
+            self.idle_since = time.monotonic()
             try:
-                async with asyncio.timeout(self.idle_timeout_s):
-                    data = await self.stream.read()
-            except TimeoutError:
-                return
+                data = await self.stream.read()
             except ClientError as e:  # malformed framing or an oversized packet: answer, then close
                 await self._send_error(e)
                 return

@@ -28,6 +28,7 @@ class ER:
     AUDIT_UNAVAILABLE = 1105  # ER_UNKNOWN_ERROR: fail_closed refused a statement it could not audit
     TOO_MANY_CONNECTIONS = 1040
     TOO_BIG_SELECT = 1104
+    CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24+: told before an idle connection is closed
 
 
 SQLSTATES = {
@@ -51,6 +52,7 @@ SQLSTATES = {
     ER.INTERNAL: "HY000",
     ER.TOO_MANY_CONNECTIONS: "08004",
     ER.TOO_BIG_SELECT: "42000",
+    ER.CLIENT_INTERACTION_TIMEOUT: "HY000",
 }
 
 

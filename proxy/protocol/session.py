@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("jitproxy.session")
 
+ANNOUNCE_AFTER_S = 1.0  # best_effort: a statement still running this long gets its statement.allowed
+_MAX_DECISIONS = 512  # remembered allowed decisions per session
 _CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
 _DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
@@ -71,6 +74,11 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self.held_grant = False  # held one at some point (on_expiry: disconnect closes it after)
         self.audit_mode = ctx.audit.mode_for(instance.environment)
         self._statement_n = 0
+        self._in_flight: dict[str, Any] | None = None  # the admitted statement's audit fields, until it ends
+        self._in_flight_since = 0.0
+        self._in_flight_announced = False
+        # id(analysis) -> (analysis, grants snapshot, valid until, allowed decision)
+        self._decisions: dict[int, tuple[Analysis, GrantSet, datetime | None, Decision]] = {}
         self._statement_id: str | None = None
         self.end_reason: str | None = None
         self._ended = False
@@ -184,11 +192,15 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         except UpstreamLost:
             # The database went away under us (a failover, a restart): the idle connections to
             # the same endpoint are stale too.
+            self._end_in_flight("lost connection to the database during the statement")
             await self.instance.pool.drop_idle()
             await self._send(
                 wire.make_err(ER.UPSTREAM_LOST, "HY000", "Lost connection to the database during query (jitproxy)")
             )
             return False
+        finally:
+            if self._in_flight is not None:  # the client left, a KILL, or a bug mid-statement
+                self._end_in_flight("the statement was interrupted (client disconnected, killed or failed in jitproxy)")
 
     async def _send(self, payload: bytes) -> None:
         assert self.connection is not None
@@ -244,12 +256,21 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
 
     async def _decide_with_schema(self, analysis: Analysis) -> Decision:
         """Like _decide; a `*` read through column-restricted grants is expanded to the table's
-        real columns, read from the upstream (cached)."""
+        real columns, read from the upstream (cached). Allowed decisions are remembered per
+        analysis while the grants snapshot is the same object and none of the person's grants
+        has ended (see _remember_decision): revocation and expiry still bite on the next statement."""
         assert self.principal is not None and self.upstream is not None
         grants, now = self._grants(), self.ctx.now()
+        known = self._decisions.get(id(analysis))
+        if (known is not None and known[0] is analysis and known[1] is grants
+                and (known[2] is None or now < known[2])):
+            return known[3]
         tables = stars_needing_schema(analysis, self.principal, grants, now)
         if not tables:
-            return decide(analysis, self.principal, grants, now)
+            decision = decide(analysis, self.principal, grants, now)
+            if decision.allowed:
+                self._remember_decision(analysis, grants, now, decision)
+            return decision
         try:
             columns = {t: await self.instance.schema.columns(self.upstream, t) for t in sorted(tables)}
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
@@ -257,6 +278,14 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         except RuntimeError:
             columns = {}  # unknown columns: the star stays refused
         return decide(analysis, self.principal, grants, now, table_columns=columns)
+
+    def _remember_decision(self, analysis: Analysis, grants: GrantSet, now: datetime, decision: Decision) -> None:
+        """Keyed by the analysis object (held in the entry, so its id stays its own): the
+        analysis cache hands the same object to every statement of one shape."""
+        assert self.principal is not None
+        if len(self._decisions) >= _MAX_DECISIONS:
+            self._decisions.clear()
+        self._decisions[id(analysis)] = (analysis, grants, grants.next_expiry(self.principal, now), decision)
 
     def _deny_error(self, decision: Decision) -> ClientError:
         user = self.username or "?"
@@ -286,15 +315,19 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         return {
             "command": wire.COMMAND_NAMES.get(command, str(command)),
             "statement": sql,
+            "fingerprint": analysis.fingerprint,
             "statement_class": analysis.statement_class,
             "db": self.database,
-            "tables": sorted({str(t) for t in analysis.tables}),
-            "privileges": sorted(str(r) for r in analysis.requirements),
+            "tables": analysis.audit_tables,
+            "privileges": analysis.audit_privileges,
         }
 
     async def _admit(self, command: int, sql: str, decision: Decision, **extra: Any) -> None:
-        """`statement.allowed`, before the statement is forwarded. fail_closed: written durably
-        first, or the statement is refused and never reaches the database."""
+        """Just before an authorized statement is forwarded. fail_closed: `statement.allowed` is
+        written durably first, or the statement is refused and never reaches the database.
+        best_effort: nothing is written yet; the statement's one event comes when it ends (see
+        _audit_statement), or `statement.allowed` after ANNOUNCE_AFTER_S if it is still running
+        (announce_in_flight)."""
         self._statement_n += 1
         self._statement_id = f"{self.info.session_id}.{self._statement_n}"
         if self.audit_mode == "off":
@@ -305,12 +338,16 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             fields["masked_columns"] = sorted(f"{t}.{c}:{m.value}" for t, c, m in decision.masks)
         if decision.used_grants:
             fields["grants"] = sorted({g.source for g in decision.used_grants if g.source})
+        self._in_flight = fields
+        self._in_flight_since = time.monotonic()
+        self._in_flight_announced = False
         if self.audit_mode != "fail_closed":
-            self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields)
             return
         try:
             await self.ctx.audit.emit_durable(EventType.STATEMENT_ALLOWED, self.info, **fields)
+            self._in_flight_announced = True
         except AuditUnavailable as e:
+            self._in_flight = None
             self.denied += 1
             fields.update(decision="deny", reason_code="audit_unavailable", reason=str(e))
             self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
@@ -321,6 +358,26 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
                 "Try again shortly; if it persists, tell the jitproxy operators.",
             ) from None
 
+    def announce_in_flight(self, now: float) -> None:
+        """best_effort: `statement.allowed` for a statement running for ANNOUNCE_AFTER_S already,
+        so long statements are on record while they run (called by the server's housekeeping)."""
+        fields = self._in_flight
+        if fields is None or self._in_flight_announced or now - self._in_flight_since < ANNOUNCE_AFTER_S:
+            return
+        self._in_flight_announced = True
+        self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields)
+
+    def _end_in_flight(self, error: str) -> None:
+        """A statement that was forwarded but never ended normally (the database or the client
+        went away, a KILL, a bug): `statement.failed` with what is known."""
+        fields, self._in_flight = self._in_flight, None
+        if fields is None:
+            return
+        self.statements += 1
+        fields.update(error_code=ER.UPSTREAM_LOST, error=error,
+                      duration_ms=round((time.monotonic() - self._in_flight_since) * 1000, 3))
+        self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields)
+
     def _audit_statement(
         self,
         command: int,
@@ -330,9 +387,10 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         outcome: Outcome | None = None,
         **extra: Any,
     ) -> None:
-        """After the statement: `statement.denied` (refused), or the result of an admitted one
-        (`statement.completed` / `statement.failed`, joined to its `statement.allowed` by
-        `statement_id`)."""
+        """After the statement: `statement.denied` (refused), or the end of an admitted one:
+        `statement.completed` / `statement.failed` with everything `statement.allowed` carries
+        (statement, fingerprint, tables, privileges, grants...) and the result; joined to a
+        `statement.allowed` written before (fail_closed, or a long statement) by `statement_id`."""
         self.statements += 1
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if not decision.allowed:
@@ -342,19 +400,12 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
                           reason=decision.reason, duration_ms=duration_ms, **extra)
             self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
             return
-        if self.audit_mode == "off":
+        fields, self._in_flight = self._in_flight, None
+        if fields is None:  # audit off
             return
-        analysis = decision.analysis
-        fields = {
-            "command": wire.COMMAND_NAMES.get(command, str(command)),
-            "statement_id": self._statement_id,
-            "statement_class": analysis.statement_class,
-            "db": self.database,
-            "tables": sorted({str(t) for t in analysis.tables}),
-            "decision": "allow",
-            "duration_ms": duration_ms,
-            **extra,
-        }
+        fields["duration_ms"] = duration_ms
+        if extra:
+            fields.update(extra)
         event_type = EventType.STATEMENT_COMPLETED
         if outcome is not None:
             fields.update(rows=outcome.rows, affected_rows=outcome.affected_rows, warnings=outcome.warnings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from proxy.audit.chain import canonical_bytes
 from proxy.store import utc
 from proxy.store.base import AUDIT_MAX_LIMIT, AuditQuery
 
@@ -129,13 +130,8 @@ def _tables(event: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _body(event: Mapping[str, Any]) -> str:
-    # default=str as the hash chain's canonical form does, so the stored body hashes the same.
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # unpaired surrogates: escaped, so the text stays storable
-        text = json.dumps(event, ensure_ascii=True, separators=(",", ":"), default=str)
-    return text
+    # The hash chain's serialization (in the event's key order), so the body hashes the same.
+    return canonical_bytes(event, sort_keys=False).decode("utf-8")
 
 
 def table_pairs(rows: Sequence[AuditRow]) -> list[tuple[str, str]]:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.audit.chain import canonical, verify
 from proxy.audit.events import AuditEmitter, EventType, FileSink, SessionInfo
@@ -91,3 +93,48 @@ def test_a_line_without_chain_fields_is_malformed(tmp_path):
     del event["hash"]
     lines[1] = json.dumps(event)
     assert [p.kind for p in _check(lines).problems] == ["malformed"]
+
+
+# canonical() is orjson for speed; what it writes must stay what the documented form
+# (json.dumps with sorted keys, compact separators, non-ASCII kept) writes, so anyone can
+# recompute a hash with the standard library.
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), _JSON_VALUES, max_size=8))
+def test_canonical_is_the_documented_json_form(event):
+    documented = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        documented.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate: escaped to ASCII, and stable on re-reading
+        assert canonical(event) == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        assert canonical(json.loads(canonical(event))) == canonical(event)
+        return
+    assert canonical(event) == documented
+
+
+def test_canonical_escapes_control_characters_as_json_does():
+    text = "".join(chr(c) for c in range(0, 0x80)) + "\u2028\u2029\ufeff\U0001f600 é"
+    event = {"statement": text, "b": [text], "a": 1.5, "z": None}
+    assert canonical(event) == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_values_json_lacks_are_written_as_text_and_verify():
+    import datetime as dt
+
+    event = {"when": dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc), "n": 2**70}
+    text = canonical(event)
+    assert json.loads(text)["when"] == "2026-11-21 12:00:00+00:00"  # str(), as json's default=str
+    assert canonical(json.loads(text)) == text
+
+
+@pytest.mark.parametrize("value", [1e-05, -1.5e-05, 1e-07, 1.234e-09, 5e-324, 0.0001, 1e16, -1.5e17, 0.0, 12.5])
+def test_floats_orjson_writes_differently_take_the_documented_form(value):
+    event = {"params": [value, "x"], "duration_ms": value}
+    assert canonical(event) == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -89,22 +89,20 @@ def test_a_mixed_session_gives_exactly_the_expected_events_in_every_sink(audited
     events = _session_events(proxy, start["session_id"])
     assert [(e["type"], e.get("statement_class"), e.get("reason_code") or e.get("error_code")) for e in events] == [
         ("session.start", None, None),
-        ("statement.allowed", "SET", None),  # PyMySQL's own SET NAMES at connect
-        ("statement.completed", "SET", None),
-        ("statement.allowed", "SELECT", None),
+        ("statement.completed", "SET", None),  # PyMySQL's own SET NAMES at connect
         ("statement.completed", "SELECT", None),
         ("statement.denied", "SELECT", "missing_grant"),
-        ("statement.allowed", "SELECT", None),
         ("statement.failed", "SELECT", 1054),
-        ("statement.allowed", "SELECT", None),
         ("statement.completed", "SELECT", None),
         ("session.end", None, None),
-    ]
-    allowed, completed = events[3], events[4]
-    assert allowed["statement"] == "SELECT id FROM employee WHERE id = 7" and allowed["db"] == "hr_prod"
-    assert allowed["tables"] == ["hr_prod.employee"] and allowed["privileges"] == ["SELECT on hr_prod.employee"]
-    assert allowed["grants"] and completed["statement_id"] == allowed["statement_id"] and completed["rows"] == 1
-    assert events[7]["statement_id"] == events[6]["statement_id"] and events[7]["sqlstate"] == "42S22"
+    ]  # best_effort (no environment): one event per statement, when it ends
+    completed = events[2]
+    assert completed["statement"] == "SELECT id FROM employee WHERE id = 7" and completed["db"] == "hr_prod"
+    assert completed["tables"] == ["hr_prod.employee"] and completed["privileges"] == ["SELECT on hr_prod.employee"]
+    assert completed["grants"] and completed["rows"] == 1 and completed["decision"] == "allow"
+    assert completed["fingerprint"] and completed["statement_id"].startswith(start["session_id"])
+    failed = events[4]
+    assert failed["statement"] == "SELECT no_such_column FROM employee" and failed["sqlstate"] == "42S22"
     assert events[-1]["statements"] == 5 and events[-1]["denied"] == 1
     for e in events:
         assert (e["user"], e["groups"], e["client_program"], e["instance"]) == ("trail", ["oncall"], "trail-test", "default")
@@ -141,7 +139,7 @@ def test_prepared_statements_record_their_parameters(audited, tls_files):
     cur.close()
     conn.close()
     assert proxy.ctx.audit.flush()
-    execute = [e for e in proxy.events if e.get("command") == "COM_STMT_EXECUTE" and e["type"] == "statement.allowed"
+    execute = [e for e in proxy.events if e.get("command") == "COM_STMT_EXECUTE" and e["type"] == "statement.completed"
                and e["user"] == "trail"]
     assert execute[-1]["params"] == [7, "Zoë"]
     assert execute[-1]["statement"] == "SELECT id FROM employee WHERE id = ? AND last_name <> ?"

@@ -197,9 +197,9 @@ def test_session_state_is_the_upstream_sessions(proxy, tls_files):
 
 
 def test_every_statement_is_audited_naming_the_person(proxy, tls_files):
-    """Allowed: `statement.allowed` (before forwarding, with the text) and its result event
-    (`statement.completed` / `statement.failed`, joined by statement_id). Denied: one
-    `statement.denied`. All name the person, groups and client program."""
+    """best_effort (this proxy's mode): one event per statement, when it ends, with the text,
+    decision and result: `statement.completed` / `statement.failed`; denied: `statement.denied`.
+    All name the person, groups and client program. (fail_closed: tests/integration/test_audit_trail.py)"""
     before = len(proxy.events)
     token = proxy.token("dev", ("oncall",))
     c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="dev", password=token,
@@ -225,13 +225,12 @@ def test_every_statement_is_audited_naming_the_person(proxy, tls_files):
         assert mine[0]["user"] == "dev" and mine[0]["groups"] == ["oncall"]
         assert mine[0]["client_program"] == "audit-test"
     first, second, third = ([e for e in events if e.get("statement") == s][0] for s in statements)
-    assert first["type"] == "statement.allowed" and second["type"] == "statement.denied"
-    assert third["type"] == "statement.allowed"
-    assert [e["type"] for e in by_id[first["statement_id"]]] == ["statement.allowed", "statement.completed"]
-    assert by_id[first["statement_id"]][1]["rows"] == 1
-    failed = by_id[third["statement_id"]]
-    assert [e["type"] for e in failed] == ["statement.allowed", "statement.failed"]
-    assert failed[1]["error_code"] == 1054 and failed[1]["user"] == "dev"
+    assert first["type"] == "statement.completed" and second["type"] == "statement.denied"
+    assert third["type"] == "statement.failed"
+    assert by_id[first["statement_id"]] == [first] and first["rows"] == 1 and first["decision"] == "allow"
+    assert first["tables"] == ["hr_prod.employee"] and first["grants"]
+    assert by_id[third["statement_id"]] == [third]
+    assert third["error_code"] == 1054 and third["user"] == "dev"
     assert first["fingerprint"] != third["fingerprint"] and len(first["fingerprint"]) == 16
     assert any(e["type"] == "session.start" for e in events) and any(e["type"] == "session.end" for e in events)
     denied = next(e for e in events if e["type"] == "statement.denied")
