@@ -15,7 +15,6 @@ from pathlib import Path
 
 import structlog
 
-from proxy.authz.decide import decide
 from proxy.authz.model import Principal
 from proxy.authz.policy import PolicyError
 from proxy.cli_api import add_commands as add_api_commands
@@ -136,7 +135,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from proxy.authz.analyze import analyze
+    from proxy.authz.analyze import analyze  # the SQL parser: only for commands that use it
+    from proxy.authz.decide import decide
     from proxy.server import PolicyStore
 
     cfg = _load(args)

@@ -20,11 +20,12 @@ import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from proxy.audit.search import SearchError, build_query
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_API = "https://127.0.0.1:8443"
 
@@ -34,6 +35,8 @@ class ApiError(SystemExit):
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    import httpx  # not loaded by `jitproxy serve`
+
     url = args.api or os.environ.get("JITPROXY_API") or DEFAULT_API
     if not url.startswith("https://"):
         raise ApiError("the API URL must be https:// (tokens are never sent in clear text)")
@@ -50,6 +53,8 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
     try:
         with _client(args) as c:
             response = c.request(method, path, **kwargs)

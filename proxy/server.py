@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,9 +26,6 @@ from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
 from proxy.authz.fingerprint import Fingerprint, fingerprint
 from proxy.authz.masking import Masker
-from proxy.api.app import create_app
-from proxy.api.audit_middleware import AuditMiddleware
-from proxy.notify.webhook import WebhookNotifier, WebhookTarget
 from proxy.store import open_store
 from proxy.store.base import Store
 from proxy.workflow.approvals import ApprovalPolicies, load_approval_policies
@@ -46,6 +43,9 @@ from proxy.protocol import wire
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError, UpstreamTarget, open_connection
 from proxy.upstream.pool import Connector, UpstreamPool
 from proxy.upstream.schema import SchemaCache
+
+if TYPE_CHECKING:
+    from proxy.notify.webhook import WebhookNotifier
 
 log = structlog.get_logger("jitproxy.server")
 
@@ -268,7 +268,7 @@ class ProxyContext:
     sessions: dict[int, ProxySession] = field(default_factory=dict)
     masker: Masker = field(default_factory=Masker)
     workflow: AccessService | None = None  # None: no state store (policy files only)
-    notifier: WebhookNotifier | None = None
+    notifier: WebhookNotifier | None = None  # proxy.notify (httpx) is imported only when configured
     on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
     audit_store: Store | None = None  # searches of the store audit sink (GET /v1/audit)
 
@@ -476,6 +476,10 @@ def open_configured_store(cfg: Config) -> Store:
 
 
 def build_notifier(cfg: Config) -> WebhookNotifier | None:
+    if not cfg.notify.webhooks:
+        return None
+    from proxy.notify.webhook import WebhookNotifier, WebhookTarget
+
     targets = []
     for w in cfg.notify.webhooks:
         url = os.environ.get(w.url_env)
@@ -535,6 +539,10 @@ class ProxyServer:
         if self.ctx.notifier is not None:
             await self.ctx.notifier.start()
         if self.cfg.api.enabled and workflow is not None:
+            # FastAPI and uvicorn (~45 MB) only in processes that serve the API
+            from proxy.api.app import create_app
+            from proxy.api.audit_middleware import AuditMiddleware
+
             app = AuditMiddleware(create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
                                              on_change=lambda: self.ctx.grants.refresh(), health=self.health,
                                              audit_store=self.ctx.audit_store,

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -121,6 +122,20 @@ def redact_statement(sql: str, max_chars: int) -> tuple[str, bool]:
     return sql, False
 
 
+_second: tuple[int, str] = (0, "")
+
+
+def _utc_now_iso() -> str:
+    """datetime.now(timezone.utc).isoformat(timespec="microseconds"), the date and time of day
+    formatted once per second."""
+    global _second
+    sec, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{ns // 1000:06d}+00:00"
+
+
 class AuditUnavailable(Exception):
     """A fail_closed statement's event could not be written durably in time."""
 
@@ -141,7 +156,7 @@ class AuditEmitter:
         self,
         sinks: Iterable[Sink],
         instance: str,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] | None = None,
         max_statement_chars: int = 16384,
         *,
         max_event_bytes: int = 65536,
@@ -152,7 +167,7 @@ class AuditEmitter:
     ) -> None:
         self.sinks = list(sinks)
         self.instance = instance
-        self.clock = clock
+        self.clock = clock  # None: the system clock (formatted without building a datetime)
         self.max_statement_chars = max_statement_chars
         self.max_event_bytes = max_event_bytes
         self.redact_literals = redact_literals
@@ -218,23 +233,24 @@ class AuditEmitter:
             "type": event_type,
             "code": CODES[event_type],
             "schema_version": SCHEMA_VERSION,
-            "time": self.clock().isoformat(timespec="microseconds"),
+            "time": self.clock().isoformat(timespec="microseconds") if self.clock else _utc_now_iso(),
             "event_id": f"{self._id_prefix}{next(self._ids):016x}",
             "proxy_instance": self.instance,  # which proxy process (host:pid); "instance" is the upstream's
         }
+        statement = fields.get("statement")
+        if isinstance(statement, str):
+            self._statement_fields(statement, fields)
         if session is not None:
-            event.update(session.fields())
+            event.update(session.fields())  # every _COMMON key
+            event.update(fields)
         else:
             caller = CALLER.get()
             if caller:
                 event.update(caller)
-        statement = fields.get("statement")
-        if isinstance(statement, str):
-            self._statement_fields(statement, fields)
-        event.update(fields)
-        for key in _COMMON:
-            if key not in event:
-                event[key] = [] if key == "groups" else None
+            event.update(fields)
+            for key in _COMMON:
+                if key not in event:
+                    event[key] = [] if key == "groups" else None
         with self._lock:
             self._n += 1
             self._seq += 1

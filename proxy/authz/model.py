@@ -243,3 +243,12 @@ class Decision:
     # DESCRIBE / SHOW COLUMNS of a table granted by column: (table, lower-case columns) whose
     # rows the session keeps; every other row is dropped.
     listed_columns: tuple[TableRef, frozenset[str]] | None = None
+
+    # For audit events, once per decision (sessions reuse allowed decisions).
+    @cached_property
+    def audit_grants(self) -> tuple[str, ...]:
+        return tuple(sorted({g.source for g in self.used_grants if g.source}))
+
+    @cached_property
+    def audit_masks(self) -> tuple[str, ...]:
+        return tuple(sorted(f"{t}.{c}:{m.value}" for t, c, m in self.masks))

@@ -335,9 +335,9 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         fields = self._statement_fields(command, sql, decision)
         fields.update(decision="allow", statement_id=self._statement_id, **extra)
         if decision.masks:
-            fields["masked_columns"] = sorted(f"{t}.{c}:{m.value}" for t, c, m in decision.masks)
+            fields["masked_columns"] = decision.audit_masks
         if decision.used_grants:
-            fields["grants"] = sorted({g.source for g in decision.used_grants if g.source})
+            fields["grants"] = decision.audit_grants
         self._in_flight = fields
         self._in_flight_since = time.monotonic()
         self._in_flight_announced = False

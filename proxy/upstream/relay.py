@@ -47,6 +47,15 @@ class _S(enum.IntEnum):
     DONE = 9
 
 
+_FIRST_STATE = {
+    Expect.RESULT: _S.FIRST,
+    Expect.OK: _S.FIRST,
+    Expect.ROWS: _S.ROWS,
+    Expect.FIELDS: _S.FIELDS,
+    Expect.PREPARE: _S.FIRST,
+}
+
+
 @dataclass
 class Outcome:
     rows: int = 0
@@ -81,16 +90,8 @@ class ResponseParser:
         self.err_at: int | None = None  # where a final ERR packet starts (for rewriting)
         self._remaining = 0
         self._continued = False  # inside a payload split over several 16 MiB packets
-        self._prep_cols = 0
-        self.state = {
-            Expect.RESULT: _S.FIRST,
-            Expect.OK: _S.FIRST,
-            Expect.ROWS: _S.ROWS,
-            Expect.FIELDS: _S.FIELDS,
-            Expect.PREPARE: _S.FIRST,
-        }[expect]
-        if expect is Expect.PREPARE:
-            self._prep_cols = -1  # marks "expect PREPARE_OK" in FIRST
+        self.state = _FIRST_STATE[expect]
+        self._prep_cols = -1 if expect is Expect.PREPARE else 0  # -1 marks "expect PREPARE_OK" in FIRST
 
     @property
     def done(self) -> bool:
@@ -237,25 +238,30 @@ async def relay_response(
     ERR packet may be replaced by `rewrite_error(payload)` (None: forwarded as is).
     Raises ProtocolViolation, or the reader's/writer's I/O errors."""
     parser = ResponseParser(expect, deprecate_eof, row_limit)
-    buf = bytearray()
+    buf = bytearray()  # bytes of a packet not complete yet (the common response needs none)
     forwarding = client is not None
     while True:
         chunk = await reader.read(READ_CHUNK)
         if not chunk:
             raise ConnectionResetError("upstream closed the connection")
-        buf += chunk
-        used = parser.feed(buf, 0, len(buf))
+        if buf:
+            buf += chunk
+            data: bytes | bytearray = buf
+        else:
+            data = chunk  # parsed and forwarded in place: no copy
+        end = len(data)
+        used = parser.feed(data, 0, end)
         done = parser.state is _S.DONE
-        if done and used != len(buf):
+        if done and used != end:
             raise ProtocolViolation("upstream sent data after the end of a response")
         if forwarding and parser.cut_at is not None:
             assert client is not None and limit_error is not None and row_limit is not None
-            client.write(bytes(buf[: parser.cut_at]) + frame(limit_error(row_limit), parser.cut_seq))
+            client.write(bytes(data[: parser.cut_at]) + frame(limit_error(row_limit), parser.cut_seq))
             await client.drain()
             forwarding = False
         elif forwarding and used:
             assert client is not None
-            out = bytes(buf[:used])
+            out = data if used == end and data is chunk else bytes(data[:used])
             if done and parser.err_at is not None and rewrite_error is not None:
                 at = parser.err_at
                 replacement = rewrite_error(out[at + 4 :])
@@ -267,5 +273,7 @@ async def relay_response(
             if parser.cut_at is not None:
                 parser.outcome.truncated = True
             return parser.outcome
-        if used:
+        if data is chunk:
+            buf = bytearray(chunk[used:]) if used != end else bytearray()
+        elif used:
             del buf[:used]

@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-import uvicorn
 
 from proxy.authz.decide import GrantSet
 from proxy.authz.model import Grant, Principal, Privilege
@@ -103,12 +102,6 @@ class EffectiveGrants:
         return out
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the proxy owns the process's signals
-
-
 class ApiServer:
     """uvicorn on a socket bound here (so port 0 works and the port is known at once)."""
 
@@ -120,6 +113,13 @@ class ApiServer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind((host, port))
         self.port: int = self.sock.getsockname()[1]
+        import uvicorn  # only when the API is served (~15 MB)
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # the proxy owns the process's signals
+
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=cert, ssl_keyfile=key, server_header=False, date_header=False,

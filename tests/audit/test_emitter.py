@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -184,3 +185,15 @@ def test_threads_emitting_at_once_keep_one_chain():
 ])
 def test_modes_by_environment(mode, environment, expected):
     assert AuditEmitter([], instance="t:1", mode=mode).mode_for(environment) == expected
+
+
+def test_event_times_are_iso_utc_microseconds_from_the_system_clock():
+    from datetime import datetime, timezone
+
+    audit = AuditEmitter([MemorySink()], instance="t:1")
+    before = datetime.now(timezone.utc)
+    stamp = audit.emit(EventType.SESSION_START, SESSION)["time"]
+    after = datetime.now(timezone.utc)
+    audit.close()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", stamp)
+    assert before <= datetime.fromisoformat(stamp) <= after
