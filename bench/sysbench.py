@@ -183,9 +183,11 @@ class Route:
         return self.proc is None or self.proc.poll() is None
 
 
-def start_process(cmd: list[str], port: int, listening: int, log: Path) -> subprocess.Popen[bytes]:
+def start_process(cmd: list[str], port: int, listening: int, log: Path,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     out = open(log, "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env} if env else None)
     out.close()
     deadline = time.monotonic() + 60
     while listeners(port) < listening:
@@ -279,7 +281,7 @@ log: {{level: warning}}
 
 
 @contextlib.contextmanager
-def environment(table_size: int, rows: int, workers: int) -> Iterator[Env]:
+def environment(table_size: int, rows: int, workers: int, asyncio_loop: bool = False) -> Iterator[Env]:
     with tempfile.TemporaryDirectory(prefix="jp-sysbench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         tls = make_ca_and_server_cert(base / "tls")
@@ -310,14 +312,16 @@ def environment(table_size: int, rows: int, workers: int) -> Iterator[Env]:
         stack.callback(stop_process, proc)
         routes["relay"] = Route("relay", port, creds.user, creds.password, proc, log=base / "relay.log")
 
-        variants = [("jitproxy", 1)] + ([(f"jitproxy-w{workers}", workers)] if workers > 1 else [])
-        for name, n in variants:
+        variants = [("jitproxy", 1, None)] + ([(f"jitproxy-w{workers}", workers, None)] if workers > 1 else [])
+        if asyncio_loop:  # the same on the standard library's event loop instead of uvloop
+            variants.append(("jitproxy-aio", 1, {"JITPROXY_EVENT_LOOP": "asyncio"}))
+        for name, n, extra_env in variants:
             port = free_port()
             config = jitproxy_config(base, name, port, db, tls, public, creds.user, creds.password)
             cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
             if n > 1:
                 cmd += ["--workers", str(n)]
-            proc = start_process(cmd, port, n, base / f"{name}.log")
+            proc = start_process(cmd, port, n, base / f"{name}.log", extra_env)
             stack.callback(stop_process, proc)
             routes[name] = Route(name, port, "bench", token, proc, audit=base / f"{name}.audit.jsonl",
                                  log=base / f"{name}.log")
@@ -723,6 +727,8 @@ def main() -> None:
     ap.add_argument("--skip-large", action="store_true", help="no large SELECT")
     ap.add_argument("--skip-connections", action="store_true", help="no connection loop")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--asyncio-loop", action="store_true",
+                    help="also measure jitproxy on the standard asyncio loop (JITPROXY_EVENT_LOOP=asyncio)")
     ap.add_argument("--only", help="workloads to run, e.g. point_select:16:disable,read_only (test[:threads[:ps]])")
     opts = ap.parse_args()
     q = opts.quick
@@ -740,7 +746,7 @@ def main() -> None:
     elif opts.workers > 1:
         workers_note = f"jitproxy-w{opts.workers} = jitproxy serve --workers {opts.workers} (SO_REUSEPORT)"
     started = time.time()
-    with environment(opts.table_size, opts.rows, opts.workers) as env:
+    with environment(opts.table_size, opts.rows, opts.workers, opts.asyncio_loop) as env:
         names = list(env.routes)
         log(f"paths: {', '.join(f'{n}:{r.port}' for n, r in env.routes.items())}; warming up")
         for name, r in env.routes.items():

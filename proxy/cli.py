@@ -79,12 +79,18 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
 
 
 def _run(coro) -> None:
-    try:
-        import uvloop  # optional: faster event loop
-
-        uvloop.run(coro)
-    except ImportError:
-        asyncio.run(coro)
+    """uvloop when installed (the `fast` extra: less CPU per statement; bench/sysbench.py
+    --asyncio-loop measures the difference), unless
+    JITPROXY_EVENT_LOOP=asyncio asks for the standard library's loop."""
+    if os.environ.get("JITPROXY_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
