@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--ps", default="disable", choices=["disable", "auto"], help="sysbench --db-ps-mode")
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--save", type=Path, help="also keep py-spy's raw stacks here (one line per stack)")
     opts = ap.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
@@ -61,6 +62,8 @@ def main() -> None:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         res = run_sysbench(env, route, opts.test, opts.threads, opts.ps, opts.seconds + 2, 10_000)
         spy_proc.wait()
+        if opts.save:
+            shutil.copyfile(raw, opts.save)
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
         areas: collections.Counter[str] = collections.Counter()

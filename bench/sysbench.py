@@ -264,7 +264,7 @@ class Env:
 
 
 def jitproxy_config(base: Path, name: str, port: int, db: LocalMariaDB, tls, public: Path, user: str,
-                    password: str) -> Path:
+                    password: str, audit_mode: str = "best_effort") -> Path:
     path = base / f"{name}.yaml"
     path.write_text(f"""
 listen: {{host: 127.0.0.1, port: {port}, tls: {{cert_file: {tls.server_cert}, key_file: {tls.server_key}}}}}
@@ -274,14 +274,15 @@ upstream: {{host: 127.0.0.1, port: {db.port}, user: {user}, password: {password}
 policies: {{dirs: [{base / 'policies'}]}}
 store: {{path: {base / name / 'state.db'}}}
 api: {{enabled: false}}
-audit: {{mode: best_effort, sinks: [{{type: file, path: {base / (name + '.audit.jsonl')}}}]}}
+audit: {{mode: {audit_mode}, sinks: [{{type: file, path: {base / (name + '.audit.jsonl')}}}]}}
 log: {{level: warning}}
 """)
     return path
 
 
 @contextlib.contextmanager
-def environment(table_size: int, rows: int, workers: int, asyncio_loop: bool = False) -> Iterator[Env]:
+def environment(table_size: int, rows: int, workers: int, asyncio_loop: bool = False,
+                audit_off: bool = False) -> Iterator[Env]:
     with tempfile.TemporaryDirectory(prefix="jp-sysbench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         tls = make_ca_and_server_cert(base / "tls")
@@ -311,13 +312,24 @@ def environment(table_size: int, rows: int, workers: int, asyncio_loop: bool = F
                               "--listen-port", str(port)], port, 1, base / "relay.log")
         stack.callback(stop_process, proc)
         routes["relay"] = Route("relay", port, creds.user, creds.password, proc, log=base / "relay.log")
+        port = free_port()
+        proc = start_process([sys.executable, str(ROOT / "bench" / "relay.py"), "--upstream-port", str(db.port),
+                              "--listen-port", str(port), "--tls-cert", str(tls.server_cert),
+                              "--tls-key", str(tls.server_key), "--upstream-ca", str(tls.ca_cert)],
+                             port, 1, base / "relay-tls.log")
+        stack.callback(stop_process, proc)
+        routes["relay-tls"] = Route("relay-tls", port, creds.user, creds.password, proc, log=base / "relay-tls.log")
 
-        variants = [("jitproxy", 1, None)] + ([(f"jitproxy-w{workers}", workers, None)] if workers > 1 else [])
+        variants = [("jitproxy", 1, None, "best_effort")]
+        if workers > 1:
+            variants.append((f"jitproxy-w{workers}", workers, None, "best_effort"))
         if asyncio_loop:  # the same on the standard library's event loop instead of uvloop
-            variants.append(("jitproxy-aio", 1, {"JITPROXY_EVENT_LOOP": "asyncio"}))
-        for name, n, extra_env in variants:
+            variants.append(("jitproxy-aio", 1, {"JITPROXY_EVENT_LOOP": "asyncio"}, "best_effort"))
+        if audit_off:  # what auditing costs: the same with audit mode off
+            variants.append(("jitproxy-noaudit", 1, None, "off"))
+        for name, n, extra_env, audit_mode in variants:
             port = free_port()
-            config = jitproxy_config(base, name, port, db, tls, public, creds.user, creds.password)
+            config = jitproxy_config(base, name, port, db, tls, public, creds.user, creds.password, audit_mode)
             cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
             if n > 1:
                 cmd += ["--workers", str(n)]
@@ -498,6 +510,7 @@ def summarize_sysbench(results: dict, names: list[str]) -> dict:
                 qps=_med([x["qps"] for x in ok]),
                 vs_direct=_ratio(runs, results.get((test, threads, ps, "direct"), [])),
                 vs_relay=_ratio(runs, results.get((test, threads, ps, "relay"), [])),
+                vs_tls=_ratio(runs, results.get((test, threads, ps, "relay-tls"), [])),
                 cpu_us=_med([x["cpu_s"] / x["queries"] * 1e6 for x in ok]) if name != "direct" else float("nan"),
                 db_us=_med([x["db_cpu_s"] / x["queries"] * 1e6 for x in ok]),
                 avg_ms=_med([x["avg_ms"] for x in ok]),
@@ -581,12 +594,13 @@ def print_report(opts, env_names, rows, big, conns, routes, started, workers_not
           f"{opts.reps} rep(s), path order rotated every rep; 2 shared cores (client, proxy, MariaDB); "
           f"{time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s in all")
     print("paths: direct = sysbench -> MariaDB; relay = bench/relay.py (raw asyncio byte relay, uvloop, TLS end to end);")
-    print("       jitproxy = jitproxy serve (token login, TLS, YAML grant, audit best_effort to a file)"
+    print("       relay-tls = bench/relay.py terminating TLS on both hops as jitproxy does (no parsing: the floor for a proxy")
+    print("       that reads statements); jitproxy = jitproxy serve (token login, TLS, YAML grant, audit best_effort to a file)"
           + (f"; {workers_note}" if workers_note else ""))
     print("proxy µs/q = proxy process CPU (user+sys; workers: summed) / queries; db µs/q = mariadbd CPU / queries;")
-    print("/direct and /relay = median over reps of the same rep's ratio; peak RSS = VmHWM during the run")
+    print("/direct, /relay, /tls = median over reps of the same rep's ratio (QPS); peak RSS = VmHWM during the run")
     print()
-    hdr = (f"{'workload':18} {'thr':>3} {'ps':7} {'path':12} {'QPS':>8} {'/direct':>7} {'/relay':>6} "
+    hdr = (f"{'workload':18} {'thr':>3} {'ps':7} {'path':16} {'QPS':>8} {'/direct':>7} {'/relay':>6} {'/tls':>5} "
            f"{'proxy µs/q':>10} {'db µs/q':>7} {'avg ms':>6} {'p95 ms':>6} {'peak RSS MB':>11}")
     print(hdr)
     print("-" * len(hdr))
@@ -600,7 +614,7 @@ def print_report(opts, env_names, rows, big, conns, routes, started, workers_not
             if last is not None and label != last:
                 print()
             last = label
-            head = f"{label[0]:18} {threads:3d} {ps:7} {name:12}"
+            head = f"{label[0]:18} {threads:3d} {ps:7} {name:16}"
             if "qps" not in row:
                 print(f"{head} FAILED ({row['failed']}/{row['runs']} runs)")
                 continue
@@ -608,6 +622,7 @@ def print_report(opts, env_names, rows, big, conns, routes, started, workers_not
             if row["errors"]:
                 note += f"  ({row['errors']} sysbench ignored errors/reconnects)"
             print(f"{head} {row['qps']:8,.0f} {fmt(row['vs_direct'], '.2f', 7)} {fmt(row['vs_relay'], '.2f', 6)} "
+                  f"{fmt(row['vs_tls'], '.2f', 5)} "
                   f"{fmt(row['cpu_us'], '.0f', 10)} {fmt(row['db_us'], '.0f', 7)} {row['avg_ms']:6.2f} "
                   f"{row['p95_ms']:6.2f} {fmt(row['peak_mb'], '.0f', 11)}{note}")
 
@@ -683,6 +698,11 @@ def print_report(opts, env_names, rows, big, conns, routes, started, workers_not
                  f"{jt['qps']:,.0f} vs {rt['qps']:,.0f} = {jt['vs_relay']:.2f} x")
             mark(f"cpu_text{tag}", jt["cpu_us"] <= 3 * rt["cpu_us"], f"point select 16 thr, text: proxy CPU <= 3 x relay's "
                  f"per query{tag}: {jt['cpu_us']:.0f} vs {rt['cpu_us']:.0f} µs = {jt['cpu_us'] / rt['cpu_us']:.1f} x")
+            tt = rows.get(("oltp_point_select", 16, "disable", "relay-tls"), {})
+            if "qps" in tt:
+                mark(f"vs_tls{tag}", None, f"point select 16 thr, text, against the TLS-terminating relay{tag}: QPS "
+                     f"{jt['vs_tls']:.2f} x, proxy CPU {jt['cpu_us']:.0f} vs {tt['cpu_us']:.0f} µs = "
+                     f"{jt['cpu_us'] / tt['cpu_us']:.1f} x")
         else:
             mark(f"qps_text{tag}", False, f"point select 16 thr, text{tag}: no result")
         jp, rp = rows.get(("oltp_point_select", 16, "auto", variant), {}), rows.get(("oltp_point_select", 16, "auto", "relay"), {})
@@ -729,6 +749,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--asyncio-loop", action="store_true",
                     help="also measure jitproxy on the standard asyncio loop (JITPROXY_EVENT_LOOP=asyncio)")
+    ap.add_argument("--audit-off", action="store_true",
+                    help="also measure jitproxy with audit mode off (jitproxy-noaudit): what auditing costs")
     ap.add_argument("--only", help="workloads to run, e.g. point_select:16:disable,read_only (test[:threads[:ps]])")
     opts = ap.parse_args()
     q = opts.quick
@@ -746,7 +768,7 @@ def main() -> None:
     elif opts.workers > 1:
         workers_note = f"jitproxy-w{opts.workers} = jitproxy serve --workers {opts.workers} (SO_REUSEPORT)"
     started = time.time()
-    with environment(opts.table_size, opts.rows, opts.workers, opts.asyncio_loop) as env:
+    with environment(opts.table_size, opts.rows, opts.workers, opts.asyncio_loop, opts.audit_off) as env:
         names = list(env.routes)
         log(f"paths: {', '.join(f'{n}:{r.port}' for n, r in env.routes.items())}; warming up")
         for name, r in env.routes.items():

@@ -49,6 +49,7 @@ class ListenConfig(_Strict):
     max_packet_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_connections: int = Field(1000, ge=1)
     server_version: str | None = None  # default: the upstream's own version string
+    fast_path: bool = True  # plain statements handled in the socket callbacks (protocol/fastpath.py)
 
 
 class IssuerSettings(_Strict):

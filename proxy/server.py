@@ -271,6 +271,8 @@ class ProxyContext:
     notifier: WebhookNotifier | None = None  # proxy.notify (httpx) is imported only when configured
     on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
     audit_store: Store | None = None  # searches of the store audit sink (GET /v1/audit)
+    fast_path: bool = True  # listen.fast_path (protocol/fastpath.py)
+    fast_statements: int = 0  # statements handled on the fast path (stats)
 
     @property
     def pool(self) -> UpstreamPool:
@@ -466,6 +468,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         notifier=notifier,
         on_expiry=cfg.authz.on_expiry,
         audit_store=audit_store,
+        fast_path=cfg.listen.fast_path,
     )
 
 
@@ -669,5 +672,6 @@ class ProxyServer:
         for instance in self.ctx.instances.values():
             await instance.pool.close()
         log.info("stopped", analysis_cache=self.ctx.analyze.stats(), audit=self.ctx.audit.stats(),
+                 fast_path_statements=self.ctx.fast_statements,
                  upstream_connections_opened={i.name: i.pool.opened for i in self.ctx.instances.values()})
         self.ctx.audit.close()

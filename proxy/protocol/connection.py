@@ -87,7 +87,7 @@ class ProxyConnection(Connection):
         self.client_charset_name = "utf8mb4"
         self.client_codec = "utf-8"
         self.killed = False
-        self.kill_error = ClientError(ER.CONNECTION_KILLED, "Connection was killed")
+        self.kill_error: ClientError | None = ClientError(ER.CONNECTION_KILLED, "Connection was killed")
         self.idle = False  # waiting for the client's next command: safe to close at shutdown
         self.idle_since = time.monotonic()  # when it began waiting (the server's housekeeping
         # closes it after idle_timeout_s: cheaper than a timer per command)
@@ -128,6 +128,7 @@ class ProxyConnection(Connection):
                 return
             await self._command_phase()
         except asyncio.CancelledError:
+            self.session.abort_fast()  # nothing more of a fast-path response reaches the client
             if self.timed_out:
                 self.session.end_reason = self.session.end_reason or "idle_timeout"
                 await self._send_error_quietly(ClientError(
@@ -136,7 +137,7 @@ class ProxyConnection(Connection):
                     f"(listen.idle_timeout_s = {self.idle_timeout_s:g})"))
             elif not self.killed:
                 raise
-            else:
+            elif self.kill_error is not None:
                 await self._send_error_quietly(self.kill_error)
         except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
@@ -147,6 +148,12 @@ class ProxyConnection(Connection):
         if self._task is not None and not self._task.done():
             self.killed = True
             self._task.cancel()
+
+    def abort(self) -> None:
+        """Close without a word more to the client (the fast path has told it already, or it
+        finished the statement the server was waiting for)."""
+        self.kill_error = None
+        self.kill()
 
     def time_out(self) -> None:
         """Idle past idle_timeout_s (checked by the server's housekeeping): close, telling why."""
@@ -243,6 +250,7 @@ class ProxyConnection(Connection):
             await self._send_error(error)
             return False
         await self.stream.write(self.ok())
+        self.session.enable_fast_path()
         return True
 
     async def _read_handshake_response(self) -> tuple[int, HandshakeResponse41 | SSLRequest] | None:

@@ -3,6 +3,8 @@ A raw exception's text never reaches a client: only `ClientError.message`."""
 
 from __future__ import annotations
 
+from proxy.protocol.wire import make_err
+
 
 class ER:
     """The MySQL error codes jitproxy itself answers with, and their SQLSTATE."""
@@ -67,3 +69,13 @@ class ClientError(Exception):
 
 class UpstreamLost(Exception):
     """The pinned upstream connection failed mid-command; the session cannot continue."""
+
+
+def max_rows_error(limit: int) -> bytes:
+    """The ERR payload that replaces the first row over a grant's max_rows."""
+    return make_err(
+        ER.TOO_BIG_SELECT,
+        "42000",
+        f"The result has more than {limit} rows, the limit of your grant (jitproxy: max_rows); "
+        "narrow it with WHERE or LIMIT",
+    )

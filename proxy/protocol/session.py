@@ -30,7 +30,8 @@ from proxy.authz.model import (
 )
 from proxy.identity.tokens import TokenError
 from proxy.protocol import wire
-from proxy.protocol.errors import ER, ClientError, UpstreamLost
+from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
+from proxy.protocol.fastpath import FastPathCommands
 from proxy.protocol.masked import MaskingCommands
 from proxy.protocol.metadata_commands import FILTERED_SHOWS, MetadataCommands
 from proxy.protocol.prepared import Prepared, PreparedStatementCommands
@@ -53,7 +54,7 @@ _DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
 
 
-class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands, BaseSession):
+class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands, MaskingCommands, BaseSession):
     def __init__(self, ctx: ProxyContext, instance: Instance, connection_id: int, peer: str) -> None:
         self.variables = SessionVariables(GlobalVariables())
         self.instance = instance
@@ -82,6 +83,9 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         self._statement_id: str | None = None
         self.end_reason: str | None = None
         self._ended = False
+        self._fast = None  # the fast path's statement in flight (protocol/fastpath.py)
+        self._fast_pending = bytearray()
+        self._client_protocol = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,6 +168,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         return None
 
     async def close(self) -> None:
+        self.abort_fast()
         self.ctx.sessions.pop(self.connection_id, None)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
@@ -227,7 +232,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
                 expect,
                 self._client_writer if relay else None,
                 row_limit=max_rows,
-                limit_error=_max_rows_error,
+                limit_error=max_rows_error,
                 rewrite_error=self._hide_shared_account,
             )
         except (OSError, ProtocolViolation, asyncio.IncompleteReadError) as e:
@@ -254,22 +259,32 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         assert self.principal is not None
         return decide(analysis, self.principal, self._grants(), self.ctx.now())
 
-    async def _decide_with_schema(self, analysis: Analysis) -> Decision:
-        """Like _decide; a `*` read through column-restricted grants is expanded to the table's
-        real columns, read from the upstream (cached). Allowed decisions are remembered per
-        analysis while the grants snapshot is the same object and none of the person's grants
-        has ended (see _remember_decision): revocation and expiry still bite on the next statement."""
-        assert self.principal is not None and self.upstream is not None
+    def _decide_now(self, analysis: Analysis) -> tuple[Decision | None, frozenset[TableRef]]:
+        """The decision, when it can be made without the database: (decision, ()); otherwise
+        (None, the tables whose columns a `*` read through column-restricted grants needs).
+        Allowed decisions are remembered per analysis while the grants snapshot is the same
+        object and none of the person's grants has ended (see _remember_decision): revocation
+        and expiry still bite on the next statement."""
+        assert self.principal is not None
         grants, now = self._grants(), self.ctx.now()
         known = self._decisions.get(id(analysis))
         if (known is not None and known[0] is analysis and known[1] is grants
                 and (known[2] is None or now < known[2])):
-            return known[3]
+            return known[3], frozenset()
         tables = stars_needing_schema(analysis, self.principal, grants, now)
-        if not tables:
-            decision = decide(analysis, self.principal, grants, now)
-            if decision.allowed:
-                self._remember_decision(analysis, grants, now, decision)
+        if tables:
+            return None, frozenset(tables)
+        decision = decide(analysis, self.principal, grants, now)
+        if decision.allowed:
+            self._remember_decision(analysis, grants, now, decision)
+        return decision, frozenset()
+
+    async def _decide_with_schema(self, analysis: Analysis) -> Decision:
+        """Like _decide; a `*` read through column-restricted grants is expanded to the table's
+        real columns, read from the upstream (cached)."""
+        assert self.principal is not None and self.upstream is not None
+        decision, tables = self._decide_now(analysis)
+        if decision is not None:
             return decision
         try:
             columns = {t: await self.instance.schema.columns(self.upstream, t) for t in sorted(tables)}
@@ -277,7 +292,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             raise UpstreamLost() from None
         except RuntimeError:
             columns = {}  # unknown columns: the star stays refused
-        return decide(analysis, self.principal, grants, now, table_columns=columns)
+        return decide(analysis, self.principal, self._grants(), self.ctx.now(), table_columns=columns)
 
     def _remember_decision(self, analysis: Analysis, grants: GrantSet, now: datetime, decision: Decision) -> None:
         """Keyed by the analysis object (held in the entry, so its id stays its own): the
@@ -328,20 +343,8 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
         best_effort: nothing is written yet; the statement's one event comes when it ends (see
         _audit_statement), or `statement.allowed` after ANNOUNCE_AFTER_S if it is still running
         (announce_in_flight)."""
-        self._statement_n += 1
-        self._statement_id = f"{self.info.session_id}.{self._statement_n}"
-        if self.audit_mode == "off":
-            return
-        fields = self._statement_fields(command, sql, decision)
-        fields.update(decision="allow", statement_id=self._statement_id, **extra)
-        if decision.masks:
-            fields["masked_columns"] = decision.audit_masks
-        if decision.used_grants:
-            fields["grants"] = decision.audit_grants
-        self._in_flight = fields
-        self._in_flight_since = time.monotonic()
-        self._in_flight_announced = False
-        if self.audit_mode != "fail_closed":
+        fields = self._admit_now(command, sql, decision, extra)
+        if fields is None or self.audit_mode != "fail_closed":
             return
         try:
             await self.ctx.audit.emit_durable(EventType.STATEMENT_ALLOWED, self.info, **fields)
@@ -357,6 +360,24 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
                 "statement to be audited before it runs (audit mode fail_closed); nothing was sent to it. "
                 "Try again shortly; if it persists, tell the jitproxy operators.",
             ) from None
+
+    def _admit_now(self, command: int, sql: str, decision: Decision, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """The part of _admit that needs no waiting: the statement's id and its audit fields, held
+        until it ends (None: audit off)."""
+        self._statement_n += 1
+        self._statement_id = f"{self.info.session_id}.{self._statement_n}"
+        if self.audit_mode == "off":
+            return None
+        fields = self._statement_fields(command, sql, decision)
+        fields.update(decision="allow", statement_id=self._statement_id, **extra)
+        if decision.masks:
+            fields["masked_columns"] = decision.audit_masks
+        if decision.used_grants:
+            fields["grants"] = decision.audit_grants
+        self._in_flight = fields
+        self._in_flight_since = time.monotonic()
+        self._in_flight_announced = False
+        return fields
 
     def announce_in_flight(self, now: float) -> None:
         """best_effort: `statement.allowed` for a statement running for ANNOUNCE_AFTER_S already,
@@ -398,7 +419,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             fields = self._statement_fields(command, sql, decision)
             fields.update(decision="deny", reason_code=decision.code.value if decision.code else None,
                           reason=decision.reason, duration_ms=duration_ms, **extra)
-            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
+            self.ctx.audit.emit_soon(EventType.STATEMENT_DENIED, self.info, fields)
             return
         fields, self._in_flight = self._in_flight, None
         if fields is None:  # audit off
@@ -417,7 +438,7 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
             elif outcome.truncated:
                 fields.update(error_code=ER.TOO_BIG_SELECT, reason_code="max_rows", rows_sent=decision.max_rows)
                 event_type = EventType.STATEMENT_FAILED
-        self.ctx.audit.emit(event_type, self.info, **fields)
+        self.ctx.audit.emit_soon(event_type, self.info, fields)
 
     async def _deny(self, command: int, sql: str, decision: Decision, started: float, **extra: Any) -> bool:
         self._audit_statement(command, sql, decision, started, **extra)
@@ -615,19 +636,6 @@ class ProxySession(PreparedStatementCommands, MetadataCommands, MaskingCommands,
 
     async def use(self, database: str) -> None:  # pragma: no cover
         raise ClientError(ER.INTERNAL, "not used")
-
-
-def _max_rows_error(limit: int) -> bytes:
-    return wire.make_err(
-        ER.TOO_BIG_SELECT,
-        "42000",
-        f"The result has more than {limit} rows, the limit of your grant (jitproxy: max_rows); "
-        "narrow it with WHERE or LIMIT",
-    )
-
-
-
-
 
 
 def _use_analysis(db: str) -> Analysis:

@@ -16,6 +16,7 @@ from pymysql.constants import CLIENT
 from pymysql.err import OperationalError
 
 from proxy.protocol import wire
+from proxy.protocol.stream import intercept
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation, ResponseParser, relay_response
 
 
@@ -75,6 +76,7 @@ class UpstreamConnection:
         self.profile = profile
         self.reader: asyncio.StreamReader = aio._reader
         self.writer: asyncio.StreamWriter = aio._writer
+        self.protocol = intercept(self.writer)  # the fast path's view of its bytes (protocol/fastpath.py)
         self.thread_id: int = aio.server_thread_id[0]
         self.server_version: str = aio.get_server_info()
         self.database: str | None = None

@@ -223,6 +223,77 @@ class ResponseParser:
         return section
 
 
+class Relay:
+    """The bytes side of relaying one response: fed the chunks read from the upstream, it returns
+    what to forward to the client now (the chunk itself when it holds only complete packets: no
+    copy), with the max_rows cut and the ERR rewrite applied. Driven by `relay_response` (the
+    command loop's reads) or by the fast path's data callbacks (protocol/fastpath.py)."""
+
+    __slots__ = ("parser", "forwarding", "_buf", "_row_limit", "_limit_error", "_rewrite_error")
+
+    def __init__(
+        self,
+        expect: Expect,
+        deprecate_eof: bool,
+        forwarding: bool,
+        row_limit: int | None = None,
+        limit_error: Callable[[int], bytes] | None = None,
+        rewrite_error: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        self.parser = ResponseParser(expect, deprecate_eof, row_limit)
+        self.forwarding = forwarding
+        self._buf = bytearray()  # bytes of a packet not complete yet (the common response needs none)
+        self._row_limit = row_limit
+        self._limit_error = limit_error
+        self._rewrite_error = rewrite_error
+
+    @property
+    def done(self) -> bool:
+        return self.parser.state is _S.DONE
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.parser.cut_at is not None:
+            self.parser.outcome.truncated = True
+        return self.parser.outcome
+
+    def feed(self, chunk: bytes) -> bytes | bytearray | None:
+        """One chunk from the upstream; returns the bytes to write to the client (None: none).
+        Raises ConnectionResetError on an empty chunk (EOF) and ProtocolViolation."""
+        if not chunk:
+            raise ConnectionResetError("upstream closed the connection")
+        parser, buf = self.parser, self._buf
+        if buf:
+            buf += chunk
+            data: bytes | bytearray = buf
+        else:
+            data = chunk  # parsed and forwarded in place: no copy
+        end = len(data)
+        used = parser.feed(data, 0, end)
+        done = parser.state is _S.DONE
+        if done and used != end:
+            raise ProtocolViolation("upstream sent data after the end of a response")
+        out: bytes | bytearray | None = None
+        if self.forwarding and parser.cut_at is not None:
+            assert self._limit_error is not None and self._row_limit is not None
+            out = bytes(data[: parser.cut_at]) + frame(self._limit_error(self._row_limit), parser.cut_seq)
+            self.forwarding = False
+        elif self.forwarding and used:
+            out = data if used == end and data is chunk else bytes(data[:used])
+            if done and parser.err_at is not None and self._rewrite_error is not None:
+                at = parser.err_at
+                replacement = self._rewrite_error(out[at + 4 :])
+                if replacement is not None:
+                    out = out[:at] + frame(replacement, out[at + 3])
+        if not done:
+            if data is chunk:
+                if used != end:
+                    self._buf = bytearray(chunk[used:])
+            elif used:
+                del buf[:used]
+        return out
+
+
 async def relay_response(
     reader: asyncio.StreamReader,
     client: asyncio.StreamWriter | None,
@@ -237,43 +308,12 @@ async def relay_response(
     payload `limit_error(limit)` and the rest of the response is read but not forwarded. A final
     ERR packet may be replaced by `rewrite_error(payload)` (None: forwarded as is).
     Raises ProtocolViolation, or the reader's/writer's I/O errors."""
-    parser = ResponseParser(expect, deprecate_eof, row_limit)
-    buf = bytearray()  # bytes of a packet not complete yet (the common response needs none)
-    forwarding = client is not None
+    relay = Relay(expect, deprecate_eof, client is not None, row_limit, limit_error, rewrite_error)
     while True:
-        chunk = await reader.read(READ_CHUNK)
-        if not chunk:
-            raise ConnectionResetError("upstream closed the connection")
-        if buf:
-            buf += chunk
-            data: bytes | bytearray = buf
-        else:
-            data = chunk  # parsed and forwarded in place: no copy
-        end = len(data)
-        used = parser.feed(data, 0, end)
-        done = parser.state is _S.DONE
-        if done and used != end:
-            raise ProtocolViolation("upstream sent data after the end of a response")
-        if forwarding and parser.cut_at is not None:
-            assert client is not None and limit_error is not None and row_limit is not None
-            client.write(bytes(data[: parser.cut_at]) + frame(limit_error(row_limit), parser.cut_seq))
-            await client.drain()
-            forwarding = False
-        elif forwarding and used:
+        out = relay.feed(await reader.read(READ_CHUNK))
+        if out:
             assert client is not None
-            out = data if used == end and data is chunk else bytes(data[:used])
-            if done and parser.err_at is not None and rewrite_error is not None:
-                at = parser.err_at
-                replacement = rewrite_error(out[at + 4 :])
-                if replacement is not None:
-                    out = out[:at] + frame(replacement, out[at + 3])
             client.write(out)
             await client.drain()
-        if done:
-            if parser.cut_at is not None:
-                parser.outcome.truncated = True
-            return parser.outcome
-        if data is chunk:
-            buf = bytearray(chunk[used:]) if used != end else bytearray()
-        elif used:
-            del buf[:used]
+        if relay.done:
+            return relay.outcome
