@@ -266,11 +266,12 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         object and none of the person's grants has ended (see _remember_decision): revocation
         and expiry still bite on the next statement."""
         assert self.principal is not None
-        grants, now = self._grants(), self.ctx.now()
+        grants = self._grants()
         known = self._decisions.get(id(analysis))
         if (known is not None and known[0] is analysis and known[1] is grants
-                and (known[2] is None or now < known[2])):
+                and (known[2] is None or self.ctx.now() < known[2])):
             return known[3], frozenset()
+        now = self.ctx.now()
         tables = stars_needing_schema(analysis, self.principal, grants, now)
         if tables:
             return None, frozenset(tables)
