@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jitproxy.fastpath")
 
 _FAST_KINDS = (StatementKind.QUERY, StatementKind.TRANSACTION)
-_SESSION_CHANGING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the schema cache is invalidated
+DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the command loop invalidates the schema cache
 
 
 class _InFlight:
@@ -123,15 +123,17 @@ class FastPathCommands:
 
     def _fast_query(self, data: bytes) -> bool:
         started = time.perf_counter()
-        if not self._usable_upstream() or len(data) - 5 > self.ctx.analyze.thread_offload_bytes:
+        analyze = self.ctx.analyze
+        if (not self._usable_upstream() or len(data) - 5 > analyze.thread_offload_bytes
+                or len(data) - 5 > analyze.max_statement_bytes):  # the loop denies it, or parses it off-loop
             return False
         try:
             sql = str(memoryview(data)[5:], self.connection.client_codec)
         except UnicodeDecodeError:
             return False
-        analysis = self.ctx.analyze(sql, self.database)
+        analysis = analyze(sql, self.database)
         if (analysis.kind not in _FAST_KINDS or analysis.metadata_tables
-                or analysis.statement_class.startswith(_SESSION_CHANGING)):
+                or analysis.statement_class.startswith(DDL_CLASSES)):
             return False
         decision, _ = self._decide_now(analysis)
         if (decision is None or not decision.allowed or decision.masks
@@ -183,14 +185,16 @@ class FastPathCommands:
             return False
         try:
             out = fast.relay.feed(chunk)
+            if out:
+                self.connection.stream.writer.transport.write(out)
+            if fast.relay.done:
+                self._fast_done(fast)
         except ProtocolViolation as e:
             log.warning("upstream protocol violation", error=str(e), session=self.info.session_id)
             self._fast_lost("lost connection to the database during the statement")
-            return True
-        if out:
-            self.connection.stream.writer.transport.write(out)
-        if fast.relay.done:
-            self._fast_done(fast)
+        except Exception:  # noqa: BLE001 - a bug mid-answer: this session cannot go on, the process can
+            log.exception("fast path failed mid-answer", session=self.info.session_id)
+            self._fast_lost("the statement failed in jitproxy")
         return True
 
     def _upstream_gone(self) -> None:

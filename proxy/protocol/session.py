@@ -31,7 +31,7 @@ from proxy.authz.model import (
 from proxy.identity.tokens import TokenError
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
-from proxy.protocol.fastpath import FastPathCommands
+from proxy.protocol.fastpath import DDL_CLASSES, FastPathCommands
 from proxy.protocol.masked import MaskingCommands
 from proxy.protocol.metadata_commands import FILTERED_SHOWS, MetadataCommands
 from proxy.protocol.prepared import Prepared, PreparedStatementCommands
@@ -47,7 +47,6 @@ log = structlog.get_logger("jitproxy.session")
 ANNOUNCE_AFTER_S = 1.0  # best_effort: a statement still running this long gets its statement.allowed
 _MAX_DECISIONS = 512  # remembered allowed decisions per session
 _CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
-_DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
 
 
 
@@ -501,7 +500,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 self.sql_prepared[analysis.prepared_name] = analysis.prepared_analysis
             elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
                 self.sql_prepared.pop(analysis.prepared_name, None)
-            if analysis.statement_class.startswith(_DDL_CLASSES):
+            if analysis.statement_class.startswith(DDL_CLASSES):
                 self.instance.schema.invalidate()
         elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
             # MySQL drops a statement of that name before preparing the new text, even if that fails

@@ -27,13 +27,14 @@ GRANTS = """grants:
 REVOCABLE = "grants:\n  - {subject: user:fast, grant: hr_prod.employee, privileges: [SELECT]}\n"
 
 
-def _proxy(tmp_path_factory, mariadb, tls_files, credentials, name: str, **listen) -> tuple[RunningProxy, Path]:
+def _proxy(tmp_path_factory, mariadb, tls_files, credentials, name: str, authz: dict | None = None,
+           **listen) -> tuple[RunningProxy, Path]:
     policies = tmp_path_factory.mktemp(f"{name}-policies")
     (policies / "grants.yaml").write_text(GRANTS)
     directory = tmp_path_factory.mktemp(name)
     cfg = local_proxy_config(directory, mariadb, tls_files, credentials, policies, extra={
         "audit": {"mode": "best_effort", "sinks": [{"type": "file", "path": str(directory / "audit.jsonl")}]},
-        "listen": listen,
+        "listen": listen, **({"authz": authz} if authz else {}),
     })
     return RunningProxy(cfg), policies
 
@@ -234,5 +235,25 @@ def test_fail_closed_keeps_every_statement_on_the_command_loop(tmp_path_factory,
         assert proxy.ctx.fast_statements == 0
         allowed = [e for e in _statement_events(proxy, "FROM title WHERE") if e["type"] == "statement.allowed"]
         assert len(allowed) == 3  # written before each statement was forwarded
+    finally:
+        proxy.stop()
+
+
+def test_the_statement_size_limit_holds_on_the_fast_path(tmp_path_factory, mariadb, tls_files, upstream_credentials):
+    """authz.max_statement_bytes below thread_offload_bytes: a statement over the limit is
+    refused every time, never analyzed in the callback."""
+    proxy, _ = _proxy(tmp_path_factory, mariadb, tls_files, upstream_credentials, "size",
+                      authz={"max_statement_bytes": 2048, "thread_offload_bytes": 16384})
+    try:
+        conn = _connect(proxy, tls_files)
+        padding = "x" * 2100
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM title WHERE title <> 'short'")
+            for i in range(3):
+                with pytest.raises(pymysql.MySQLError) as e:
+                    cur.execute(f"SELECT COUNT(*) FROM title WHERE title <> '{padding}{i}'")
+                assert e.value.args[0] == 1142 and "statement_too_long" in e.value.args[1]
+        conn.close()
+        assert proxy.ctx.fast_statements == 1
     finally:
         proxy.stop()
