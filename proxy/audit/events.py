@@ -241,24 +241,43 @@ class AuditEmitter:
             asyncio.get_running_loop().call_soon(self.run_soon)
 
     def run_soon(self) -> None:
-        """Emit what emit_soon holds (called by the loop; by every other emit first)."""
+        """Emit what emit_soon holds, as one batch handed to each sink (called by the loop; by
+        every other emit first, so order is kept)."""
         self._soon_scheduled = False
         soon = self._soon
-        while soon:
-            try:
-                event_type, session, fields = soon.popleft()
-            except IndexError:  # another thread emptied it first
-                return
-            self._emit_now(event_type, session, fields, False)
+        if not soon:
+            return
+        with self._lock:
+            records = []
+            while soon:
+                try:
+                    event_type, session, fields = soon.popleft()
+                except IndexError:  # another thread emptied it first
+                    break
+                records.append(self._seal_locked(self._build(event_type, session, fields), False))
+            if records:
+                for sink in self._sync:
+                    sink.write_batch(records)
+                for writer in self._writers:
+                    writer.put_many(records)
 
     def _emit(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any],
               durable: bool) -> tuple[dict[str, Any], int]:
         if self._soon:
             self.run_soon()
-        return self._emit_now(event_type, session, fields, durable)
+        event = self._build(event_type, session, fields)
+        with self._lock:
+            record = self._seal_locked(event, durable)
+            for sink in self._sync:
+                sink.write_batch([record])
+            for writer in self._writers:
+                writer.put(record)
+            return event, record.n
 
-    def _emit_now(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any],
-                  durable: bool) -> tuple[dict[str, Any], int]:
+    def _build(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any]) -> dict[str, Any]:
+        statement = fields.get("statement")
+        if isinstance(statement, str):
+            self._statement_fields(statement, fields)
         event: dict[str, Any] = {
             "type": event_type,
             "code": CODES[event_type],
@@ -267,9 +286,6 @@ class AuditEmitter:
             "event_id": f"{self._id_prefix}{next(self._ids):016x}",
             "proxy_instance": self.instance,  # which proxy process (host:pid); "instance" is the upstream's
         }
-        statement = fields.get("statement")
-        if isinstance(statement, str):
-            self._statement_fields(statement, fields)
         if session is not None:
             event.update(session.fields())  # every _COMMON key
             event.update(fields)
@@ -281,19 +297,17 @@ class AuditEmitter:
             for key in _COMMON:
                 if key not in event:
                     event[key] = [] if key == "groups" else None
-        with self._lock:
-            self._n += 1
-            self._seq += 1
-            line = seal(event, self._seq, self._last_hash)
-            if len(line) > self.max_event_bytes:
-                line = self._shrink(event)
-            self._last_hash = event["hash"]
-            record = Record(self._n, line, event, durable)
-            for sink in self._sync:
-                sink.write_batch([record])
-            for writer in self._writers:
-                writer.put(record)
-            return event, self._n
+        return event
+
+    def _seal_locked(self, event: dict[str, Any], durable: bool) -> Record:
+        """Number, chain and seal one event (the caller holds self._lock)."""
+        self._n += 1
+        self._seq += 1
+        line = seal(event, self._seq, self._last_hash)
+        if len(line) > self.max_event_bytes:
+            line = self._shrink(event)
+        self._last_hash = event["hash"]
+        return Record(self._n, line, event, durable)
 
     def _statement_fields(self, statement: str, fields: dict[str, Any]) -> None:
         if fields.get("fingerprint") is None:

@@ -25,6 +25,8 @@ log = structlog.get_logger("jitproxy.audit")
 
 BATCH = 500
 LINGER_S = 0.002  # how long a writer waits for more events before writing a batch
+INLINE_SLOW_S = 0.001  # an inline write slower than this ...
+INLINE_PAUSE_S = 10.0  # ... sends the next batches through the writer thread for this long
 
 
 class Record(NamedTuple):  # a tuple: made for every event, cheaper than a frozen dataclass
@@ -73,6 +75,7 @@ class FileSink:
     (stdlib RotatingFileHandler swallows write errors, which fail_closed must see.)"""
 
     synchronous = False
+    inline = True  # page-cache appends: cheap enough for the event loop (SinkWriter.put_many)
 
     def __init__(self, path: Path, *, max_bytes: int = 0, backups: int = 5, fsync: bool = True,
                  name: str | None = None, required: bool = True, sync_interval_s: float = 1.0) -> None:
@@ -87,6 +90,7 @@ class FileSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = None
         self._size = 0
+        self._unsynced = False
         self._open()
 
     def _open(self) -> None:
@@ -106,7 +110,9 @@ class FileSink:
             self.path.unlink(missing_ok=True)
         self._open()
 
-    def write_batch(self, records: list[Record]) -> None:
+    def write_batch(self, records: list[Record], sync: bool = True) -> None:
+        """Append the batch (one write). `sync`: fdatasync now if a record is durable or the
+        last sync is older than sync_interval_s (an inline write leaves that to `sync_due`)."""
         data = "".join(r.line + "\n" for r in records).encode("utf-8")
         if self._file is None:
             self._open()
@@ -115,12 +121,28 @@ class FileSink:
         assert self._file is not None
         self._file.write(data)
         self._file.flush()
+        self._size += len(data)
+        self._unsynced = True
         now = time.monotonic()
-        if self.fsync and (any(r.durable for r in records)
-                           or now - self._synced_at >= self.sync_interval_s):
+        if sync and self.fsync and (any(r.durable for r in records)
+                                    or now - self._synced_at >= self.sync_interval_s):
             os.fdatasync(self._file.fileno())
             self._synced_at = now
-        self._size += len(data)
+            self._unsynced = False
+
+    def sync_due(self) -> float | None:
+        """Seconds until written data must be synced (0: now); None: nothing unsynced."""
+        if not self.fsync or not self._unsynced:
+            return None
+        return max(self.sync_interval_s - (time.monotonic() - self._synced_at), 0.0)
+
+    def sync_fd(self) -> int | None:
+        """A duplicate of the file's descriptor to fdatasync outside any lock (the file may be
+        rotated meanwhile: the data written before is what gets synced); None when closed."""
+        if self._file is None:
+            return None
+        self._synced_at, self._unsynced = time.monotonic(), False
+        return os.dup(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:
@@ -166,12 +188,45 @@ class SinkWriter:
         self.dropped = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._inline_paused_until = 0.0
+        self._sync_idle = False  # the thread waits without a sync deadline
         self._thread = threading.Thread(target=self._run, name=f"audit-{sink.name}", daemon=True)
         self._thread.start()
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def put_many(self, records: list[Record]) -> None:
+        """A batch of non-durable records from the event loop (AuditEmitter.run_soon). With an
+        inline sink (a file) that is up and has nothing queued, they are written right here: one
+        append per loop turn, no hand-over to the writer thread (whose GIL hand-offs cost every
+        TLS write of the loop a few µs). The writer thread still syncs them (sync_interval_s).
+        A failed or slow (> INLINE_SLOW_S) write sends this and the next INLINE_PAUSE_S of
+        batches through the queue: a stalling disk never holds the event loop twice."""
+        if self._inline_ok():
+            started = time.perf_counter()
+            with self._cond:
+                if not self._queue and not self._closing:
+                    try:
+                        self.sink.write_batch(records, sync=False)  # type: ignore[call-arg]
+                    except Exception as e:  # noqa: BLE001 - the thread retries it (in order) and reports
+                        self._inline_paused_until = time.monotonic() + INLINE_PAUSE_S
+                        log.warning("audit sink inline write failed; using the writer thread",
+                                    sink=self.sink.name, error=f"{type(e).__name__}: {str(e)[:200]}")
+                    else:
+                        self.written_n = records[-1].n
+                        if self._sync_idle:
+                            self._cond.notify()  # the thread syncs within sync_interval_s
+                        if time.perf_counter() - started > INLINE_SLOW_S:
+                            self._inline_paused_until = time.monotonic() + INLINE_PAUSE_S
+                        return
+        for record in records:
+            self.put(record)
+
+    def _inline_ok(self) -> bool:
+        return (getattr(self.sink, "inline", False) and self.up
+                and (not self._inline_paused_until or time.monotonic() >= self._inline_paused_until))
 
     def put(self, record: Record) -> bool:
         with self._cond:
@@ -189,9 +244,24 @@ class SinkWriter:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue and self._closing:
-                    return
+                    due = self._sync_due()
+                    if due == 0.0:
+                        break
+                    self._sync_idle = due is None
+                    self._cond.wait(due)
+                    self._sync_idle = False
+                if not self._queue:
+                    fd = self._sync_fd()
+                    if self._closing and fd is None:
+                        return
+                else:
+                    fd = None
+            if fd is not None:  # inline writes to sync: outside the lock (the loop may append meanwhile)
+                self._sync(fd)
+                continue
+            with self._cond:
+                if not self._queue:
+                    continue
                 # Linger a little for more events (fewer writes and wake-ups under load),
                 # unless a fail_closed statement is waiting for one of them.
                 deadline = time.monotonic() + LINGER_S
@@ -234,6 +304,23 @@ class SinkWriter:
             self._notify(self._on_written)
 
     _give_up = False
+
+    def _sync_due(self) -> float | None:
+        due = getattr(self.sink, "sync_due", None)
+        return due() if due is not None else None
+
+    def _sync_fd(self) -> int | None:
+        if self._sync_due() is None:
+            return None
+        return self.sink.sync_fd()  # type: ignore[attr-defined]
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            log.error("audit sink sync failed", sink=self.sink.name, error=str(e))
+        finally:
+            os.close(fd)
 
     def _notify(self, callback: Callable[[SinkWriter], None]) -> None:
         try:
