@@ -97,12 +97,13 @@ class RunningProxy:
     """A started proxy. `stop()` shuts it down; `audit.events` holds every audit event."""
 
     def __init__(self, cfg: Config, extra_sinks: list[Sink] | None = None, clock: Callable[[], datetime] | None = None,
-                 aws_session_factory: Any = None) -> None:
+                 aws_session_factory: Any = None,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
         self.cfg = cfg
         self._aws_session_factory = aws_session_factory
         self.memory = MemorySink()
         self.clock = clock or MutableClock()
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory()  # `jitproxy serve` runs on uvloop: pass uvloop.new_event_loop to test on it
         self._thread = threading.Thread(target=self._loop.run_forever, name="jitproxy", daemon=True)
         self._thread.start()
         self.ctx: ProxyContext = self.call(self._build(cfg, [self.memory, *(extra_sinks or [])]))
