@@ -29,7 +29,7 @@ import structlog
 from proxy.authz.model import Decision, StatementKind
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, max_rows_error
-from proxy.protocol.stream import Intercepting, intercept
+from proxy.protocol.stream import intercept
 from proxy.upstream.relay import Expect, ProtocolViolation, Relay
 
 if TYPE_CHECKING:
@@ -61,22 +61,17 @@ class _InFlight:
 class FastPathCommands:
     """Mixed into ProxySession (which provides the decision, audit and relay helpers used)."""
 
-    _fast: _InFlight | None
+    _fast: _InFlight | None  # both set in ProxySession.__init__
     _fast_pending: bytearray
-    _client_protocol: Intercepting | None
 
     def enable_fast_path(self) -> None:
         """After login: route the client's bytes through `client_data`."""
-        self._fast = None
-        self._fast_pending = bytearray()
-        self._client_protocol = None
         if not self.ctx.fast_path or self.audit_mode == "fail_closed":
             return
         protocol = intercept(self.connection.stream.writer)
         if protocol is not None:
             protocol.interceptor = self.client_data
             protocol.on_writable = self._client_writable
-            self._client_protocol = protocol
 
     # -- client side -----------------------------------------------------------------------
 

@@ -83,8 +83,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.end_reason: str | None = None
         self._ended = False
         self._fast = None  # the fast path's statement in flight (protocol/fastpath.py)
-        self._fast_pending = bytearray()
-        self._client_protocol = None
+        self._fast_pending = bytearray()  # commands that arrived while it was in flight
 
     # -- lifecycle -------------------------------------------------------------------------
 
