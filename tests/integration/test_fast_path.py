@@ -262,3 +262,31 @@ def test_the_statement_size_limit_holds_on_the_fast_path(tmp_path_factory, maria
         assert proxy.ctx.fast_statements == 1
     finally:
         proxy.stop()
+
+
+def test_masked_and_metadata_statements_never_take_the_fast_path(fast, tls_files, mariadb):
+    """Statements whose text the command loop rewrites (column masks, information_schema
+    restricted to granted objects) are declined by the fast path, however often they repeat."""
+    proxy, policies = fast
+    (policies / "masks.yaml").write_text(
+        "masks:\n  - {subject: user:fast, table: hr_prod.salary, columns: {amount: redact}}\n")
+    proxy.ctx.grants.reload()
+    try:
+        with mariadb.root_connection("hr_prod") as root, root.cursor() as cur:
+            cur.execute("SELECT employee_id, amount FROM salary ORDER BY employee_id LIMIT 3")
+            real = dict(cur.fetchall())
+        conn = _connect(proxy, tls_files)
+        before = proxy.ctx.fast_statements
+        with conn.cursor() as cur:
+            for employee_id, amount in real.items():
+                cur.execute(f"SELECT amount FROM salary WHERE employee_id = {employee_id} LIMIT 1")
+                assert cur.fetchall()[0][0] != amount  # masked every time
+            for _ in range(3):
+                cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'hr_prod' "
+                            "ORDER BY TABLE_NAME")
+                assert [r[0] for r in cur.fetchall()] == ["salary", "title"]  # only what is granted
+        conn.close()
+        assert proxy.ctx.fast_statements == before
+    finally:
+        (policies / "masks.yaml").unlink()
+        proxy.ctx.grants.reload()
