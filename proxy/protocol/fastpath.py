@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("jitproxy.fastpath")
 
+_BACKGROUND: set[asyncio.Task[None]] = set()  # drop_idle tasks started from callbacks
 _FAST_KINDS = (StatementKind.QUERY, StatementKind.TRANSACTION)
 DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the command loop invalidates the schema cache
 
@@ -251,7 +252,9 @@ class FastPathCommands:
         if up is not None:
             up.broken = True
         self._end_in_flight(error)
-        asyncio.get_running_loop().create_task(self.instance.pool.drop_idle())
+        task = asyncio.get_running_loop().create_task(self.instance.pool.drop_idle())
+        _BACKGROUND.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_BACKGROUND.discard)
         self.connection.stream.writer.transport.write(wire.frame(
             wire.make_err(ER.UPSTREAM_LOST, "HY000", "Lost connection to the database during query (jitproxy)"), 1))
         self.connection.abort()
