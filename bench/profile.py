@@ -15,6 +15,7 @@ import argparse
 import collections
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def main() -> None:
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     ap.add_argument("--save", type=Path, help="also keep py-spy's raw stacks here (one line per stack)")
     opts = ap.parse_args()
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # installed in this venv, not on PATH
+    spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     with environment(10_000, 1_000, workers=0) as env, tempfile.TemporaryDirectory() as tmp:
@@ -59,16 +61,18 @@ def main() -> None:
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(route.proc.pid), "--duration", str(opts.seconds),
                                      "--rate", "250", "--format", "raw", "--output", str(raw),
                                      *(["--native"] if opts.native else ["--nonblocking"])],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         res = run_sysbench(env, route, opts.test, opts.threads, opts.ps, opts.seconds + 2, 10_000)
-        spy_proc.wait()
+        _, spy_err = spy_proc.communicate()
+        if not raw.exists():
+            raise SystemExit(f"py-spy recorded nothing (exit {spy_proc.returncode}): {spy_err.strip()[-2000:]}")
         if opts.save:
             shutil.copyfile(raw, opts.save)
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
         areas: collections.Counter[str] = collections.Counter()
         total = 0
-        for line in raw.read_text().splitlines():
+        for line in raw.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
             n = int(count)
             frames = stack.split(";")

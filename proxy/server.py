@@ -575,15 +575,21 @@ class ProxyServer:
                     log.exception("housekeeping failed for a connection", connection_id=conn.connection_id)
 
     def health(self) -> dict[str, Any]:
-        """What /healthz answers: each upstream instance's pool state and the store poller's."""
+        """What /healthz answers: each upstream instance's pool state, the store poller's and the
+        audit trail's (mode, events, refusals, each sink's state and counters). A failing audit
+        sink makes it "degraded": fail_closed statements are refused meanwhile."""
         upstreams = {}
         for name, instance in self.ctx.instances.items():
             h = instance.pool.health()
             upstreams[name] = {"environment": instance.environment, **h}
         store = {"revision": self.ctx.grants.revision,
                  "poll_failures": self.poller.errors if self.poller else None}
-        degraded = any(u["state"] == "down" for u in upstreams.values()) or bool(store["poll_failures"])
-        return {"status": "degraded" if degraded else "ok", "upstreams": upstreams, "store": store}
+        audit = self.ctx.audit.stats()
+        for sink in audit["sinks"].values():
+            del sink["last_error"]  # may name a path or a host: the proxy's log has it
+        degraded = (any(u["state"] == "down" for u in upstreams.values()) or bool(store["poll_failures"])
+                    or not all(sink["up"] for sink in audit["sinks"].values()))
+        return {"status": "degraded" if degraded else "ok", "upstreams": upstreams, "store": store, "audit": audit}
 
     async def _probe_upstream(self, instance: Instance) -> None:
         """Open (and pool) one upstream connection at start: clients then see the database's own

@@ -375,6 +375,7 @@ class AuditEmitter:
             "events": self._n,
             "refused_statements": self.refused,
             "sinks": {w.sink.name: {"up": w.up, "queued": w.queued, "dropped": w.dropped, "failures": w.failures,
+                                    "inline_pauses": w.inline_pauses,
                                     "last_error": w.last_error} for w in self._writers},
         }
 

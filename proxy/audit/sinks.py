@@ -19,6 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 import structlog
 
 log = structlog.get_logger("jitproxy.audit")
@@ -27,6 +32,15 @@ BATCH = 500
 LINGER_S = 0.002  # how long a writer waits for more events before writing a batch
 INLINE_SLOW_S = 0.001  # an inline write slower than this ...
 INLINE_PAUSE_S = 10.0  # ... sends the next batches through the writer thread for this long
+
+
+def _waits() -> int:
+    """How often this thread has waited (its voluntary context switches; Linux), -1 elsewhere. A
+    slow inline write that never waited was only preempted: the disk is not the problem."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
+
+
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)  # Linux only
 
 
 class Record(NamedTuple):  # a tuple: made for every event, cheaper than a frozen dataclass
@@ -189,6 +203,7 @@ class SinkWriter:
         self.failures = 0
         self.last_error: str | None = None
         self._inline_paused_until = 0.0
+        self.inline_pauses = 0  # times a slow inline write sent batches to the thread
         self._sync_idle = False  # the thread waits without a sync deadline
         self._thread = threading.Thread(target=self._run, name=f"audit-{sink.name}", daemon=True)
         self._thread.start()
@@ -202,12 +217,14 @@ class SinkWriter:
         inline sink (a file) that is up and has nothing queued, they are written right here: one
         append per loop turn, no hand-over to the writer thread (whose GIL hand-offs cost every
         TLS write of the loop a few µs). The writer thread still syncs them (sync_interval_s).
-        A failed or slow (> INLINE_SLOW_S) write sends this and the next INLINE_PAUSE_S of
-        batches through the queue: a stalling disk never holds the event loop twice."""
+        A failed write, or a slow one (> INLINE_SLOW_S) that waited (for the disk, a lock: not
+        just a busy machine's scheduler preempting the loop), sends this and the next
+        INLINE_PAUSE_S of batches through the queue: a stalling disk never holds the loop twice."""
         if self._inline_ok():
-            started = time.perf_counter()
             with self._cond:
                 if not self._queue and not self._closing:
+                    waits = _waits()
+                    started = time.perf_counter()
                     try:
                         self.sink.write_batch(records, sync=False)  # type: ignore[call-arg]
                     except Exception as e:  # noqa: BLE001 - the thread retries it (in order) and reports
@@ -218,8 +235,11 @@ class SinkWriter:
                         self.written_n = records[-1].n
                         if self._sync_idle:
                             self._cond.notify()  # the thread syncs within sync_interval_s
-                        if time.perf_counter() - started > INLINE_SLOW_S:
+                        if time.perf_counter() - started > INLINE_SLOW_S and (waits < 0 or _waits() > waits):
                             self._inline_paused_until = time.monotonic() + INLINE_PAUSE_S
+                            self.inline_pauses += 1
+                            log.info("audit sink slow; writing through its thread for a while", sink=self.sink.name,
+                                     pause_s=INLINE_PAUSE_S)
                         return
         for record in records:
             self.put(record)

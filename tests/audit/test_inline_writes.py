@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -79,13 +80,21 @@ def test_a_failing_inline_write_hands_the_events_to_the_writer_thread(tmp_path, 
     assert calls[0] is False and all(calls[1:])  # after the failure, only the thread wrote (and synced)
 
 
-def test_a_slow_inline_write_sends_the_next_batches_through_the_thread(tmp_path, monkeypatch):
-    monkeypatch.setattr(sinks, "INLINE_SLOW_S", -1.0)  # every inline write counts as slow
+def _three_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay) -> tuple[list[bool], int]:
+    """One event per loop turn, three turns, through a file sink whose every write runs
+    `delay()` first; returns which writes the loop made (True) or the thread, and the sink's
+    inline_pauses. The events themselves always arrive, in order."""
     path = tmp_path / "audit.jsonl"
     sink = FileSink(path, fsync=False)
     real = sink.write_batch
     inline = []
-    monkeypatch.setattr(sink, "write_batch", lambda records, sync=True: (inline.append(not sync), real(records, sync)))
+
+    def slow(records, sync=True):
+        inline.append(not sync)
+        delay()
+        return real(records, sync)
+
+    monkeypatch.setattr(sink, "write_batch", slow)
     audit = AuditEmitter([sink], instance="t:1", mode="best_effort")
 
     async def turns() -> None:
@@ -95,9 +104,30 @@ def test_a_slow_inline_write_sends_the_next_batches_through_the_thread(tmp_path,
 
     asyncio.run(turns())
     assert audit.flush()
+    pauses = audit.stats()["sinks"][sink.name]["inline_pauses"]
     audit.close()
-    assert inline[0] is True and not any(inline[1:])
     assert [e["statement"] for e in _lines(path)] == ["SELECT 0", "SELECT 1", "SELECT 2"]
+    return inline, pauses
+
+
+def test_a_slow_inline_write_sends_the_next_batches_through_the_thread(tmp_path, monkeypatch):
+    # a disk that makes the write wait
+    inline, pauses = _three_turns(tmp_path, monkeypatch, lambda: time.sleep(2 * sinks.INLINE_SLOW_S))
+    assert inline[0] is True and not any(inline[1:]) and pauses == 1
+
+
+@pytest.mark.skipif(sinks._RUSAGE_THREAD is None, reason="needs RUSAGE_THREAD (Linux)")
+def test_a_write_slow_without_waiting_stays_inline(tmp_path, monkeypatch):
+    """Slow only because the loop's thread ran long (or was preempted by a busy machine), never
+    waiting for the disk: not a reason to leave the loop's writes (which a single scheduler
+    hiccup did before, for 10 s at a time)."""
+    def busy() -> None:  # on the CPU all along: no wait
+        end = time.perf_counter() + 2 * sinks.INLINE_SLOW_S
+        while time.perf_counter() < end:
+            pass
+
+    inline, pauses = _three_turns(tmp_path, monkeypatch, busy)
+    assert inline == [True, True, True] and pauses == 0
 
 
 @pytest.mark.parametrize("mode", ["fail_closed", "best_effort"])

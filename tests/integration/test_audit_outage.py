@@ -82,6 +82,10 @@ def test_fail_closed_refuses_every_statement_while_the_audit_store_is_down(proxi
                 _select(conn, marker)
             assert e.value.args[0] == 1105
             assert "audit_unavailable" in e.value.args[1] and "nothing was sent" in e.value.args[1]
+        health = _health(proxy)
+        assert health["status"] == "degraded" and health["audit"]["sinks"]["store"]["up"] is False, health
+        assert health["audit"]["refused_statements"] >= len(down) and "last_error" not in repr(health["audit"])
+        assert str(postgres.port) not in repr(health)  # no host or port of the store (unauthenticated)
     finally:
         postgres.start()
     log = mariadb.general_log_path.read_text(errors="replace")
@@ -104,6 +108,16 @@ def test_fail_closed_refuses_every_statement_while_the_audit_store_is_down(proxi
     refusals = [e for e in stored if e["type"] == "statement.denied" and e["reason_code"] == "audit_unavailable"]
     assert {m for m in down if any(m in e["statement"] for e in refusals)} == set(down)  # kept, then written
     assert proxy.ctx.audit.refused >= len(down)
+    health = _health(proxy)
+    assert health["status"] == "ok" and health["audit"]["sinks"]["store"]["up"] is True, health
+
+
+def _health(proxy: RunningProxy) -> dict:
+    """What GET /healthz answers."""
+    async def read() -> dict:
+        return proxy.server.health()
+
+    return proxy.call(read())
 
 
 def test_best_effort_keeps_serving_and_counts_dropped_events(proxies, postgres, tls_files):
