@@ -7,6 +7,13 @@ decision, audit, relay, TLS, event loop). Needs sysbench, py-spy (`pip install p
 permission to ptrace the proxy (root, or kernel.yama.ptrace_scope=0).
 
     .venv/bin/python bench/profile.py [--seconds 15] [--threads 16] [--ps auto] [--test oltp_read_only]
+
+py-spy samples by wall clock: a line that wakes another process (a socket write) also collects
+the time the scheduler then runs that process instead. `--by-library` answers "where does the
+CPU go" instead: perf (cpu-clock samples, kernel included) over relay-tls and jitproxy in turn,
+each library's share times the process's CPU per query, side by side:
+
+    .venv/bin/python bench/profile.py --by-library [--seconds 8]
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from sysbench import environment, run_sysbench
+from sysbench import cpu_s, environment, run_sysbench
 
 AREAS = (
     ("audit", ("proxy/audit/",)),
@@ -48,7 +56,64 @@ def main() -> None:
     ap.add_argument("--ps", default="disable", choices=["disable", "auto"], help="sysbench --db-ps-mode")
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     ap.add_argument("--save", type=Path, help="also keep py-spy's raw stacks here (one line per stack)")
+    ap.add_argument("--by-library", action="store_true",
+                    help="CPU per query by library (perf), relay-tls and jitproxy side by side")
     opts = ap.parse_args()
+    if opts.by_library:
+        by_library(opts)
+    else:
+        stacks(opts)
+
+
+def by_library(opts: argparse.Namespace) -> None:
+    perf = shutil.which("perf")
+    if perf is None:
+        raise SystemExit("perf is not installed (Debian: linux-perf)")
+    shares: dict[str, dict[str, float]] = {}
+    per_query: dict[str, float] = {}
+    with environment(10_000, 1_000, workers=0) as env, tempfile.TemporaryDirectory() as tmp:
+        for name in ("relay-tls", "jitproxy"):
+            route = env.routes[name]
+            assert route.proc is not None
+            run_sysbench(env, route, opts.test, 4, opts.ps, 2, 10_000)  # warm-up
+            data = Path(tmp) / f"{name}.perf"
+            rec = subprocess.Popen([perf, "record", "-e", "cpu-clock", "-F", "2000", "-o", str(data),
+                                    "-p", str(route.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+            before = cpu_s([route.proc.pid])
+            res = run_sysbench(env, route, opts.test, opts.threads, opts.ps, opts.seconds, 10_000)
+            spent = cpu_s([route.proc.pid]) - before
+            rec.send_signal(signal.SIGINT)
+            _, err = rec.communicate()
+            if "qps" not in res or not data.exists():
+                raise SystemExit(f"{name}: no measurement ({res.get('error')}; perf: {err.strip()[-500:]})")
+            per_query[name] = spent / (res["qps"] * opts.seconds) * 1e6
+            report = subprocess.run([perf, "report", "-i", str(data), "--sort", "dso", "--stdio"],
+                                    capture_output=True, text=True, check=True).stdout
+            shares[name] = {}
+            for line in report.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[0].endswith("%") and not line.startswith("#"):
+                    shares[name][_library(parts[1])] = shares[name].get(_library(parts[1]), 0) + float(parts[0][:-1])
+    names = list(per_query)
+    print(f"CPU per query by library ({opts.test}, {opts.threads} threads, --db-ps-mode={opts.ps}; "
+          "perf cpu-clock share x the process's CPU time per query)")
+    print(f"{'library':28}" + "".join(f"{n + ' µs/q':>16}" for n in names))
+    libraries = sorted({lib for n in names for lib in shares[n]}, key=lambda lib: -shares["jitproxy"].get(lib, 0))
+    for lib in libraries:
+        values = [shares[n].get(lib, 0) / 100 * per_query[n] for n in names]
+        if max(values) >= 0.1:
+            print(f"{lib[:28]:28}" + "".join(f"{v:16.1f}" for v in values))
+    print(f"{'total':28}" + "".join(f"{per_query[n]:16.1f}" for n in names))
+
+
+def _library(dso: str) -> str:
+    """perf's DSO name, shortened: libpython3.11.so.1.0 -> libpython3.11, loop.cpython-311-... -> loop."""
+    name = dso.strip("[]")
+    return name.split(".cpython-")[0].split(".so")[0]
+
+
+def stacks(opts: argparse.Namespace) -> None:
     beside = Path(sys.executable).parent / "py-spy"  # installed in this venv, not on PATH
     spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if spy is None:
