@@ -13,7 +13,7 @@ the time the scheduler then runs that process instead. `--by-library` answers "w
 CPU go" instead: perf (cpu-clock samples, kernel included) over relay-tls and jitproxy in turn,
 each library's share times the process's CPU per query, side by side:
 
-    .venv/bin/python bench/profile.py --by-library [--seconds 8]
+    .venv/bin/python bench/profile.py --by-library [--seconds 8] [--paths relay-tls,jitproxy-noaudit,jitproxy]
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="also keep py-spy's raw stacks here (one line per stack)")
     ap.add_argument("--by-library", action="store_true",
                     help="CPU per query by library (perf), relay-tls and jitproxy side by side")
+    ap.add_argument("--paths", default="relay-tls,jitproxy",
+                    help="--by-library: which paths (of bench/sysbench.py's; jitproxy-noaudit: audit off)")
     opts = ap.parse_args()
     if opts.by_library:
         by_library(opts)
@@ -71,8 +73,10 @@ def by_library(opts: argparse.Namespace) -> None:
         raise SystemExit("perf is not installed (Debian: linux-perf)")
     shares: dict[str, dict[str, float]] = {}
     per_query: dict[str, float] = {}
-    with environment(10_000, 1_000, workers=0) as env, tempfile.TemporaryDirectory() as tmp:
-        for name in ("relay-tls", "jitproxy"):
+    paths = opts.paths.split(",")
+    with (environment(10_000, 1_000, workers=0, audit_off="jitproxy-noaudit" in paths) as env,
+          tempfile.TemporaryDirectory() as tmp):
+        for name in paths:
             route = env.routes[name]
             assert route.proc is not None
             run_sysbench(env, route, opts.test, 4, opts.ps, 2, 10_000)  # warm-up
@@ -98,13 +102,14 @@ def by_library(opts: argparse.Namespace) -> None:
     names = list(per_query)
     print(f"CPU per query by library ({opts.test}, {opts.threads} threads, --db-ps-mode={opts.ps}; "
           "perf cpu-clock share x the process's CPU time per query)")
-    print(f"{'library':28}" + "".join(f"{n + ' µs/q':>16}" for n in names))
-    libraries = sorted({lib for n in names for lib in shares[n]}, key=lambda lib: -shares["jitproxy"].get(lib, 0))
+    width = max(16, *(len(n) + 7 for n in names))
+    print(f"{'library':28}" + "".join(f"{n + ' µs/q':>{width}}" for n in names))
+    libraries = sorted({lib for n in names for lib in shares[n]}, key=lambda lib: -shares[names[-1]].get(lib, 0))
     for lib in libraries:
         values = [shares[n].get(lib, 0) / 100 * per_query[n] for n in names]
         if max(values) >= 0.1:
-            print(f"{lib[:28]:28}" + "".join(f"{v:16.1f}" for v in values))
-    print(f"{'total':28}" + "".join(f"{per_query[n]:16.1f}" for n in names))
+            print(f"{lib[:28]:28}" + "".join(f"{v:{width}.1f}" for v in values))
+    print(f"{'total':28}" + "".join(f"{per_query[n]:{width}.1f}" for n in names))
 
 
 def _library(dso: str) -> str:
