@@ -173,6 +173,7 @@ class ResponseParser:
         return _DONE
 
     def _other(self, state: _S, first: int, buf: bytearray, start: int, end: int) -> _S:
+        """Every state but ROWS and COLUMNS (which _feed handles itself)."""
         out = self.outcome
         if first == 0xFF and state in (_FIRST, _FIELDS, _PREP_PARAMS, _PREP_COLUMNS):
             out.error = parse_err(buf[start:end])
@@ -202,11 +203,6 @@ class ResponseParser:
             self._remaining, _ = read_lenenc(buf, start)
             out.result_sets += 1
             return _COLUMNS
-        if state is _COLUMNS:
-            self._remaining -= 1
-            if self._remaining > 0:
-                return _COLUMNS
-            return _ROWS if self.deprecate_eof else _COLUMNS_EOF
         if state is _COLUMNS_EOF:
             if first != 0xFE:
                 raise ProtocolViolation("expected EOF after column definitions")
