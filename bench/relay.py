@@ -14,7 +14,7 @@ MySQL greeting and the client's SSLRequest pass in clear, then the relay runs TL
 decrypted bytes between them, still without parsing anything. It is the floor for a proxy that
 must read the statements: what TLS on both hops costs in this process, with nothing else.
 
-Design, after ../shared/notes/performance.md: a BufferedProtocol per side (recv_into one
+Design: a BufferedProtocol per side (recv_into one
 preallocated buffer: plain asyncio's 256 KiB bytes-per-read mmap/munmap trap does not apply),
 TCP_NODELAY, and back-pressure (a side whose write buffer is full pauses reading on the other
 side). uvloop when it is installed, unless --no-uvloop.

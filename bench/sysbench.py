@@ -51,7 +51,7 @@ libmariadb 3.3 / MariaDB 10.11):
   until the audit file stops growing before it reads the CPU time: the drain is charged to the
   run that caused it, not to the next one. The audit file is then truncated (the sink appends
   with O_APPEND, as under logrotate's copytruncate), so a long run does not fill the disk.
-  Each path gets a sysbench warm-up before measuring (see ../shared/notes/performance.md).
+  Each path gets a sysbench warm-up before measuring.
   Ports are fixed (picked free at start), as `--workers` requires.
 """
 

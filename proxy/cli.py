@@ -56,6 +56,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
                 reuse_port: bool = False) -> None:
     from proxy.server import ProxyServer, build_context
 
+    if hasattr(signal, "SIGHUP"):  # until the server can reload: a SIGHUP during start is ignored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ctx = build_context(cfg)
     server = ProxyServer(cfg, ctx, reuse_port=reuse_port)
     await server.start()
@@ -65,9 +67,17 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
         LISTENING["api_port"] = server.api.port
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Every signal whose default is to end the process either stops it cleanly (sessions drained,
+    # statements killed upstream, the audit trail flushed and sealed) or is ignored; SIGHUP reloads
+    # the config and the policies and never stops the proxy.
+    handlers = {"SIGINT": stop.set, "SIGTERM": stop.set, "SIGQUIT": stop.set, "SIGHUP": server.reload,
+                "SIGUSR1": _ignored("SIGUSR1"), "SIGUSR2": _ignored("SIGUSR2"), "SIGALRM": _ignored("SIGALRM")}
+    for name, handler in handlers.items():
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):
             pass
     if ready is not None:
@@ -76,6 +86,12 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
         await stop.wait()
     finally:
         await server.stop()
+
+
+def _ignored(name: str):
+    def handler() -> None:
+        structlog.get_logger("jitproxy").info("signal ignored", signal=name)
+    return handler
 
 
 def _run(coro) -> None:
@@ -200,10 +216,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the hash chains of audit JSON lines (files in the order written, or - for stdin)."""
+    """Check the hash chains of audit JSON lines (files in the order written, or - for stdin), and
+    that each chain ends with a seal. Exit 0: intact (every chain sealed; with --allow-open, or
+    ending unsealed); 1: broken (edited, deleted, reordered events...); 3: no break, but a chain
+    ends without a seal (cut, or its proxy crashed or still runs). A segment that ends unsealed
+    before a new one of the same proxy_instance (a crash and a restart) is a warning only."""
     import json
 
     from proxy.audit.chain import verify
+
+    torn: list[str] = []
 
     def events():
         for name in args.files:
@@ -215,16 +237,40 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError:
+                        # A line cut mid-write by a crash (the next proxy ends it before writing):
+                        # a warning; the events it held still show as a gap in seq.
+                        if not line.rstrip().endswith("}"):
+                            torn.append(f"{name}:{number}")
+                            continue
                         yield {"proxy_instance": f"{name}:{number}", "event_id": None}
 
     report = verify(events())
-    for p in report.problems:
+    for p in [*report.problems, *report.warnings]:
         where = f"seq {p.seq}" if p.seq is not None else "?"
         print(f"{p.kind.upper():12} {p.proxy_instance} {where} event {p.event_id or '?'}: {p.detail}")
-    chains = ", ".join(f"{name} (seq 1..{last})" for name, last in sorted(report.chains.items()))
-    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    print(f"{verdict}: {report.events} events in {len(report.chains)} chain(s): {chains}")
-    return 0 if report.ok else 1
+    for where in torn:
+        print(f"{'TORN':12} {where}: an incomplete line (a write cut short by a crash): not counted")
+    for name in sorted(report.segments):
+        print(report.chain_status(name))
+    counts = f"{report.events} events in {len(report.segments)} chain(s)"
+    if report.warnings:
+        counts += f"; {len(report.warnings)} crashed segment(s) (warning)"
+    open_chains = len(report.open)
+    if not report.ok:
+        print(f"BROKEN: {len(report.problems)} problem(s); {counts}")
+        return 1
+    if not report.events:
+        print("EMPTY: no events (cut to nothing, or a proxy that has written none yet: --allow-open accepts that)")
+        return 0 if args.allow_open else 3
+    if open_chains and not args.allow_open:
+        print(f"OPEN: {open_chains} chain(s) end without a seal: truncated, or the proxy crashed or is still "
+              f"running (--allow-open to verify a running proxy's file); {counts}")
+        return 3
+    if open_chains:
+        print(f"OK: {counts}; {open_chains} open (accepted with --allow-open: a running proxy's file)")
+    else:
+        print(f"OK: {counts}, all sealed")
+    return 0
 
 
 def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
@@ -293,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check)
 
     audit = add_api_commands(sub)
-    s = audit.add_parser("verify", help="check the hash chains of audit JSON lines (exit 1 on any break)")
+    s = audit.add_parser("verify", help="check the hash chains of audit JSON lines: exit 1 on any break, 3 when a "
+                                        "chain ends without a seal (truncated or crashed)")
     s.add_argument("files", nargs="+", help="audit files in the order written (rotated ones first), or - for stdin")
+    s.add_argument("--allow-open", action="store_true",
+                   help="accept chains that end without a seal: the file of a proxy still running")
     s.set_defaults(func=cmd_audit_verify)
 
     cf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)

@@ -47,9 +47,37 @@ class ListenConfig(_Strict):
     handshake_timeout_s: float = Field(10.0, gt=0)
     idle_timeout_s: float = Field(8 * 3600.0, gt=0)
     max_packet_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Before login (handshake, auth exchange): a real handshake response with connect attributes
+    # is a few KB and a token a few more; a stranger gets no more memory than this per packet.
+    max_handshake_packet_bytes: int = Field(64 * 1024, ge=4096)
     max_connections: int = Field(1000, ge=1)
     server_version: str | None = None  # default: the upstream's own version string
     fast_path: bool = True  # plain statements handled in the socket callbacks (protocol/fastpath.py)
+
+
+class LoginFailuresConfig(_Strict):
+    """Failed logins (a wrong, expired or cut-off token) slow down, then lock for a while: per
+    source address (any user from it), and per person at one address (so nobody can lock a
+    person out from somewhere else). Counted over `window_s`."""
+
+    window_s: float = Field(300.0, gt=0)
+    free: int = Field(5, ge=0)  # failures answered at once
+    backoff_base_s: float = Field(0.5, ge=0)  # then each answer waits base * 2^(n - free), up to
+    backoff_max_s: float = Field(8.0, ge=0)
+    lockout_after: int = Field(20, ge=1)  # failures in the window that lock for lockout_s
+    lockout_s: float = Field(300.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Connection limits with safe defaults (listen.max_connections is the total)."""
+
+    # Connections that have not finished logging in, counted apart: silent or slow sockets fill
+    # these, never the slots of people who are logged in.
+    max_handshakes: int = Field(200, ge=1)
+    max_handshakes_per_address: int = Field(20, ge=1)
+    max_connections_per_address: int = Field(200, ge=1)
+    max_connections_per_user: int = Field(50, ge=1)
+    login_failures: LoginFailuresConfig = LoginFailuresConfig()
 
 
 class IssuerSettings(_Strict):
@@ -78,6 +106,10 @@ class SigningSettings(_Strict):
 class IdentityConfig(_Strict):
     max_token_ttl: Duration = timedelta(hours=12)
     leeway_s: float = Field(30.0, ge=0, le=300)
+    # A session lives no longer than its token: `disconnect` ends it at its first command after
+    # the token's exp (+ leeway_s), telling the person to get a new token; `allow_until_idle`
+    # lets an open session go on (it still ends at listen.idle_timeout_s).
+    on_token_expiry: Literal["disconnect", "allow_until_idle"] = "disconnect"
     issuers: tuple[IssuerSettings, ...] = Field(min_length=1)
     signing: SigningSettings | None = None
 
@@ -99,6 +131,9 @@ class PoolConfig(_Strict):
     # New connections are retried with backoff (unreachable / timed out only, never a refusal)
     # until this deadline; then the client is told the database is unreachable.
     connect_deadline_s: float = Field(5.0, ge=0)
+    # A new session waits at most this long for a free connection (max_size in use), then is
+    # told "too many connections to <instance>, retry".
+    acquire_timeout_s: float = Field(3.0, ge=0)
 
 
 class IamSettings(_Strict):
@@ -128,6 +163,14 @@ class UpstreamConfig(_Strict):
     iam: IamSettings | None = None
     tls: UpstreamTls | None = None
     connect_timeout_s: float = Field(10.0, gt=0)
+    # A statement running longer is cancelled (KILL QUERY on a side connection) and the client
+    # told why; None: no limit. Long-running work (migrations) belongs on an instance without one.
+    statement_timeout_s: float | None = Field(None, gt=0)
+    # Health pings on a connection of their own: a database that does not answer one within
+    # health_timeout_s is "not responding" (/healthz degraded, new sessions fail fast, statements
+    # waiting on it fail) until a ping is answered again.
+    health_interval_s: float = Field(5.0, gt=0)
+    health_timeout_s: float = Field(3.0, gt=0)
     pool: PoolConfig = PoolConfig()
 
     @model_validator(mode="after")
@@ -222,6 +265,11 @@ class AuditConfig(_Strict):
     max_statement_chars: int = Field(16384, ge=256)  # longer text is cut (length + SHA-256 kept)
     max_event_bytes: int = Field(65536, ge=4096)  # larger events are cut the same way, never dropped
     redact_literals: bool = False  # statement text with literals as ? (the fingerprint is kept)
+    # audit.checkpoint events: every checkpoint_interval_s seconds while events are emitted, and
+    # after every checkpoint_events events (0: never by that measure). A crash leaves at most the
+    # events after the last checkpoint uncovered; `jitproxy audit verify` says how many.
+    checkpoint_interval_s: float = Field(60.0, ge=0)
+    checkpoint_events: int = Field(10_000, ge=0)
 
 
 class LogConfig(_Strict):
@@ -283,6 +331,7 @@ class NotifyConfig(_Strict):
 class Config(_Strict):
     listen: ListenConfig
     identity: IdentityConfig
+    limits: LimitsConfig = LimitsConfig()
     upstream: UpstreamConfig | None = None  # one instance, or:
     upstreams: tuple[UpstreamConfig, ...] = ()  # several, each on its own listen_port
     policies: PoliciesConfig = PoliciesConfig()

@@ -12,6 +12,7 @@ import shlex
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from proxy.audit.events import AuditEmitter, EventType, FileSink, Sink, StreamSink
+from proxy.audit.events import AuditEmitter, EventType, FileSink, SessionInfo, Sink, StreamSink
 from proxy.audit.normalize import fingerprint as audit_fingerprint
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet
@@ -33,8 +34,10 @@ from proxy.workflow.runtime import ApiServer, EffectiveGrants, Poller
 from proxy.workflow.service import AccessService, Limits
 from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
 from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_dir
-from proxy.config import Config, UpstreamConfig
+from proxy.config import Config, LimitsConfig, UpstreamConfig
 from proxy.identity.tokens import IssuerConfig, TokenVerifier
+from proxy.metrics import Stats
+from proxy.protocol.admission import Admission
 from proxy.protocol.connection import ProxyConnection
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.session import ProxySession
@@ -42,6 +45,7 @@ from proxy.protocol.stream import ClientStream
 from proxy.protocol import wire
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError, UpstreamTarget, open_connection
 from proxy.upstream.pool import Connector, UpstreamPool
+from proxy.upstream.relay import Expect
 from proxy.upstream.schema import SchemaCache
 
 if TYPE_CHECKING:
@@ -112,18 +116,26 @@ class PolicyStore:
         now = time.monotonic()
         if now - self._checked >= self.check_interval_s:
             self._checked = now
-            if self._stat() != self._stamp:
-                before = self.snapshot.version
-                try:
-                    self.reload()
-                    log.info("policies reloaded", grants=len(self.snapshot.grants), version=self.snapshot.version)
-                    self._tell(EventType.POLICY_RELOADED, previous_version=before, version=self.snapshot.version,
-                               grants=len(self.snapshot.grants), masks=len(self.snapshot.masks), files=self._files())
-                except Exception as e:  # noqa: BLE001 - keep serving with the last good policy
-                    self._stamp = self._stat()
-                    log.error("policy reload failed; keeping the previous grants", error=str(e))
-                    self._tell(EventType.POLICY_RELOAD_FAILED, version=before, error=str(e)[:1000], files=self._files())
+            self.check()
         return self.snapshot
+
+    def check(self, force: bool = False) -> bool:
+        """Reload when a file changed (or `force`, e.g. SIGHUP). False: the reload failed and
+        the previous policies stay in effect."""
+        if not force and self._stat() == self._stamp:
+            return True
+        before = self.snapshot.version
+        try:
+            self.reload()
+        except Exception as e:  # noqa: BLE001 - keep serving with the last good policy
+            self._stamp = self._stat()
+            log.error("policy reload failed; keeping the previous grants", error=str(e))
+            self._tell(EventType.POLICY_RELOAD_FAILED, version=before, error=str(e)[:1000], files=self._files())
+            return False
+        log.info("policies reloaded", grants=len(self.snapshot.grants), version=self.snapshot.version)
+        self._tell(EventType.POLICY_RELOADED, previous_version=before, version=self.snapshot.version,
+                   grants=len(self.snapshot.grants), masks=len(self.snapshot.masks), files=self._files())
+        return True
 
 
 class AnalysisCache:
@@ -242,17 +254,44 @@ class Instance:
     schema: SchemaCache = field(default_factory=SchemaCache)
     # matches the shared database account as error messages name it ('user'@'host')
     shared_account_pattern: re.Pattern[str] | None = None
+    statement_timeout_s: float | None = None  # upstream.statement_timeout_s
+    health_interval_s: float = 5.0
+    health_timeout_s: float = 3.0
 
-    async def kill_query(self, thread_id: int) -> None:
-        """KILL QUERY on a side connection of the same instance."""
+    @property
+    def is_mariadb(self) -> bool:
+        return "mariadb" in (self.pool.server_version or "").lower()
+
+    async def kill_query(self, thread_id: int, connection: bool = False, port: int | None = None) -> bool:
+        """KILL QUERY (or KILL CONNECTION) on a side connection of the same instance, bounded by
+        the health timeout: a database that does not answer is not waited for. A side
+        connection is taken from the pool past its size limit (a cancel must never wait for the
+        sessions it would free). With `port` (the killed connection's own end), the thread is
+        killed only if the server's PROCESSLIST shows it connected from that port: after a
+        restart or a failover the same thread id may be someone else's. False: not killed."""
         profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
-        conn = await self.pool.acquire(profile, None)
-        reusable = False
-        try:
-            await conn.execute(f"KILL QUERY {int(thread_id)}")
-            reusable = True
-        finally:
-            self.pool.release(conn, reusable=reusable)
+        what = "CONNECTION" if connection else "QUERY"
+        async with asyncio.timeout(max(self.health_timeout_s, 1.0) * 2):
+            conn = await self.pool.acquire(profile, None, side=True)
+            reusable = False
+            try:
+                if port is not None:
+                    host = await conn.query_scalar(
+                        f"SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = {int(thread_id)}")
+                    if host is None or not host.decode("utf-8", "replace").endswith(f":{int(port)}"):
+                        reusable = True
+                        return False  # gone already, or not ours
+                try:
+                    await conn.execute(f"KILL {what} {int(thread_id)}")
+                except UpstreamError as e:
+                    if "1094" not in e.detail:  # Unknown thread id: it had ended already
+                        raise
+                    reusable = True
+                    return False
+                reusable = True
+                return True
+            finally:
+                self.pool.release(conn, reusable=reusable, side=True)
 
 
 @dataclass
@@ -273,6 +312,39 @@ class ProxyContext:
     audit_store: Store | None = None  # searches of the store audit sink (GET /v1/audit)
     fast_path: bool = True  # listen.fast_path (protocol/fastpath.py)
     fast_statements: int = 0  # statements handled on the fast path (stats)
+    admission: Admission = field(default_factory=lambda: Admission(LimitsConfig(), 1000))
+    on_token_expiry: str = "disconnect"  # identity.on_token_expiry
+    token_leeway: timedelta = timedelta(seconds=30)  # identity.leeway_s
+
+    cancels: set[asyncio.Task[None]] = field(default_factory=set)  # KILLs under way upstream
+    stats: Stats = field(default_factory=Stats)  # counters for /metrics (proxy/metrics.py)
+
+    def cancel_upstream(self, instance: Instance, thread_id: int, connection: bool, port: int | None) -> None:
+        """KILL QUERY (a statement past its time limit) or KILL CONNECTION (a session that ended
+        mid-statement: client gone, shutdown past its grace) on the database, in the background."""
+        self.stats.cancel("session_ended_mid_statement" if connection else "statement_timeout")
+        task = asyncio.get_running_loop().create_task(self._cancel(instance, thread_id, connection, port))
+        self.cancels.add(task)
+        task.add_done_callback(self.cancels.discard)
+
+    async def _cancel(self, instance: Instance, thread_id: int, connection: bool, port: int | None) -> None:
+        what = "connection" if connection else "query"
+        try:
+            killed = await instance.kill_query(thread_id, connection=connection, port=port)
+        except Exception as e:  # noqa: BLE001 - logged: the operator must know a statement may still run
+            log.warning("could not cancel upstream", kill=what, instance=instance.name, thread_id=thread_id,
+                        error=getattr(e, "public", None) or type(e).__name__)
+        else:
+            log.info("cancelled upstream" if killed else "nothing to cancel upstream (ended, or the thread id "
+                     "is no longer this proxy's connection)", kill=what, instance=instance.name, thread_id=thread_id)
+
+    async def wait_for_cancels(self, timeout_s: float) -> None:
+        """At shutdown: the KILLs under way get `timeout_s` to finish (each is bounded anyway)."""
+        if self.cancels:
+            _, pending = await asyncio.wait(list(self.cancels), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @property
     def pool(self) -> UpstreamPool:
@@ -366,7 +438,8 @@ def build_audit(cfg: Config, extra_sinks: list[Sink] | None = None, store: Store
     a = cfg.audit
     return AuditEmitter(sinks, instance=f"{socket.gethostname()}:{os.getpid()}", max_statement_chars=a.max_statement_chars,
                         max_event_bytes=a.max_event_bytes, redact_literals=a.redact_literals, mode=a.mode,
-                        max_queue=a.max_queue, durable_timeout_s=a.durable_timeout_s)
+                        max_queue=a.max_queue, durable_timeout_s=a.durable_timeout_s,
+                        checkpoint_interval_s=a.checkpoint_interval_s, checkpoint_events=a.checkpoint_events)
 
 
 def upstream_connector(upstream: UpstreamConfig, session_factory: Any = None) -> Connector:
@@ -424,8 +497,13 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
                 ping_after_idle_s=u.pool.ping_after_idle_s,
                 ping_timeout_s=u.pool.ping_timeout_s,
                 connect_deadline_s=u.pool.connect_deadline_s,
+                acquire_timeout_s=u.pool.acquire_timeout_s,
+                name=u.name,
             ),
             shared_account_pattern=re.compile(rf"'{re.escape(u.user)}'@'[^']*'"),
+            statement_timeout_s=u.statement_timeout_s,
+            health_interval_s=u.health_interval_s,
+            health_timeout_s=u.health_timeout_s,
         )
         for u in cfg.instances
     }
@@ -469,6 +547,9 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         on_expiry=cfg.authz.on_expiry,
         audit_store=audit_store,
         fast_path=cfg.listen.fast_path,
+        admission=Admission(cfg.limits, cfg.listen.max_connections),
+        on_token_expiry=cfg.identity.on_token_expiry,
+        token_leeway=timedelta(seconds=cfg.identity.leeway_s),
     )
 
 
@@ -493,6 +574,24 @@ def build_notifier(cfg: Config) -> WebhookNotifier | None:
     return WebhookNotifier(targets) if targets else None
 
 
+def _config_part(cfg: Config, key: str) -> Any:
+    if key == "instances":  # what a live pool cannot change: where it connects and as whom
+        return [(u.name, u.host, u.port, u.user, u.auth, u.tls, u.listen_port) for u in cfg.instances]
+    if key.startswith("listen."):
+        return getattr(cfg.listen, key.split(".", 1)[1])
+    return getattr(cfg, key)
+
+
+def _merge_reloadable(old: Config, new: Config) -> Config:
+    """The running config with what a reload may change taken from `new`: listen timeouts and
+    limits, TLS files, limits, identity, authz, policies, log; the rest stays (see reload)."""
+    listen = old.listen.model_copy(update={k: getattr(new.listen, k) for k in (
+        "tls", "handshake_timeout_s", "idle_timeout_s", "max_packet_bytes", "max_handshake_packet_bytes",
+        "max_connections")})
+    return old.model_copy(update={"listen": listen, "limits": new.limits, "identity": new.identity,
+                                  "authz": new.authz, "policies": new.policies, "log": new.log})
+
+
 HOUSEKEEPING_S = 0.5  # how often idle connections and running statements are looked at
 
 
@@ -511,6 +610,8 @@ class ProxyServer:
         self.api: ApiServer | None = None
         self.poller: Poller | None = None
         self._housekeeper: asyncio.Task[None] | None = None
+        self._pingers: list[asyncio.Task[None]] = []
+        self._refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
 
     async def start(self) -> None:
         for u in self.cfg.instances:
@@ -525,6 +626,8 @@ class ProxyServer:
         await asyncio.gather(*(self._probe_upstream(i) for i in self.ctx.instances.values()))
         await self._start_workflow()
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="jitproxy-housekeeping")
+        self._pingers = [asyncio.create_task(self._health_pings(i), name=f"jitproxy-health-{i.name}")
+                         for i in self.ctx.instances.values()]
         for name, port in self.ports.items():
             instance = self.ctx.instances[name]
             log.info("listening", host=self.cfg.listen.host, port=port, instance=name, environment=instance.environment,
@@ -546,8 +649,11 @@ class ProxyServer:
             from proxy.api.app import create_app
             from proxy.api.audit_middleware import AuditMiddleware
 
+            from proxy.metrics import renderer
+
             app = AuditMiddleware(create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
                                              on_change=lambda: self.ctx.grants.refresh(), health=self.health,
+                                             ready=self.ready, metrics=renderer(self),
                                              audit_store=self.ctx.audit_store,
                                              auditor_groups=frozenset(self.cfg.api.auditor_groups)),
                                   self.ctx.audit)
@@ -562,15 +668,23 @@ class ProxyServer:
         listen.idle_timeout_s; write `statement.allowed` for best_effort statements still running."""
         idle_timeout_s = self.cfg.listen.idle_timeout_s
         interval = min(HOUSEKEEPING_S, idle_timeout_s / 4)
+        turns = 0
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            turns += 1
+            if turns % 120 == 0:
+                self.ctx.admission.prune()
+            for instance in self.ctx.instances.values():
+                if instance.pool.not_responding_since is not None:  # statements sent since: no wait
+                    self._fail_waiting_statements(instance, grace_s=instance.health_timeout_s)
             for conn in list(self._connections.values()):
                 try:
                     if conn.idle and now - conn.idle_since >= idle_timeout_s:
                         conn.time_out()
                     elif not conn.idle:
                         conn.session.announce_in_flight(now)
+                        conn.session.check_statement_time(now)
                 except Exception:  # noqa: BLE001 - housekeeping must outlive any one connection
                     log.exception("housekeeping failed for a connection", connection_id=conn.connection_id)
 
@@ -587,9 +701,26 @@ class ProxyServer:
         audit = self.ctx.audit.stats()
         for sink in audit["sinks"].values():
             del sink["last_error"]  # may name a path or a host: the proxy's log has it
-        degraded = (any(u["state"] == "down" for u in upstreams.values()) or bool(store["poll_failures"])
+        degraded = (any(u["state"] == "down" or not u["responding"] for u in upstreams.values())
+                    or bool(store["poll_failures"])
                     or not all(sink["up"] for sink in audit["sinks"].values()))
-        return {"status": "degraded" if degraded else "ok", "upstreams": upstreams, "store": store, "audit": audit}
+        return {"status": "degraded" if degraded else "ok", "upstreams": upstreams, "store": store, "audit": audit,
+                "connections": self.ctx.admission.stats()}
+
+    def ready(self) -> dict[str, Any]:
+        """What /readyz answers: ready to take sessions when every database answers (connects and
+        health pings) and the state store can be read. Unlike /healthz, not ready is a 503:
+        a load balancer sends new clients elsewhere meanwhile."""
+        problems = []
+        for name, instance in self.ctx.instances.items():
+            h = instance.pool.health()
+            if not h["responding"]:
+                problems.append(f"{name}: the database is not responding")
+            elif h["state"] == "down":
+                problems.append(f"{name}: {h['last_error'] or 'the database is down'}")
+        if self.poller is not None and self.poller.errors:
+            problems.append("the state store cannot be read")
+        return {"ready": not problems, "problems": problems}
 
     async def _probe_upstream(self, instance: Instance) -> None:
         """Open (and pool) one upstream connection at start: clients then see the database's own
@@ -612,18 +743,27 @@ class ProxyServer:
     async def _accept(self, instance: Instance, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = peer[0] if isinstance(peer, tuple) else str(peer)
         connection_id = next(self._ids)
         stream = ClientStream(reader, writer, self.cfg.listen.max_packet_bytes)
+        refusal = self.ctx.admission.connect(address)
+        if refusal is not None:
+            self._refused(refusal.code, address)
+            try:
+                await asyncio.wait_for(stream.write(wire.make_err(refusal.error.code, refusal.error.sqlstate,
+                                                                  refusal.error.message)), 1)
+            except Exception:  # noqa: BLE001 - a refused peer may be gone or never read
+                pass
+            writer.close()
+            return
+        self._tasks.add(task)
+        session: ProxySession | None = None
         try:
-            if len(self._tasks) > self.cfg.listen.max_connections:
-                await stream.write(wire.make_err(ER.TOO_MANY_CONNECTIONS, "08004", "Too many connections"))
-                return
             session = ProxySession(self.ctx, instance, connection_id, peer_text)
             conn = ProxyConnection(
                 stream,
@@ -634,6 +774,7 @@ class ProxyServer:
                 handshake_timeout_s=self.cfg.listen.handshake_timeout_s,
                 idle_timeout_s=self.cfg.listen.idle_timeout_s,
                 server_version=self._server_version(instance),
+                max_handshake_packet_bytes=self.cfg.listen.max_handshake_packet_bytes,
             )
             session.connection = conn
             self._connections[task] = conn
@@ -647,7 +788,132 @@ class ProxyServer:
         finally:
             self._tasks.discard(task)
             self._connections.pop(task, None)
+            self.ctx.admission.disconnect(address, session.admitted_user if session is not None else None)
             writer.close()
+
+    def _refused(self, code: str, address: str) -> None:
+        """A connection refused by a limit: logged and audited (session.rejected) at most once
+        per limit and address every 10 s, with the count of those refused since: a flood of
+        connections must not become a flood of log lines and events."""
+        now = time.monotonic()
+        key = (code, address)
+        last = self._refusal_log.get(key)
+        if last is not None and now - last[0] < 10:
+            self._refusal_log[key] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last else 0
+        if len(self._refusal_log) > 10_000:
+            self._refusal_log.clear()
+        self._refusal_log[key] = (now, 0)
+        log.warning("connection refused", reason=code, peer=address, refused_since_last=suppressed)
+        self.ctx.audit.emit(EventType.SESSION_REJECTED, SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=address),
+                            reason_code=code, reason="connection limit reached", refused_since_last=suppressed)
+
+    async def _health_pings(self, instance: Instance) -> None:
+        """A COM_PING every health_interval_s on a connection of the pinger's own. No answer
+        within health_timeout_s (a hung or frozen database: it accepts, then says nothing) marks
+        the instance not responding: /healthz degraded, new sessions fail at once, statements
+        waiting on it fail; an answer marks it responding again."""
+        pool = instance.pool
+        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+        conn: UpstreamConnection | None = None
+        try:
+            while True:
+                await asyncio.sleep(instance.health_interval_s)
+                try:
+                    async with asyncio.timeout(instance.health_timeout_s):
+                        if conn is None or conn.closed:
+                            conn = await pool.acquire(profile, None, side=True)
+                        outcome = await conn.request(wire.COM_PING, b"", Expect.OK)
+                    if outcome is None or outcome.error is not None:
+                        raise UpstreamError("ping refused", outcome.error.message if outcome and outcome.error else "")
+                except TimeoutError:
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    first = pool.not_responding_since is None
+                    pool.mark_not_responding(f"no answer to a ping within {instance.health_timeout_s:g} s")
+                    if first:
+                        self._fail_waiting_statements(instance)
+                    continue
+                except Exception as e:  # noqa: BLE001 - refused or unreachable: the pool reports that state
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    log.debug("health ping failed", instance=instance.name,
+                              error=getattr(e, "public", type(e).__name__))
+                    pool.not_responding_since = None  # an answer, even a refusal, is not a hang
+                    continue
+                pool.mark_responding()
+        finally:  # cancelled at shutdown, wherever it waited
+            if conn is not None:
+                conn.close()
+
+    def _fail_waiting_statements(self, instance: Instance, grace_s: float = 0.0) -> None:
+        """The database stopped answering: sessions waiting on it (for more than `grace_s`) are
+        told so and closed (what their statement did is unknown, as after a lost connection)."""
+        error = ClientError(
+            ER.UPSTREAM_LOST,
+            f"Lost connection to the database during query: jitproxy: the database '{instance.name}' is not "
+            f"responding (no answer to a health ping within {instance.health_timeout_s:g} s); whether the "
+            "statement ran is unknown",
+            keep_connection=False,
+        )
+        failed = 0
+        now = time.monotonic()
+        for conn in list(self._connections.values()):
+            session = conn.session
+            since = session.running_since
+            if (session.instance is instance and session.upstream is not None and session.upstream.busy
+                    and not conn.killed and (grace_s == 0 or (since is not None and now - since >= grace_s))):
+                session.end_reason = "upstream_not_responding"
+                conn.kill_error = error
+                conn.kill()
+                failed += 1
+        if failed:
+            log.error("statements failed: database not responding", instance=instance.name, sessions=failed)
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config file again and apply it, and reload the policy files, all or
+        nothing: an invalid config or policy keeps what runs and says why (log + audit). Settings
+        that need a new listener or store (ports, upstream address or account, store, API, audit
+        sinks) are named in the log and take effect at the next restart."""
+        from proxy.config import ConfigError, load_config
+
+        if self.cfg.source is None:
+            log.warning("reload: no config file to read (configured in code)")
+            return False
+        try:
+            new = load_config(self.cfg.source)
+            tls = listen_ssl_context(new)
+            new.authz.resolve_mask_salt()
+        except (ConfigError, ValueError, OSError, ssl.SSLError) as e:
+            log.error("config reload failed; keeping the running config", error=str(e)[:2000])
+            self.ctx.audit.emit(EventType.POLICY_RELOAD_FAILED, None, error=f"config: {str(e)[:1000]}",
+                                files=[str(self.cfg.source)])
+            return False
+        policies = self.ctx.grants.policies
+        if new.policies.dirs != policies.dirs:
+            policies.dirs = new.policies.dirs
+        if not policies.check(force=True):
+            return False
+        restart = [key for key in ("listen.host", "listen.port", "store", "api", "audit", "instances")
+                   if _config_part(self.cfg, key) != _config_part(new, key)]
+        self.cfg = _merge_reloadable(self.cfg, new)
+        self.tls = tls
+        self.ctx.admission.configure(new.limits, new.listen.max_connections)
+        self.ctx.on_token_expiry = new.identity.on_token_expiry
+        self.ctx.token_leeway = timedelta(seconds=new.identity.leeway_s)
+        for u in new.instances:
+            instance = self.ctx.instances.get(u.name)
+            if instance is not None:
+                instance.statement_timeout_s = u.statement_timeout_s
+                instance.health_interval_s = u.health_interval_s
+                instance.health_timeout_s = u.health_timeout_s
+                instance.pool.acquire_timeout_s = u.pool.acquire_timeout_s
+        log.info("config reloaded", source=str(self.cfg.source),
+                 **({"needs_restart": restart} if restart else {}))
+        return True
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting; close idle sessions now; give sessions in the middle of a statement
@@ -656,6 +922,8 @@ class ProxyServer:
             server.close()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
+        for pinger in self._pingers:
+            pinger.cancel()
         for task, conn in list(self._connections.items()):
             conn.stopping = True
             if conn.idle:
@@ -665,6 +933,9 @@ class ProxyServer:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        # Sessions cut off mid-statement have their upstream connections killed (KILL
+        # CONNECTION on a side connection): nothing keeps running, or holding locks, after us.
+        await self.ctx.wait_for_cancels(timeout_s=5)
         if self.api is not None:
             await self.api.stop()
         if self.poller is not None:

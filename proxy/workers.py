@@ -50,8 +50,15 @@ def supervise(cfg: Config, workers: int, command: list[str]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    def reload(signum: int, _frame: object) -> None:
+        """SIGHUP: each worker reloads its config and policies (the supervisor holds none)."""
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
 
     def start(index: int) -> None:
         procs[index] = subprocess.Popen([*command, "--worker", str(index)], env={**os.environ, "JITPROXY_WORKER": str(index)})

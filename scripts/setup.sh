@@ -16,6 +16,7 @@ command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)     # JDBC clie
 [ -f /usr/share/java/mariadb-java-client.jar ] || need+=(libmariadb-java)
 # The PostgreSQL state-store tests (Debian keeps initdb/postgres in /usr/lib/postgresql/N/bin).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)                # docker/gen-secrets.sh (tests/deploy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -96,6 +96,8 @@ def create_app(
     access: Callable[[Principal], list[dict[str, Any]]] | None = None,
     on_change: Callable[[], Awaitable[None]] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    ready: Callable[[], dict[str, Any]] | None = None,
+    metrics: Callable[[], bytes] | None = None,
     audit_store: Store | None = None,
     auditor_groups: frozenset[str] = frozenset(),
 ) -> FastAPI:
@@ -149,6 +151,23 @@ def create_app(
         """Always 200 while the proxy serves: a database that is down is reported ("degraded"),
         not a reason to restart the proxy."""
         return health() if health is not None else {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """200 when new sessions can be served (every database answers, the store reads), else
+        503 with the reasons: for load balancers and orchestrators."""
+        state = ready() if ready is not None else {"ready": True, "problems": []}
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format (no token, like /healthz: counts and states, no names of
+        people, hosts or statements)."""
+        if metrics is None:
+            raise HTTPException(404, "metrics are not served by this process")
+        from proxy.metrics import CONTENT_TYPE
+
+        return Response(metrics(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/whoami")
     async def whoami(who: Who) -> dict[str, Any]:

@@ -17,7 +17,7 @@ class AuditMiddleware:
     """Pure ASGI middleware around the API app. Health checks are not audited (monitors call
     them every few seconds; they change and reveal nothing)."""
 
-    QUIET = frozenset({"/healthz"})
+    QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 
     def __init__(self, app: Any, audit: AuditEmitter) -> None:
         self.app = app

@@ -6,6 +6,7 @@ never carries a token, password or IAM signature. Sinks receive one JSON object 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import hashlib
 import itertools
@@ -14,6 +15,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +59,9 @@ class EventType:
     POLICY_RELOADED = "policy.reloaded"
     POLICY_RELOAD_FAILED = "policy.reload_failed"
     ADMIN_API_CALL = "admin.api_call"
+    # The trail's own: written by the emitter, never by a component (see docs/audit.md).
+    AUDIT_CHECKPOINT = "audit.checkpoint"  # every event before it is written (and synced)
+    AUDIT_SEALED = "audit.sealed"  # the last event of a chain segment: the emitter closed cleanly
 
 
 CODES = {
@@ -78,6 +83,8 @@ CODES = {
     EventType.POLICY_RELOADED: "JP4000",
     EventType.POLICY_RELOAD_FAILED: "JP4001",
     EventType.ADMIN_API_CALL: "JP5000",
+    EventType.AUDIT_CHECKPOINT: "JP6000",
+    EventType.AUDIT_SEALED: "JP6001",
 }
 
 
@@ -144,6 +151,9 @@ class AuditUnavailable(Exception):
 MODES = ("fail_closed", "best_effort", "off")
 
 
+EXIT_CLOSE_TIMEOUT_S = 3.0  # the atexit seal waits this long, at most, for every sink
+
+
 class AuditEmitter:
     """Builds, seals (seq + hash chain) and dispatches every audit event.
 
@@ -151,7 +161,14 @@ class AuditEmitter:
     under a lock and hands it to each sink's writer thread. `emit_durable` also waits, on the
     event loop, until every required sink has the event: what fail_closed statements do before
     they are forwarded. `mode_for(environment)`: `audit.mode` per environment ("auto": prod is
-    fail_closed, the rest best_effort)."""
+    fail_closed, the rest best_effort).
+
+    The chain segment an emitter writes (seq 1, 2, ... of its `proxy_instance`) is closed by
+    `close()` with an `audit.sealed` event, so that `audit verify` can tell a whole trail from a
+    cut one; `audit.checkpoint` events (every `checkpoint_interval_s`, or `checkpoint_events`
+    events, whichever comes first; only while events are emitted) bound what a crash can leave
+    uncovered. An emitter never closed is closed (and sealed, reason "exit") at interpreter
+    exit, as long as Python still runs its atexit handlers."""
 
     def __init__(
         self,
@@ -165,6 +182,9 @@ class AuditEmitter:
         mode: str = "auto",
         max_queue: int = 100_000,
         durable_timeout_s: float = 2.0,
+        checkpoint_interval_s: float = 60.0,
+        checkpoint_events: int = 10_000,
+        close_at_exit: bool = True,
     ) -> None:
         self.sinks = list(sinks)
         self.instance = instance
@@ -190,6 +210,25 @@ class AuditEmitter:
         self.on_close: list[Callable[[], Any]] = []  # run after the sinks are closed (their stores)
         self._soon: deque[tuple[str, SessionInfo | None, dict[str, Any]]] = deque()  # see emit_soon
         self._soon_scheduled = False
+        # Checkpoints and the seal (under self._lock): events of this segment, not counting the
+        # trail's own; events since the last checkpoint; when it was written.
+        self.checkpoint_interval_s = checkpoint_interval_s  # 0: none by time
+        self.checkpoint_events = checkpoint_events  # 0: none by count
+        self._segment_events = 0
+        self._since_checkpoint = 0
+        self._checkpoints = 0
+        self._checkpoint_at = time.monotonic()
+        self._stopping = threading.Event()  # wakes the checkpointer at close
+        self._closed = False  # sealed: later events are refused, never written after the seal
+        self._after_close = 0
+        self._close_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_interval_s > 0:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="audit-checkpoint", daemon=True)
+            self._checkpointer.start()
+        if close_at_exit:
+            _OPEN.add(self)
 
     # -- modes ------------------------------------------------------------------------------
 
@@ -210,6 +249,9 @@ class AuditEmitter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
+            if n < 0:
+                self.refused += 1
+                raise AuditUnavailable("the audit trail is closed (the proxy is stopping)")
             if any(not w.up for w in self._required):
                 self.refused += 1
                 raise AuditUnavailable(self._unavailable())
@@ -254,12 +296,16 @@ class AuditEmitter:
                     event_type, session, fields = soon.popleft()
                 except IndexError:  # another thread emptied it first
                     break
+                if self._closed:
+                    self._refuse_after_close(event_type)
+                    continue
                 records.append(self._seal_locked(self._build(event_type, session, fields), False))
             if records:
+                self._counted_locked(records)
                 for sink in self._sync:
                     sink.write_batch(records)
                 for writer in self._writers:
-                    writer.put_many(records)
+                    writer.put_many(records)  # a checkpoint at its end: through the writer thread
 
     def _emit(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any],
               durable: bool) -> tuple[dict[str, Any], int]:
@@ -267,12 +313,77 @@ class AuditEmitter:
             self.run_soon()
         event = self._build(event_type, session, fields)
         with self._lock:
+            if self._closed:
+                self._refuse_after_close(event_type)
+                return event, -1
             record = self._seal_locked(event, durable)
-            for sink in self._sync:
-                sink.write_batch([record])
-            for writer in self._writers:
-                writer.put(record)
+            records = [record]
+            self._counted_locked(records)
+            self._dispatch_locked(records)
             return event, record.n
+
+    def _dispatch_locked(self, records: list[Record]) -> None:
+        for sink in self._sync:
+            sink.write_batch(records)
+        for writer in self._writers:
+            for record in records:
+                writer.put(record)
+
+    def _refuse_after_close(self, event_type: str) -> None:
+        self._after_close += 1
+        log.error("audit event after the trail was sealed: not written", type=event_type,
+                  proxy_instance=self.instance, refused=self._after_close)
+
+    # -- checkpoints and the seal ---------------------------------------------------------------
+
+    def _counted_locked(self, records: list[Record]) -> None:
+        """Count `records` (just sealed, none of the trail's own) towards the segment and the next
+        checkpoint; append that checkpoint to `records` when `checkpoint_events` are reached."""
+        self._segment_events += len(records)
+        self._since_checkpoint += len(records)
+        if self.checkpoint_events and self._since_checkpoint >= self.checkpoint_events:
+            records.append(self._checkpoint_locked())
+
+    def _trail_event_locked(self, event_type: str, fields: dict[str, Any]) -> Record:
+        """One of the trail's own events (checkpoint, seal), sealed durable: the file sink syncs
+        the batch that carries it, so everything before it is on disk once it is."""
+        fields = {**dict.fromkeys(_COMMON), "groups": [], **fields}  # never a caller's
+        fields.update(last_seq=self._seq, last_hash=self._last_hash, events=self._segment_events)
+        return self._seal_locked(self._build(event_type, None, fields), True)
+
+    def _checkpoint_locked(self) -> Record:
+        record = self._trail_event_locked(EventType.AUDIT_CHECKPOINT, {
+            "checkpoint_interval_s": self.checkpoint_interval_s, "checkpoint_events": self.checkpoint_events})
+        self._since_checkpoint = 0
+        self._checkpoints += 1
+        self._checkpoint_at = time.monotonic()
+        return record
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Write an `audit.checkpoint` now, if any event was emitted since the last one (or since
+        the start); return it. Called by the checkpoint thread every `checkpoint_interval_s`."""
+        if self._soon:
+            self.run_soon()
+        with self._lock:
+            if self._closed or not self._since_checkpoint:
+                return None
+            record = self._checkpoint_locked()
+            self._dispatch_locked([record])
+        return record.event
+
+    def _checkpoint_loop(self) -> None:
+        interval = self.checkpoint_interval_s
+        while not self._stopping.is_set():
+            left = self._checkpoint_at + interval - time.monotonic()
+            if left > 0 or not self._since_checkpoint:
+                # Idle: look again in a full interval, so an event is covered within one.
+                self._stopping.wait(left if left > 0 else interval)
+                continue
+            try:
+                self.checkpoint()
+            except Exception:  # noqa: BLE001 - the checkpoint thread must outlive any bug here
+                log.exception("audit checkpoint failed", proxy_instance=self.instance)
+                self._stopping.wait(interval)
 
     def _build(self, event_type: str, session: SessionInfo | None, fields: dict[str, Any]) -> dict[str, Any]:
         statement = fields.get("statement")
@@ -388,16 +499,64 @@ class AuditEmitter:
         self.run_soon()
         return all(w.wait_idle(timeout_s) for w in self._writers)
 
-    def close(self) -> None:
-        self.run_soon()
-        for writer in self._writers:
-            writer.close()
-        for sink in self._sync:
-            sink.close()
-        for callback in self.on_close:
-            callback()
-        log.info("audit closed", last_seq=self._seq, last_hash=self._last_hash, proxy_instance=self.instance,
-                 dropped=self.dropped)
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout_s: float = 5.0, *, reason: str = "close") -> None:
+        """Seal the trail and close every sink. Whatever was emitted before (what emit_soon still
+        holds too) is written, then an `audit.sealed` event (`reason`: "close", or "exit" from the
+        atexit handler), through every sink; each writer writes what it has queued (for up to
+        `timeout_s` in all) and closes its sink, which syncs its file. Events emitted afterwards
+        are refused (logged, never written after the seal). Idempotent."""
+        self._close(timeout_s, reason, True)
+
+    def _close(self, timeout_s: float, reason: str, sealed: bool) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            deadline = time.monotonic() + timeout_s
+            self.run_soon()
+            with self._lock:
+                seal = None
+                if sealed:
+                    seal = self._trail_event_locked(EventType.AUDIT_SEALED, {
+                        "reason": reason, "checkpoints": self._checkpoints,
+                        "dropped": {w.sink.name: w.dropped for w in self._writers}})
+                    self._dispatch_locked([seal])
+                self._closed = True
+            self._stopping.set()
+            for writer in self._writers:
+                writer.begin_close()
+            for writer in self._writers:  # concurrently: one slow sink does not eat the others' time
+                writer.finish_close(deadline)
+            for sink in self._sync:
+                sink.close()
+            for callback in self.on_close:
+                callback()
+            _OPEN.discard(self)
+        if seal is not None:
+            (log.warning if reason != "close" else log.info)(
+                "audit closed", sealed_seq=seal.event["seq"], last_hash=seal.event["hash"], reason=reason,
+                proxy_instance=self.instance, events=self._segment_events, dropped=self.dropped)
+
+
+# Emitters still open: sealed at interpreter exit (an unhandled exception, sys.exit, a signal
+# handler that exits). Not after os._exit or SIGKILL: checkpoints cover those.
+_OPEN: weakref.WeakSet[AuditEmitter] = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    for emitter in list(_OPEN):
+        if emitter._pid != os.getpid():  # a forked child's copy: its parent seals it
+            continue
+        try:  # one that never emitted has no segment to seal: its sinks are only closed
+            emitter._close(EXIT_CLOSE_TIMEOUT_S, "exit", emitter._seq > 0)
+        except Exception:  # noqa: BLE001 - the other emitters still get theirs
+            log.exception("audit seal at exit failed", proxy_instance=emitter.instance)
+
+
+atexit.register(_close_at_exit)
 
 
 _CHAIN_KEYS = frozenset({"type", "code", "schema_version", "time", "event_id", "proxy_instance", "seq", "prev_hash"})

@@ -2,9 +2,10 @@
 
 The proxy relays COM_STMT_EXECUTE to the database unchanged; this module only reads a copy of
 it, so investigators see `SELECT * FROM employee WHERE id = ?` executed with `[42]`. It runs
-outside the session's hot path on bytes a client chose, so it is pure and defensive: it never
-raises, every loop is bounded by `max_params`, and nothing is allocated in proportion to a
-length the packet claims, only to the packet itself.
+on bytes a client chose, so it is pure and defensive: it never raises (the server, which gets
+the packet as it is, decides whether it is valid; the audit trail gets what could be read),
+every loop is bounded by `max_params`, nothing is allocated in proportion to a length the
+packet claims, only to the packet itself, and the work per packet is bounded (below).
 
 Layout read (classic, without CLIENT_QUERY_ATTRIBUTES, which the proxy never offers), after the
 command byte::
@@ -31,6 +32,13 @@ strings, text is UTF-8 with replacement characters, BLOBs that are not valid UTF
 and BIT, which never are text) are "0x<hex>". A str longer than `max_value_chars` is cut and
 suffixed with "…(N chars)", N being the length of the whole rendering.
 
+Bounded work: it runs on the event loop (the fast path decodes inline), and decoding bytes that
+are not UTF-8 costs ~8 ns a byte, so a 64 MiB packet of them would stall every session for half
+a second. So the values of one packet are decoded whole up to DECODED_BYTES_PER_PACKET bytes in
+all; past that budget a value is rendered from its first bytes only (enough for
+`max_value_chars`): exactly as above when it is ASCII or hex (their length is known without
+decoding them), else suffixed with "…(N bytes)", N being its size.
+
 Markers: UNKNOWN ("<unknown>") stands for each non-NULL value when the packet sends no types and
 none were remembered; UNDECODABLE ("<undecodable>") follows the values decoded before anything
 unexpected (a truncated packet, an unknown type, a bad length, bytes left over, a type list of
@@ -42,6 +50,7 @@ bytes here, so the values after it are misread (usually ending in UNDECODABLE).
 
 from __future__ import annotations
 
+import codecs
 import math
 import struct
 from collections.abc import Callable
@@ -55,6 +64,7 @@ __all__ = ["UNDECODABLE", "UNKNOWN", "decode_execute_params"]
 
 UNDECODABLE = "<undecodable>"
 UNKNOWN = "<unknown>"
+DECODED_BYTES_PER_PACKET = 1 << 20  # values decoded whole, in all (see the module docstring)
 
 UNSIGNED_FLAG = 0x80
 _HEADER = 9  # stmt_id(4) flags(1) iteration_count(4)
@@ -67,11 +77,12 @@ class _Undecodable(Exception):
 class _Reader:
     """Bounds-checked reads over the payload; any overrun is _Undecodable."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "pos", "budget")
 
-    def __init__(self, data: bytes, pos: int) -> None:
+    def __init__(self, data: bytes, pos: int, budget: int) -> None:
         self.data = data
         self.pos = pos
+        self.budget = budget  # bytes that may still be decoded whole
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -91,20 +102,34 @@ class _Reader:
         return fmt.unpack(self.take(fmt.size))[0]
 
     def lenenc(self) -> int:
-        """A length-encoded integer (wire.read_lenenc, after checking it is all there)."""
-        if self.pos >= len(self.data):
-            raise _Undecodable
-        first = self.data[self.pos]
-        if first in (0xFB, 0xFF):  # NULL in a row / an error packet: not a length here
-            raise _Undecodable
-        size = {0xFC: 3, 0xFD: 4, 0xFE: 9}.get(first, 1)
-        if self.pos + size > len(self.data):
-            raise _Undecodable
-        value, self.pos = wire.read_lenenc(self.data, self.pos)
+        """A length-encoded integer: wire.read_lenenc refuses a truncated one and the prefixes
+        that are not lengths (0xFB NULL, 0xFF) with ValueError."""
+        try:
+            value, self.pos = wire.read_lenenc(self.data, self.pos)
+        except ValueError:
+            raise _Undecodable from None
         return value
 
     def lenenc_bytes(self) -> bytes:
+        """The bytes a length prefix announces: all of them in the packet, or _Undecodable
+        (a length up to 2**64 allocates nothing: take() checks it against the packet first)."""
         return self.take(self.lenenc())
+
+    def value(self, limit: int) -> tuple[bytes, int, bool]:
+        """A length-prefixed value to render in `limit` characters → (bytes, size, ascii). The
+        bytes are all of it while the packet's budget lasts; past it, only the first ones that
+        can hold `limit` characters (UTF-8: at most 4 bytes each), and `ascii` tells whether the
+        whole value is ASCII (checked at memory speed): then its length in characters is `size`."""
+        size = self.lenenc()
+        start, end = self.pos, self.pos + size
+        if end > len(self.data):
+            raise _Undecodable
+        self.pos = end
+        head = 4 * max(limit, 0) + 4
+        if size <= head or size <= self.budget:  # (a value that short costs nothing to decode)
+            self.budget -= min(size, self.budget)
+            return self.data[start:end], size, False
+        return self.data[start : start + head], size, self.data[start:end].isascii()
 
 
 def _cut(text: str, limit: int, total: int | None = None) -> str:
@@ -115,9 +140,18 @@ def _cut(text: str, limit: int, total: int | None = None) -> str:
     return f"{text[:max(limit, 0)]}…({total} chars)"
 
 
-def _hex(raw: bytes, limit: int) -> str:
-    total = 2 + 2 * len(raw)
+def _hex(raw: bytes, limit: int, size: int | None = None) -> str:
+    """`raw` (or the first bytes of a value `size` bytes long) as 0x<hex>, cut to `limit`."""
+    total = 2 + 2 * (len(raw) if size is None else size)
     return _cut("0x" + raw[: max(limit, 0) // 2 + 1].hex(), limit, total)
+
+
+def _head(raw: bytes, limit: int, size: int, ascii: bool) -> str:
+    """The first `limit` characters of a text value `size` bytes long of which `raw` is only the
+    first bytes: cut as a whole one would be when it is ASCII, else with its size in bytes."""
+    if ascii:
+        return _cut(raw.decode("ascii"), limit, size)
+    return f"{raw.decode('utf-8', 'replace')[: max(limit, 0)]}…({size} bytes)"
 
 
 # -- the decoders, one per type family: (reader, unsigned, type, max_value_chars) -> value --------
@@ -177,17 +211,23 @@ def _double(r: _Reader, unsigned: bool, ftype: int, limit: int) -> Any:
 
 
 def _text(r: _Reader, unsigned: bool, ftype: int, limit: int) -> Any:
-    return _cut(r.lenenc_bytes().decode("utf-8", "replace"), limit)
+    raw, size, ascii = r.value(limit)
+    if len(raw) < size:
+        return _head(raw, limit, size, ascii)
+    return _cut(raw.decode("utf-8", "replace"), limit)
 
 
 def _blob(r: _Reader, unsigned: bool, ftype: int, limit: int) -> Any:
-    raw = r.lenenc_bytes()
+    raw, size, ascii = r.value(limit)
     if ftype not in _NEVER_TEXT:
         try:
+            if len(raw) < size:  # its first bytes: valid UTF-8 but for a character cut at the end
+                codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+                return _head(raw, limit, size, ascii)
             return _cut(raw.decode("utf-8"), limit)
         except UnicodeDecodeError:
             pass
-    return _hex(raw, limit)
+    return _hex(raw, limit, size)
 
 
 def _datetime(r: _Reader, unsigned: bool, ftype: int, limit: int) -> Any:
@@ -269,7 +309,7 @@ def _decode(
     data = payload if isinstance(payload, bytes) else bytes(payload)
     if len(data) < _HEADER:
         raise _Undecodable
-    r = _Reader(data, _HEADER)
+    r = _Reader(data, _HEADER, DECODED_BYTES_PER_PACKET)
     null_bitmap = r.take((param_count + 7) // 8)
     if r.byte():  # new_params_bound_flag: like the server, any non-zero value means "types follow"
         sent = r.take(2 * param_count)

@@ -43,6 +43,9 @@ def _waits() -> int:
 _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)  # Linux only
 
 
+_TRAIL_TYPES = ("audit.checkpoint", "audit.sealed")  # events.EventType.AUDIT_*
+
+
 class Record(NamedTuple):  # a tuple: made for every event, cheaper than a frozen dataclass
     n: int  # the emitter's order of emission
     line: str  # the sealed JSON line (no newline)
@@ -76,7 +79,21 @@ class StreamSink:
         stream.flush()
 
     def close(self) -> None:
-        pass
+        stream = self._stream or sys.stdout
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or a pipe whose reader left: nothing more to do
+            pass
+
+
+def _ends_with_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:
+        return True  # unreadable (write-only permissions): leave it as it is
 
 
 class FileSink:
@@ -111,6 +128,12 @@ class FileSink:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file = os.fdopen(fd, "ab")
         self._size = os.fstat(fd).st_size
+        if self._size and not _ends_with_newline(self.path):
+            # A line cut short by a crash (a killed process, a power cut): end it, so this
+            # process's first event is a line of its own (`audit verify` reports it as torn).
+            self._file.write(b"\n")
+            self._file.flush()
+            self._size += 1
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -159,12 +182,16 @@ class FileSink:
         return os.dup(self._file.fileno())
 
     def close(self) -> None:
+        """Flush and sync (even with fsync off: once, at the end, costs nothing), then close."""
         if self._file is not None:
-            if self.fsync:
+            try:
                 self._file.flush()
                 os.fdatasync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            except OSError as e:  # EINVAL: not a file that syncs (a pipe, /dev/stdout)
+                log.error("audit file sync at close failed", sink=self.name, error=str(e))
+            finally:
+                self._file.close()
+                self._file = None
 
 
 class MemorySink:
@@ -219,8 +246,9 @@ class SinkWriter:
         TLS write of the loop a few µs). The writer thread still syncs them (sync_interval_s).
         A failed write, or a slow one (> INLINE_SLOW_S) that waited (for the disk, a lock: not
         just a busy machine's scheduler preempting the loop), sends this and the next
-        INLINE_PAUSE_S of batches through the queue: a stalling disk never holds the loop twice."""
-        if self._inline_ok():
+        INLINE_PAUSE_S of batches through the queue: a stalling disk never holds the loop twice.
+        A batch ending with a durable record (a checkpoint) goes through the thread, which syncs it."""
+        if not records[-1].durable and self._inline_ok():
             with self._cond:
                 if not self._queue and not self._closing:
                     waits = _waits()
@@ -249,8 +277,10 @@ class SinkWriter:
                 and (not self._inline_paused_until or time.monotonic() >= self._inline_paused_until))
 
     def put(self, record: Record) -> bool:
+        """Queue `record`; past max_queue it is dropped and counted, except the trail's own events
+        (a checkpoint, the seal: rare, and the seal says how many were dropped)."""
         with self._cond:
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) >= self.max_queue and record.event.get("type") not in _TRAIL_TYPES:
                 self.dropped += 1
                 return False
             self._queue.append(record)
@@ -350,10 +380,19 @@ class SinkWriter:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (up to `timeout_s`), then close the sink."""
+        self.begin_close()
+        self.finish_close(time.monotonic() + timeout_s)
+
+    def begin_close(self) -> None:
+        """Tell the thread to write what is queued and stop (finish_close waits for it)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout_s)
+
+    def finish_close(self, deadline: float) -> None:
+        """Wait (until the monotonic `deadline`) for the queue to be written, then close the sink
+        (a file sink syncs). Past the deadline what is left is dropped, counted and logged."""
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             with self._cond:
                 self._give_up = True

@@ -214,6 +214,7 @@ class LocalMariaDB(LocalServer):
                 "--no-defaults",
                 "--auth-root-authentication-method=normal",
                 f"--datadir={self.datadir}",
+                f"--tmpdir={self._tmpdir()}",  # not /tmp: servers installed at once collide there
                 "--skip-test-db",
                 "--skip-name-resolve",
                 *_run_as_root_args(),
@@ -223,11 +224,21 @@ class LocalMariaDB(LocalServer):
             ],
         )
 
+    def _tmpdir(self) -> Path:
+        """The server's own temporary directory (temp tables' files are named by pid and a
+        counter: two servers sharing /tmp can delete each other's)."""
+        tmp = self.basedir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # the server may run as the mysql user (see _run_as_root_args)
+            tmp.chmod(0o1777)
+        return tmp
+
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         command = [
             _binary("mariadbd", "mysqld"),
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self._tmpdir()}",
             f"--port={port}",
             f"--bind-address={LOOPBACK}",
             f"--socket={self.socket_path}",

@@ -4,7 +4,7 @@ A developer logs in with their user name and a token as the MySQL password. `Tok
 turns that pair into a `Principal` or raises `TokenError`, whose `code` is for the audit event and
 whose public message is the same generic text for every failure.
 
-Rules (ARCHITECTURE.md decision 8):
+Rules:
 - the token's length is capped before anything decodes it;
 - the unverified `iss` picks one trusted issuer, and only that issuer's algorithms are accepted;
   each issuer has one algorithm family and one key source (a PEM public key or a JWKS URI); HMAC

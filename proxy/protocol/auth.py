@@ -1,4 +1,4 @@
-"""Token authentication on the client side (ARCHITECTURE.md decision 1).
+"""Token authentication on the client side.
 
 The default plugin is a server-side `caching_sha2_password` that always asks for full
 authentication: over TLS every common client then sends its password (our JWT) with no client
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mysql_mimic import utils
+
+from proxy.protocol.handshake import MAX_AUTH_BYTES, HandshakeError
 
 SHA2 = "caching_sha2_password"
 CLEAR = "mysql_clear_password"
@@ -44,15 +46,27 @@ def first_step(client_plugin: str | None, auth_response: bytes) -> AuthStep:
 
 
 def after_switch(reply: bytes) -> AuthStep:
-    """The client answered an auth switch to caching_sha2_password with its scramble."""
+    """The client answered an auth switch to caching_sha2_password with its scramble (its bytes
+    are not used: the password is asked for next). Total: any bytes give a step, or
+    HandshakeError when the reply is larger than any scramble or token (1043, closed)."""
+    _bounded(reply, "auth switch reply")
     return AuthStep(more_data=PERFORM_FULL_AUTH)
 
 
 def after_full_auth_request(reply: bytes) -> AuthStep:
-    """The client answered PERFORM_FULL_AUTH: over TLS that is the password, NUL-terminated."""
+    """The client answered PERFORM_FULL_AUTH: over TLS that is the password, NUL-terminated.
+    Total, like after_switch: a step for any bytes up to MAX_AUTH_BYTES, else HandshakeError."""
+    _bounded(reply, "full authentication reply")
     if reply == REQUEST_PUBLIC_KEY:
         return AuthStep(refused="RSA key exchange is not supported; connect with TLS")
     return AuthStep(password=_strip(reply))
+
+
+def _bounded(reply: bytes, what: str) -> None:
+    """The same bound as the handshake response's auth data: a token is a few KiB, and nothing
+    larger is kept in memory (the stream already caps a packet before login)."""
+    if len(reply) > MAX_AUTH_BYTES:
+        raise HandshakeError(f"{what}: {len(reply)} bytes, over the limit of {MAX_AUTH_BYTES}")
 
 
 def _strip(data: bytes) -> bytes:

@@ -2,7 +2,7 @@
 
 Built on mysql-mimic's `Connection` for its packet builders and parsers; the phases themselves
 are ours because mysql-mimic 3.0.5 continues after a failed login, never requires TLS, races
-the TLS upgrade and has no handshake timeout (ARCHITECTURE.md §3). Every command is handed to
+the TLS upgrade and has no handshake timeout. Every command is handed to
 the `ProxySession`; errors cross to the client in one place (`_send_error`)."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import structlog
 from mysql_mimic import packets
 from mysql_mimic.charset import CharacterSet
 from mysql_mimic.connection import Connection
-from mysql_mimic.packets import HandshakeResponse41, SSLRequest
 from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
 
 from proxy.protocol import auth, wire
 from proxy.protocol.errors import ClientError, ER
+from proxy.protocol.handshake import CLIENT_COMPRESS, HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
 from proxy.protocol.stream import ClientStream, ConnectionClosed
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ SERVER_CAPABILITIES = (
 
 # Charsets whose bytes the analyzer decodes exactly as the server does. Multibyte charsets
 # whose trailing bytes can be 0x5C (gbk, big5, sjis, cp932...) are an injection differential.
+DEFAULT_COLLATION = 45  # utf8mb4_general_ci, MariaDB's default: the greeting's until the upstream is known
 SAFE_CHARSETS = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "ascii": "ascii"}
-_NEUTRAL_COLLATION = 45  # utf8mb4_general_ci: handed to mysql-mimic's parser, whose table is partial
 
 
 class ProxyConnection(Connection):
@@ -70,6 +70,7 @@ class ProxyConnection(Connection):
         handshake_timeout_s: float,
         idle_timeout_s: float,
         server_version: str,
+        max_handshake_packet_bytes: int = 64 * 1024,
     ) -> None:
         super().__init__(
             stream=stream,  # type: ignore[arg-type]
@@ -84,9 +85,11 @@ class ProxyConnection(Connection):
         self.handshake_timeout_s = handshake_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.server_version = server_version
+        self.max_handshake_packet_bytes = max_handshake_packet_bytes
         self.client_charset_name = "utf8mb4"
         self.client_codec = "utf-8"
         self.killed = False
+        self._killed_idle = True
         self.kill_error: ClientError | None = ClientError(ER.CONNECTION_KILLED, "Connection was killed")
         self.idle = False  # waiting for the client's next command: safe to close at shutdown
         self.idle_since = time.monotonic()  # when it began waiting (the server's housekeeping
@@ -106,11 +109,18 @@ class ProxyConnection(Connection):
     async def start(self) -> None:
         self._task = asyncio.current_task()
         try:
+            max_packet_bytes = self.stream.max_packet_bytes
+            self.stream.max_packet_bytes = min(max_packet_bytes, self.max_handshake_packet_bytes)
             try:
                 async with asyncio.timeout(self.handshake_timeout_s):
                     ok = await self._connection_phase()
             except TimeoutError:
                 await self.session.rejected("handshake_timeout", "handshake not completed in time")
+                return
+            except HandshakeError as e:  # a handshake no MySQL client sends: 1043, closed
+                log.info("malformed handshake", peer=self.peer, detail=e.detail)
+                await self.session.rejected("bad_handshake", f"malformed handshake ({e.detail})")
+                await self._send_error_quietly(e)
                 return
             except ClientError as e:  # framing error or oversized packet before login
                 await self.session.rejected("bad_handshake", e.message)
@@ -126,6 +136,7 @@ class ProxyConnection(Connection):
                 return
             if not ok:
                 return
+            self.stream.max_packet_bytes = max_packet_bytes
             await self._command_phase()
         except asyncio.CancelledError:
             self.session.abort_fast()  # nothing more of a fast-path response reaches the client
@@ -138,14 +149,21 @@ class ProxyConnection(Connection):
             elif not self.killed:
                 raise
             elif self.kill_error is not None:
-                await self._send_error_quietly(self.kill_error)
+                # mid-command, the client waits for the command's answer (sequence 1)
+                await self._send_error_quietly(self.kill_error, seq=0 if self._killed_idle else 1)
         except (ConnectionClosed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
             await self.session.close()
 
+    def ok(self) -> bytes:  # type: ignore[override]
+        """An OK the proxy answers itself, with the upstream session's real status (autocommit,
+        in transaction): drivers decide whether to send SET autocommit and COMMIT from it."""
+        return wire.make_ok(self.session.server_status())
+
     def kill(self) -> None:  # type: ignore[override]
         if self._task is not None and not self._task.done():
+            self._killed_idle = self.idle
             self.killed = True
             self._task.cancel()
 
@@ -175,22 +193,22 @@ class ProxyConnection(Connection):
     async def _connection_phase(self) -> bool:
         """Handshake, TLS and authentication. Returns True when the session is ready."""
         nonce = auth.new_nonce()
+        pool = self.session.instance.pool
         await self.stream.write(
-            packets.make_handshake_v10(
-                capabilities=self.server_capabilities,
-                server_charset=CharacterSet.utf8mb4,
+            make_greeting(
                 server_version=self.server_version,
                 connection_id=self.connection_id,
-                auth_data=nonce,
-                status_flags=self.status_flags,
-                auth_plugin_name=auth.SHA2,
+                nonce=nonce,
+                capabilities=int(self.server_capabilities),
+                collation_id=pool.collation_id or DEFAULT_COLLATION,
+                status=pool.session_status,
+                auth_plugin=auth.SHA2,
             )
         )
-        first = await self._read_handshake_response()
-        if first is None:
+        response = await self._read_handshake_response()
+        if response is None:
             return False
-        _, response = first
-        if not isinstance(response, SSLRequest):
+        if not response.ssl_request:
             # The client did not ask for TLS: refuse before it could send its token.
             await self._refuse(
                 "tls_required",
@@ -202,19 +220,28 @@ class ProxyConnection(Connection):
             )
             return False
         await self.stream.start_tls(self.ssl, timeout_s=self.handshake_timeout_s)  # type: ignore[arg-type]
-        second = await self._read_handshake_response()
-        if second is None:
+        response = await self._read_handshake_response()
+        if response is None:
             return False
-        collation_id, response = second
-        if isinstance(response, SSLRequest):
+        if response.ssl_request:
             await self._refuse("bad_handshake", ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
             return False
+        collation_id = response.collation_id
 
-        self.capabilities = response.capabilities
+        self.capabilities = Capabilities(response.capabilities)
         self.client_connect_attrs = response.connect_attrs
         self.client_plugin_name = response.client_plugin
         self.session.set_client_info(response.username, response.connect_attrs)
 
+        if response.client_capabilities & CLIENT_COMPRESS:
+            # Not offered, set anyway (mysql-connector-python's compress=True): the client would
+            # compress from the OK on and both sides would wait forever. Refused, clearly.
+            await self._refuse("compression_unsupported", ClientError(
+                ER.NOT_SUPPORTED,
+                "jitproxy does not support the compressed protocol: connect without compression "
+                "(mariadb/mysql CLI: drop --compress; drivers: compress=False)",
+            ))
+            return False
         if Capabilities.CLIENT_PROTOCOL_41 not in self.capabilities:
             await self._refuse("old_protocol", ClientError(ER.HANDSHAKE_ERROR, "Client protocol 4.1 required"))
             return False
@@ -249,20 +276,23 @@ class ProxyConnection(Connection):
         if error is not None:
             await self._send_error(error)
             return False
-        await self.stream.write(self.ok())
+        # The OK is sent by the command phase once it waits for commands, the fast path already
+        # on: the client's first statement, however quick, finds the session ready for it.
+        self.stream.write_many([self.ok()])
         self.session.enable_fast_path()
         return True
 
-    async def _read_handshake_response(self) -> tuple[int, HandshakeResponse41 | SSLRequest] | None:
-        """The client's SSLRequest or HandshakeResponse41, with its collation id. mysql-mimic's
-        collation table is partial, so its parser gets a neutral id and we map the real one."""
+    async def _read_handshake_response(self) -> HandshakeResponse | None:
+        """The client's SSLRequest or HandshakeResponse41 (our own total parse: handshake.py)."""
         data = await self.stream.read()
         if len(data) < 32:
             await self._refuse("bad_handshake", ClientError(ER.HANDSHAKE_ERROR, "Bad handshake"))
             return None
-        collation_id = data[8]
-        data = data[:8] + bytes((_NEUTRAL_COLLATION,)) + data[9:]
-        return collation_id, packets.parse_handshake_response(self.server_capabilities, data)
+        try:
+            codec = SAFE_CHARSETS.get(charset_by_id(data[8]).name, "utf-8")
+        except KeyError:
+            codec = "utf-8"
+        return parse_handshake_response(data, int(self.server_capabilities), codec)
 
     def set_client_charset(self, name: str) -> None:
         self.client_charset_name = name
@@ -304,6 +334,7 @@ class ProxyConnection(Connection):
             self.idle = True
             self.idle_since = time.monotonic()
             try:
+                await self.stream.drain()  # the OK after login, the first time round
                 data = await self.stream.read()
             except ClientError as e:  # malformed framing or an oversized packet: answer, then close
                 await self._send_error(e)
@@ -339,9 +370,10 @@ class ProxyConnection(Connection):
     async def _send_error(self, error: ClientError) -> None:
         await self.stream.write(wire.make_err(error.code, error.sqlstate, error.message))
 
-    async def _send_error_quietly(self, error: ClientError) -> None:
+    async def _send_error_quietly(self, error: ClientError, seq: int = 0) -> None:
         try:
             self.stream.reset_seq()
+            self.stream._seq = seq  # noqa: SLF001
             await asyncio.wait_for(self._send_error(error), timeout=1)
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass

@@ -95,8 +95,9 @@ class FastPathCommands:
         conn = self.connection
         n = len(data)
         if (n < 5 or data[3] != 0 or not conn.idle or conn.stopping or conn.killed
-                or conn.stream.reader._buffer):  # noqa: SLF001 - part of a packet is waiting there
-            return False
+                or conn.stream.reader._buffer  # noqa: SLF001 - part of a packet is waiting there
+                or (self.token_deadline is not None and self.ctx.now() >= self.token_deadline)):
+            return False  # (an expired token ends the session: the command loop says so)
         length = data[0] | (data[1] << 8) | (data[2] << 16)
         if length + 4 > n or length >= wire.MAX_PAYLOAD or length > conn.stream.max_packet_bytes:
             return False
@@ -171,6 +172,7 @@ class FastPathCommands:
         protocol.interceptor = self.upstream_data
         protocol.on_lost = self._upstream_gone
         self.ctx.fast_statements += 1
+        up.busy = True
         up.writer.transport.write(packet)
 
     # -- upstream side ---------------------------------------------------------------------
@@ -224,8 +226,7 @@ class FastPathCommands:
         self._detach(fast)
         outcome = fast.relay.outcome
         up = self.upstream
-        up.in_transaction = bool(outcome.status & wire.SERVER_STATUS_IN_TRANS)
-        up.last_used = time.monotonic()
+        up.note(outcome)
         if fast.stmt is not None:
             fast.stmt.rows_sent = outcome.rows
         self._audit_statement(fast.command, fast.sql, fast.decision, fast.started, outcome, **fast.end_extra)

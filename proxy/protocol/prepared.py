@@ -20,6 +20,35 @@ from proxy.upstream.relay import Expect
 
 _STMT_ID = struct.Struct("<I")
 
+# MariaDB reads statement id 0xFFFFFFFF in every COM_STMT_* as "the statement prepared last" on
+# that connection (for pipelining PREPARE and EXECUTE). The proxy decides per id it has seen
+# prepared, so this alias is never one: it is refused as unknown, and never recorded.
+LAST_STMT_ID = 0xFFFFFFFF
+
+# The fixed part each command has after its command byte (what MySQL's parser requires before
+# it answers ER_MALFORMED_PACKET): statement id(4), then for EXECUTE flags(1) and iteration
+# count(4), for FETCH the number of rows(4), for SEND_LONG_DATA the parameter number(2).
+STMT_HEADER_BYTES = {
+    wire.COM_STMT_EXECUTE: 9,
+    wire.COM_STMT_FETCH: 8,
+    wire.COM_STMT_SEND_LONG_DATA: 6,
+    wire.COM_STMT_CLOSE: 4,
+    wire.COM_STMT_RESET: 4,
+}
+
+
+def parse_stmt_id(command: int, payload: bytes) -> int:
+    """The statement id of a COM_STMT_EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET payload
+    (after the command byte). Total: any bytes give an id or ClientError 1835 (a payload shorter
+    than the command's fixed part), so a truncated packet is refused here, never relayed. The id
+    may name no statement: the caller decides (see LAST_STMT_ID)."""
+    need = STMT_HEADER_BYTES[command]
+    if len(payload) < need:
+        name = wire.COMMAND_NAMES[command]
+        raise ClientError(ER.MALFORMED_PACKET,
+                          f"Malformed communication packet ({name}: {len(payload)} bytes, at least {need} needed)")
+    return _STMT_ID.unpack_from(payload)[0]
+
 
 @dataclass
 class Prepared:
@@ -73,7 +102,7 @@ class PreparedStatementCommands:
         await self._admit(wire.COM_STMT_PREPARE, sql, decision)
         outcome = await self._upstream(wire.COM_STMT_PREPARE, payload, Expect.PREPARE)
         assert outcome is not None
-        if outcome.error is None and outcome.stmt_id is not None:
+        if outcome.error is None and outcome.stmt_id is not None and outcome.stmt_id != LAST_STMT_ID:
             self.prepared[outcome.stmt_id] = Prepared(sql, analysis, masks=decision.masks, num_params=outcome.num_params)
         self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
         return True
@@ -101,18 +130,17 @@ class PreparedStatementCommands:
             used_grants=decision.used_grants,
         )
 
-    def _stmt(self, payload: bytes) -> tuple[int, Prepared | None]:
-        if len(payload) < 4:
-            raise ClientError(ER.HANDSHAKE_ERROR, "Malformed packet")
-        stmt_id = _STMT_ID.unpack_from(payload)[0]
-        return stmt_id, self.prepared.get(stmt_id)
+    def _stmt(self, command: int, payload: bytes) -> tuple[int, Prepared | None]:
+        """(statement id, the statement prepared through the proxy under it, or None)."""
+        stmt_id = parse_stmt_id(command, payload)
+        return stmt_id, self.prepared.get(stmt_id) if stmt_id != LAST_STMT_ID else None
 
     def _unknown_stmt(self, stmt_id: int, command: str) -> ClientError:
         return ClientError(ER.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({stmt_id}) given to {command}")
 
     async def com_stmt_execute(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        stmt_id, stmt = self._stmt(payload)
+        stmt_id, stmt = self._stmt(wire.COM_STMT_EXECUTE, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
         decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)  # grants may have ended
@@ -126,7 +154,7 @@ class PreparedStatementCommands:
         return True
 
     async def com_stmt_fetch(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
+        stmt_id, stmt = self._stmt(wire.COM_STMT_FETCH, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
         decision = self._same_masks(self._decide(stmt.analysis), stmt)
@@ -139,23 +167,28 @@ class PreparedStatementCommands:
         return True
 
     async def com_stmt_send_long_data(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
+        stmt_id, stmt = self._stmt(wire.COM_STMT_SEND_LONG_DATA, payload)
         if stmt is not None:  # no response is ever sent for this command
-            if len(payload) >= 6:
-                stmt.long_data.add(int.from_bytes(payload[4:6], "little"))
+            param = int.from_bytes(payload[4:6], "little")
+            if True:
+                stmt.long_data.add(param)
             await self._upstream(wire.COM_STMT_SEND_LONG_DATA, payload, None)
         return True
 
     async def com_stmt_close(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
+        stmt_id, stmt = self._stmt(wire.COM_STMT_CLOSE, payload)
         if stmt is not None:
             del self.prepared[stmt_id]
             await self._upstream(wire.COM_STMT_CLOSE, payload, None)
         return True
 
     async def com_stmt_reset(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(payload)
+        stmt_id, stmt = self._stmt(wire.COM_STMT_RESET, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_reset")
-        await self._upstream(wire.COM_STMT_RESET, payload, Expect.OK)
+        outcome = await self._upstream(wire.COM_STMT_RESET, payload, Expect.OK)
+        if outcome is not None and outcome.error is None:
+            # The server dropped the long data sent so far: the next EXECUTE's values are all in
+            # its packet again, and go to the audit trail (else a client could hide them).
+            stmt.long_data.clear()
         return True

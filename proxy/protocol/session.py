@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -84,6 +84,11 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self._ended = False
         self._fast = None  # the fast path's statement in flight (protocol/fastpath.py)
         self._fast_pending = bytearray()  # commands that arrived while it was in flight
+        self.address = peer.rsplit(":", 1)[0]  # the client's IP address (limits count by it)
+        self.admitted_user: str | None = None  # counted as a session of this person (admission)
+        self.token_deadline: datetime | None = None  # identity.on_token_expiry: disconnect
+        self.running_since: float | None = None  # monotonic start of the statement on the database
+        self.cancelling: str | None = None  # why the proxy cancelled the running statement
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +98,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.info.client_name = attrs.get("_client_name")
 
     async def rejected(self, code: str, reason: str) -> None:
+        self.ctx.stats.login(code)
         self.ctx.audit.emit(EventType.SESSION_REJECTED, self.info, reason_code=code, reason=reason)
         self._ended = True
 
@@ -106,18 +112,32 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             f"Access denied for user '{username[:80]}': invalid or expired token",
             keep_connection=False,
         )
+        admission = self.ctx.admission
+        locked = admission.locked(self.address, username)
+        if locked is not None:
+            await self.rejected(locked.code, locked.error.message)
+            return locked.error
         try:
             text = token.decode("utf-8")
         except UnicodeDecodeError:
-            await self.rejected("malformed", "token is not UTF-8")
+            await self._login_failed(username, "malformed", "token is not UTF-8")
             return denied
         try:
             principal = await self.ctx.verifier.verify_async(username, text)
         except TokenError as e:
-            await self.rejected(e.code, "token rejected")
+            await self._login_failed(username, e.code, "token rejected")
             return denied
         finally:
             del text
+        admission.succeeded(self.address, username)
+        refusal = admission.login(self.address, principal.user)
+        if refusal is not None:
+            log.warning("connection refused", reason=refusal.code, user=principal.user, peer=self.info.client_addr)
+            await self.rejected(refusal.code, refusal.error.message)
+            return refusal.error
+        self.admitted_user = principal.user
+        if self.ctx.on_token_expiry == "disconnect" and principal.token_expires_at is not None:
+            self.token_deadline = principal.token_expires_at + self.ctx.token_leeway
         self.principal = principal
         self.username = principal.user
         self.info.user = principal.user
@@ -145,8 +165,12 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 await self.upstream.execute(f"SET NAMES {charset}")
                 self.upstream.charset = charset
         except UpstreamError as e:
-            log.warning("upstream unavailable at login", detail=e.detail)
-            await self.rejected("upstream_unavailable", e.public)
+            if e.kind == "exhausted":  # logged by the pool
+                await self.rejected("upstream_pool_exhausted", e.public)
+                return ClientError(ER.TOO_MANY_CONNECTIONS, f"jitproxy: {e.public}", keep_connection=False)
+            log.warning("upstream unavailable at login", detail=e.detail, instance=self.instance.name)
+            code = "upstream_not_responding" if e.kind == "not_responding" else "upstream_unavailable"
+            await self.rejected(code, e.public)
             return ClientError(ER.UPSTREAM_UNAVAILABLE, f"jitproxy: {e.public}", keep_connection=False)
         except (OSError, ProtocolViolation, asyncio.TimeoutError) as e:
             log.warning("upstream failed at login", error=type(e).__name__)
@@ -155,6 +179,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.database = database or None
         self.held_grant = bool(self._grants().for_principal(principal, self.ctx.now()))
         self.ctx.sessions[self.connection_id] = self
+        self.ctx.stats.login("ok")
         self.ctx.audit.emit(
             EventType.SESSION_START,
             self.info,
@@ -165,14 +190,33 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         )
         return None
 
+    async def _login_failed(self, username: str, code: str, reason: str) -> None:
+        """A token that did not verify: counted per address and per person at the address; past
+        `free` failures the answer waits (backoff), past `lockout_after` both lock for a while."""
+        self.ctx.stats.login(code)
+        delay, locked_now = self.ctx.admission.failed(self.address, username)
+        extra = {}
+        if locked_now:
+            log.warning("failed logins: lockout", peer=self.info.client_addr, user=username[:80])
+            extra["lockout"] = True
+        elif delay:
+            extra["backoff_s"] = round(delay, 3)
+        self.ctx.audit.emit(EventType.SESSION_REJECTED, self.info, reason_code=code, reason=reason, **extra)
+        self._ended = True
+        if delay:
+            await asyncio.sleep(delay)
+
     async def close(self) -> None:
         self.abort_fast()
         self.ctx.sessions.pop(self.connection_id, None)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            self.instance.pool.release(upstream, reusable=not upstream.broken)
+            if upstream.busy:  # left mid-statement: it may still run (and hold locks) upstream
+                self.ctx.cancel_upstream(self.instance, upstream.thread_id, connection=True, port=upstream.local_port)
+            self.instance.pool.release(upstream, reusable=not upstream.broken and not upstream.busy)
         if not self._ended and self.principal is not None:
             self._ended = True
+            self.ctx.stats.session_end(self.end_reason or "closed")
             self.ctx.audit.emit(
                 EventType.SESSION_END,
                 self.info,
@@ -182,10 +226,19 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 **({"reason": self.end_reason} if self.end_reason else {}),
             )
 
+    def server_status(self) -> int:
+        """The session status bits of the pinned upstream session as it last reported them (the
+        upstream server's defaults before one is pinned)."""
+        if self.upstream is not None:
+            return self.upstream.status & wire.SESSION_STATUS_BITS
+        return self.instance.pool.session_status
+
     # -- dispatch --------------------------------------------------------------------------
 
     async def dispatch(self, command: int, payload: bytes) -> bool:
         """Handle one client command. Returns False when the connection must close."""
+        if self.token_deadline is not None and self.ctx.now() >= self.token_deadline:
+            return self._token_expired(command, payload)
         handler = _HANDLERS.get(command)
         if handler is None:
             name = wire.COMMAND_NAMES.get(command, f"0x{command:02x}")
@@ -204,6 +257,43 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         finally:
             if self._in_flight is not None:  # the client left, a KILL, or a bug mid-statement
                 self._end_in_flight("the statement was interrupted (client disconnected, killed or failed in jitproxy)")
+
+    def _token_expired(self, command: int, payload: bytes) -> bool:
+        """The first command after the token's end (+ leeway): refused, audited, session closed."""
+        assert self.principal is not None and self.principal.token_expires_at is not None
+        ended = self.principal.token_expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if command in (wire.COM_QUERY, wire.COM_STMT_PREPARE):
+            self.ctx.stats.statement("deny", "denied", "token_expired", None)
+            self.statements += 1
+            self.denied += 1
+            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info,
+                                command=wire.COMMAND_NAMES.get(command, str(command)),
+                                statement=payload.decode("utf-8", "replace"), db=self.database, decision="deny",
+                                reason_code="token_expired", reason=f"the token ended at {ended}")
+        self.end_reason = "token_expired"
+        log.info("session ended: token expired", session=self.info.session_id, user=self.username)
+        raise ClientError(
+            ER.ACCESS_DENIED,
+            f"Access denied for user '{self.username}': your jitproxy token expired at {ended}, so this "
+            "connection was closed (identity.on_token_expiry). Get a new token (jitproxy login, or ask for "
+            "`jitproxy token issue`) and reconnect.",
+            keep_connection=False,
+        )
+
+    def check_statement_time(self, now: float) -> None:
+        """Past the instance's statement_timeout_s: cancel the statement upstream (KILL QUERY on a
+        side connection); its error then says why (see _hide_shared_account). Called by the
+        server's housekeeping for sessions with a command running."""
+        limit = self.instance.statement_timeout_s
+        since = self.running_since
+        up = self.upstream
+        if (limit is None or since is None or self.cancelling is not None or up is None or not up.busy
+                or now - since < limit):
+            return
+        self.cancelling = "statement_timeout"
+        log.warning("statement time limit reached: cancelling it", session=self.info.session_id,
+                    user=self.username, instance=self.instance.name, limit_s=limit, thread_id=up.thread_id)
+        self.ctx.cancel_upstream(self.instance, up.thread_id, connection=False, port=up.local_port)
 
     async def _send(self, payload: bytes) -> None:
         assert self.connection is not None
@@ -239,8 +329,16 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     def _hide_shared_account(self, payload: bytes) -> bytes | None:
         """An upstream error naming the shared database account ('jitproxy'@'10.0.0.5') names the
-        person instead: people never learn the shared identity or where the proxy connects from."""
+        person instead: people never learn the shared identity or where the proxy connects from.
+        A statement the proxy cancelled (statement time limit) says so instead of "interrupted"."""
         err = wire.parse_err(payload)
+        if self.cancelling == "statement_timeout" and err.code in (ER.QUERY_INTERRUPTED, ER.STATEMENT_TIMEOUT_MARIADB):
+            code = ER.STATEMENT_TIMEOUT_MARIADB if self.instance.is_mariadb else ER.STATEMENT_TIMEOUT_MYSQL
+            return wire.make_err(
+                code, "70100" if code == ER.STATEMENT_TIMEOUT_MARIADB else "HY000",
+                f"Query execution was interrupted by jitproxy: the statement ran longer than "
+                f"{self.instance.statement_timeout_s:g} s, the limit of instance '{self.instance.name}' "
+                "(statement_timeout_s)")
         pattern = self.instance.shared_account_pattern
         if pattern is None or not pattern.search(err.message):
             return None
@@ -319,6 +417,14 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 f"'{first.target}'{more} (jitproxy: missing_grant). {hint}",
             )
         code = decision.code.value if decision.code else "denied"
+        if decision.code is DenyCode.PARSE_ERROR:
+            # What the server says of SQL it cannot read (drivers raise ProgrammingError): nothing
+            # was sent to it. Valid SQL refused this way is a gap in jitproxy's grammar.
+            return ClientError(
+                ER.PARSE_ERROR,
+                f"You have an error in your SQL syntax, or SQL jitproxy cannot parse (jitproxy: parse_error): "
+                f"{decision.reason}. Nothing was sent to the database.",
+            )
         return ClientError(
             ER.TABLEACCESS_DENIED,
             f"Statement denied by jitproxy ({code}): {decision.reason}",
@@ -365,6 +471,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         until it ends (None: audit off)."""
         self._statement_n += 1
         self._statement_id = f"{self.info.session_id}.{self._statement_n}"
+        self.running_since = time.monotonic()
+        self.cancelling = None
         if self.audit_mode == "off":
             return None
         fields = self._statement_fields(command, sql, decision)
@@ -391,6 +499,9 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         """A statement that was forwarded but never ended normally (the database or the client
         went away, a KILL, a bug): `statement.failed` with what is known."""
         fields, self._in_flight = self._in_flight, None
+        if self.running_since is not None:
+            self.ctx.stats.statement("allow", "failed", "interrupted", None)
+        self.running_since = None
         if fields is None:
             return
         self.statements += 1
@@ -412,8 +523,11 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         (statement, fingerprint, tables, privileges, grants...) and the result; joined to a
         `statement.allowed` written before (fail_closed, or a long statement) by `statement_id`."""
         self.statements += 1
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        elapsed = time.perf_counter() - started
+        duration_ms = round(elapsed * 1000, 3)
+        stats = self.ctx.stats
         if not decision.allowed:
+            stats.statement("deny", "denied", decision.code.value if decision.code else "denied", None)
             self.denied += 1
             fields = self._statement_fields(command, sql, decision)
             fields.update(decision="deny", reason_code=decision.code.value if decision.code else None,
@@ -421,9 +535,17 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             self.ctx.audit.emit_soon(EventType.STATEMENT_DENIED, self.info, fields)
             return
         fields, self._in_flight = self._in_flight, None
+        self.running_since = None
+        if outcome is None or (outcome.error is None and not outcome.truncated):
+            stats.statement("allow", "completed", "", elapsed)
+        else:
+            stats.statement("allow", "failed", self.cancelling or ("max_rows" if outcome.error is None else "error"),
+                            elapsed)
         if fields is None:  # audit off
             return
         fields["duration_ms"] = duration_ms
+        if self.cancelling is not None:
+            fields["reason_code"] = self.cancelling
         if extra:
             fields.update(extra)
         event_type = EventType.STATEMENT_COMPLETED

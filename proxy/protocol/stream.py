@@ -1,4 +1,4 @@
-"""Client-side packet framing. Replaces mysql-mimic's MysqlStream (ARCHITECTURE.md §3) to fix:
+"""Client-side packet framing. Replaces mysql-mimic's MysqlStream to fix:
 the TLS upgrade that loses a ClientHello already buffered (half of handshakes hung 60 s), the
 missing cap on a logical packet's size, and to add a raw write for relayed upstream bytes."""
 

@@ -54,22 +54,41 @@ SERVER_STATUS_AUTOCOMMIT = 0x0002
 SERVER_MORE_RESULTS_EXISTS = 0x0008
 SERVER_STATUS_CURSOR_EXISTS = 0x0040
 SERVER_STATUS_LAST_ROW_SENT = 0x0080
+SERVER_STATUS_NO_BACKSLASH_ESCAPES = 0x0200
+SERVER_STATUS_IN_TRANS_READONLY = 0x2000
+# The bits that describe the session rather than one response: what a packet the proxy builds
+# itself (greeting, OK after login, reset, KILL) carries over from the upstream session.
+SESSION_STATUS_BITS = (SERVER_STATUS_IN_TRANS | SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_NO_BACKSLASH_ESCAPES
+                       | SERVER_STATUS_IN_TRANS_READONLY)
 
 _U16 = struct.Struct("<H")
 
 
 def read_lenenc(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
-    """Length-encoded integer at `pos` → (value, next position)."""
-    first = data[pos]
+    """Length-encoded integer at `pos` (>= 0) → (value, next position). Raises ValueError, and
+    nothing else, when it is truncated (its prefix or its bytes past the end of `data`) or its
+    prefix is not a length (0xFB NULL, 0xFF): a short read must never pass for a smaller number,
+    since callers take the value as how many bytes follow. Hot on the relay: the one-byte case
+    costs a bounds-checked index and a compare, as before."""
+    try:
+        first = data[pos]
+    except IndexError:
+        raise ValueError(f"truncated length-encoded integer at {pos}") from None
     if first < 0xFB:
         return first, pos + 1
     if first == 0xFC:
-        return data[pos + 1] | (data[pos + 2] << 8), pos + 3
-    if first == 0xFD:
-        return int.from_bytes(data[pos + 1 : pos + 4], "little"), pos + 4
-    if first == 0xFE:
-        return int.from_bytes(data[pos + 1 : pos + 9], "little"), pos + 9
-    raise ValueError(f"invalid length-encoded integer prefix 0x{first:02x}")
+        end = pos + 3
+    elif first == 0xFD:
+        end = pos + 4
+    elif first == 0xFE:
+        end = pos + 9
+    else:
+        raise ValueError(f"invalid length-encoded integer prefix 0x{first:02x}")
+    if end > len(data):
+        raise ValueError(f"truncated length-encoded integer at {pos}: needs {end - pos} bytes, {len(data) - pos} left")
+    if first == 0xFC:
+        return data[pos + 1] | (data[pos + 2] << 8), end
+    return int.from_bytes(data[pos + 1 : end], "little"), end
 
 
 def lenenc_int(value: int) -> bytes:
@@ -105,7 +124,9 @@ class OkInfo:
 
 
 def parse_ok(payload: bytes | bytearray | memoryview) -> OkInfo:
-    """An OK packet (0x00 or, as result terminator with DEPRECATE_EOF, 0xFE)."""
+    """An OK packet (0x00 or, as result terminator with DEPRECATE_EOF, 0xFE). ValueError when
+    its length-encoded counts are truncated; the status and warnings are optional (as in
+    pre-4.1 OKs)."""
     affected, pos = read_lenenc(payload, 1)
     last_id, pos = read_lenenc(payload, pos)
     status, warnings = (0, 0)
@@ -130,7 +151,10 @@ class ErrInfo:
 
 
 def parse_err(payload: bytes | bytearray | memoryview) -> ErrInfo:
+    """An ERR packet; ValueError when it is too short to hold its code."""
     data = bytes(payload)
+    if len(data) < 3:
+        raise ValueError(f"truncated ERR packet ({len(data)} bytes)")
     code = _U16.unpack_from(data, 1)[0]
     if len(data) > 3 and data[3:4] == b"#":
         sqlstate = data[4:9].decode("ascii", "replace")
@@ -138,6 +162,12 @@ def parse_err(payload: bytes | bytearray | memoryview) -> ErrInfo:
     else:
         sqlstate, message = "HY000", data[3:].decode("utf-8", "replace")
     return ErrInfo(code, sqlstate, message)
+
+
+def make_ok(status: int, affected_rows: int = 0, last_insert_id: int = 0, warnings: int = 0) -> bytes:
+    """An OK packet (protocol 4.1, which the proxy requires of clients)."""
+    return (b"\x00" + lenenc_int(affected_rows) + lenenc_int(last_insert_id)
+            + _U16.pack(status & 0xFFFF) + _U16.pack(warnings & 0xFFFF))
 
 
 def make_err(code: int, sqlstate: str, message: str) -> bytes:

@@ -78,20 +78,42 @@ class UpstreamConnection:
         self.writer: asyncio.StreamWriter = aio._writer
         self.protocol = intercept(self.writer)  # the fast path's view of its bytes (protocol/fastpath.py)
         self.thread_id: int = aio.server_thread_id[0]
+        sockname = self.writer.get_extra_info("sockname")
+        # Our end's port, as the server's PROCESSLIST shows it (HOST = ip:port): a KILL checks it,
+        # so a thread id reused by a restarted server is never killed by mistake.
+        self.local_port: int | None = sockname[1] if isinstance(sockname, tuple) else None
         self.server_version: str = aio.get_server_info()
         self.database: str | None = None
         self.charset = "utf8mb4"
         self.created = time.monotonic()
         self.last_used = self.created
         self.broken = False
-        self.in_transaction = False
+        # A command was sent and its response has not ended: if the session ends now, the
+        # statement may still be running on the server (the proxy kills it there).
+        self.busy = False
+        # The server status of this session as the server last reported it (autocommit,
+        # in transaction, read-only transaction): what the proxy's own OK packets must say.
+        self.status: int = aio.server_status if aio.server_status is not None else wire.SERVER_STATUS_AUTOCOMMIT
+        self.collation_id: int = aio.server_language or 0  # the server's default, from its greeting
         self.setup_sql: tuple[str, ...] = ()
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status & wire.SERVER_STATUS_IN_TRANS)
+
+    def note(self, outcome: Outcome) -> None:
+        """A response has ended: remember the session status it reported, and when."""
+        if outcome.status_known:
+            self.status = outcome.status
+        self.busy = False
+        self.last_used = time.monotonic()
 
     @property
     def closed(self) -> bool:
         return self.broken or self.writer is None or self.writer.is_closing() or self.reader.at_eof()
 
     def send(self, command: int, payload: bytes = b"") -> None:
+        self.busy = True
         self.writer.write(wire.frame(bytes((command,)) + payload, 0))
 
     async def request(
@@ -110,6 +132,7 @@ class UpstreamConnection:
             self.send(command, payload)
             if expect is None:
                 await self.writer.drain()
+                self.busy = False  # no response is due (COM_STMT_CLOSE, SEND_LONG_DATA)
                 return None
             outcome = await relay_response(
                 self.reader, client, expect, self.profile.deprecate_eof, row_limit, limit_error, rewrite_error
@@ -117,8 +140,7 @@ class UpstreamConnection:
         except BaseException:
             self.broken = True
             raise
-        self.in_transaction = bool(outcome.status & wire.SERVER_STATUS_IN_TRANS)
-        self.last_used = time.monotonic()
+        self.note(outcome)
         return outcome
 
     async def execute(self, sql: str) -> Outcome:
@@ -137,7 +159,7 @@ class UpstreamConnection:
         except BaseException:
             self.broken = True
             raise
-        self.last_used = time.monotonic()
+        self.note(outcome)
         return payloads, outcome
 
     async def query_scalar(self, sql: str) -> bytes | None:
@@ -149,8 +171,10 @@ class UpstreamConnection:
             raise UpstreamError("upstream query failed", f"{err.code}: {err.message}")
         ncols, _ = wire.read_lenenc(first, 0)
         row_index = 1 + ncols + (0 if self.profile.deprecate_eof else 1)
+        if row_index >= len(packets):
+            return None
         row = packets[row_index]
-        if row[:1] == b"\xfb":
+        if row[:1] == b"\xfb" or (row[:1] == b"\xfe" and len(row) < 9):  # NULL, or no row at all
             return None
         length, pos = wire.read_lenenc(row, 0)
         return bytes(row[pos : pos + length])
@@ -238,6 +262,9 @@ async def open_connection(
     except asyncio.TimeoutError:
         aio.close()
         raise UpstreamError("the database did not answer in time", "connect timeout", "timeout") from None
+    except asyncio.CancelledError:  # a caller's own deadline (the health ping's, a KILL's)
+        aio.close()
+        raise
     except OperationalError as e:
         aio.close()
         code = e.args[0] if e.args else 0
@@ -259,7 +286,11 @@ async def open_connection(
         aio.close()
         raise UpstreamError("upstream connection setup failed", "multi-statements enabled")
     conn = UpstreamConnection(aio, profile)
-    await _pin_sql_mode(conn)
+    try:
+        await _pin_sql_mode(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

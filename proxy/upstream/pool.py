@@ -61,6 +61,8 @@ class UpstreamPool:
         ping_timeout_s: float = 2.0,
         max_pings_per_acquire: int = 2,
         connect_deadline_s: float = 5.0,
+        acquire_timeout_s: float = 3.0,
+        name: str = "default",
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 1.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -78,6 +80,14 @@ class UpstreamPool:
         self.ping_timeout_s = ping_timeout_s
         self.max_pings_per_acquire = max_pings_per_acquire
         self.connect_deadline_s = connect_deadline_s
+        self.acquire_timeout_s = acquire_timeout_s
+        self.name = name
+        self.max_size = max_size
+        self.waiting = 0  # sessions waiting for a free connection
+        self.exhausted = 0  # sessions told "too many connections" (stats)
+        # Set by the health pinger when the database stops answering (a hang, not a refusal):
+        # new sessions fail at once instead of waiting out every timeout.
+        self.not_responding_since: datetime | None = None
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
@@ -93,6 +103,10 @@ class UpstreamPool:
         self._last_ok: datetime | None = None
         self._last_failure: datetime | None = None
         self.server_version: str | None = None
+        # What a fresh session on this server starts with (from the last connection opened): the
+        # proxy's greeting tells clients the same, since drivers trust it (autocommit above all).
+        self.session_status = wire.SERVER_STATUS_AUTOCOMMIT
+        self.collation_id: int | None = None
         self.opened = 0
 
     def idle_count(self) -> int:
@@ -111,19 +125,30 @@ class UpstreamPool:
             "opened": self.opened,
             "idle": self.idle_count(),
             "in_use": self._in_use,
+            "max_size": self.max_size,
+            "waiting": self.waiting,
+            "exhausted": self.exhausted,
+            "responding": self.not_responding_since is None,
         }
 
-    async def acquire(self, profile: ClientProfile, database: str | None) -> UpstreamConnection:
+    async def acquire(self, profile: ClientProfile, database: str | None, side: bool = False) -> UpstreamConnection:
         """A connection for a new session, already on `database` (None: no database). Raises
-        UpstreamError, or returns a connection the caller must `release`."""
-        await self._slots.acquire()
+        UpstreamError, or returns a connection the caller must `release`. Waits at most
+        acquire_timeout_s for one of max_size; `side` (the proxy's own KILL) takes none of them."""
+        if self.not_responding_since is not None and not side:
+            raise UpstreamError("the database is not responding", "health ping unanswered", "not_responding")
+        if not side:
+            await self._wait_for_slot()
         try:
             conn = await self._checkout_idle(profile, database)
             if conn is None:
                 conn = await self._open(profile)
         except BaseException:
-            self._slots.release()
+            if not side:
+                self._slots.release()
             raise
+        if side:
+            return conn
         self._in_use += 1
         if database is not None and conn.database != database:
             try:
@@ -135,6 +160,21 @@ class UpstreamPool:
                 self.release(conn)
                 raise UpstreamError(outcome.error.message, "init_db")
         return conn
+
+    async def _wait_for_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.acquire_timeout_s)
+        except TimeoutError:
+            self.exhausted += 1
+            log.warning("upstream pool exhausted", instance=self.name, max_size=self.max_size, waited_s=self.acquire_timeout_s)
+            raise UpstreamError(f"too many connections to {self.name} (all {self.max_size} in use), retry",
+                                "pool exhausted", "exhausted") from None
+        finally:
+            self.waiting -= 1
 
     # -- checkout: idle connections, pinged when they have been idle a while -------------------
 
@@ -220,8 +260,23 @@ class UpstreamPool:
                 raise
             self.opened += 1
             self.server_version = conn.server_version
+            self.session_status = conn.status & wire.SESSION_STATUS_BITS
+            self.collation_id = conn.collation_id or None
             self._mark_up()
             return conn
+
+    def mark_not_responding(self, detail: str) -> None:
+        if self.not_responding_since is None:
+            self.not_responding_since = self._now()
+            log.error("upstream not responding", instance=self.name, detail=detail)
+        self._last_error, self._last_failure = "the database is not responding", self._now()
+
+    def mark_responding(self) -> None:
+        if self.not_responding_since is not None:
+            log.warning("upstream responding again", instance=self.name,
+                        since=self.not_responding_since.isoformat())
+            self.not_responding_since = None
+        self._mark_up()
 
     def _mark_up(self) -> None:
         self._last_ok = self._now()
@@ -237,10 +292,11 @@ class UpstreamPool:
 
     # -- release, reset, drop ------------------------------------------------------------------
 
-    def release(self, conn: UpstreamConnection, reusable: bool = True) -> None:
+    def release(self, conn: UpstreamConnection, reusable: bool = True, side: bool = False) -> None:
         """Give a session's connection back. Reset happens in the background."""
-        self._slots.release()
-        self._in_use -= 1
+        if not side:
+            self._slots.release()
+            self._in_use -= 1
         if not reusable or conn.closed or self._max_idle == 0:
             conn.close()
             return

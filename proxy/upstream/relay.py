@@ -1,6 +1,6 @@
 """Relay one upstream response to the client as raw bytes, packet boundaries tracked but rows
 never decoded. Column definitions, rows, OK/EOF/ERR reach the client exactly as the server
-sent them (ARCHITECTURE.md decision 4); memory stays bounded by the chunk size because the
+sent them; memory stays bounded by the chunk size because the
 client's transport is drained before the next upstream read (backpressure)."""
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Outcome:
     last_insert_id: int = 0
     warnings: int = 0
     status: int = 0
+    status_known: bool = False  # an OK/EOF carried `status` (a PREPARE_OK or an ERR does not)
     error: ErrInfo | None = None
     result_sets: int = 0
     stmt_id: int | None = None  # PREPARE
@@ -168,6 +169,7 @@ class ResponseParser:
         else:
             out.warnings, status = parse_eof(payload)
         out.status = status
+        out.status_known = True
         if status & SERVER_MORE_RESULTS_EXISTS:
             return _FIRST
         return _DONE
@@ -194,6 +196,7 @@ class ResponseParser:
                 out.affected_rows += ok.affected_rows
                 out.last_insert_id = ok.last_insert_id or out.last_insert_id
                 out.status, out.warnings = ok.status, ok.warnings
+                out.status_known = True
                 out.result_sets += 1
                 return _FIRST if ok.status & SERVER_MORE_RESULTS_EXISTS else _DONE
             if first == 0xFB:
@@ -209,6 +212,7 @@ class ResponseParser:
             warnings, status = parse_eof(memoryview(buf)[start:end])
             if status & SERVER_STATUS_CURSOR_EXISTS:
                 out.status, out.warnings = status, warnings
+                out.status_known = True
                 return _DONE
             return _ROWS
         if state is _FIELDS:

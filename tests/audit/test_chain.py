@@ -1,5 +1,6 @@
 """The hash chain: `audit verify` catches one edited field, one deleted event, two swapped
-events, and a forged hash; interleaved proxy instances are checked separately."""
+events, and a forged hash; interleaved proxy instances are checked separately. (Each trail here
+ends with the emitter's `audit.sealed` event: tests/audit/test_seal.py is about that one.)"""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _check(lines: list[str]):
 
 def test_an_untouched_trail_verifies(tmp_path):
     report = _check(_trail(tmp_path))
-    assert report.ok and report.events == 6 and report.chains == {"proxy-a:1": 6}
+    assert report.ok and report.events == 7 and report.chains == {"proxy-a:1": 7}  # 6 + the seal
+    assert report.intact and not report.warnings
 
 
 def test_lines_are_canonical_json_with_the_hash_last(tmp_path):
@@ -83,6 +85,7 @@ def test_interleaved_instances_are_chained_separately(tmp_path):
     mixed = [a[0], b[0], b[1], a[1], a[2], b[2]]
     report = _check(mixed)
     assert report.ok and report.chains == {"proxy-a:1": 3, "proxy-b:2": 3}
+    assert [s.proxy_instance for s in report.open] == ["proxy-a:1", "proxy-b:2"]  # their seals left out
     del mixed[1]  # proxy-b's first event
     assert [(p.proxy_instance, p.kind) for p in _check(mixed).problems] == [("proxy-b:2", "missing")]
 
@@ -92,7 +95,8 @@ def test_a_line_without_chain_fields_is_malformed(tmp_path):
     event = json.loads(lines[1])
     del event["hash"]
     lines[1] = json.dumps(event)
-    assert [p.kind for p in _check(lines).problems] == ["malformed"]
+    # the malformed event's seq is not taken: the seal after it shows the gap
+    assert [p.kind for p in _check(lines).problems] == ["malformed", "missing"]
 
 
 # canonical() is orjson for speed; what it writes must stay what the documented form

@@ -47,6 +47,12 @@ class SwitchableSink:
         pass
 
 
+def _statements(lines: list[str]) -> list[str]:
+    """The statements of the events in `lines`, and the seal at their end as "<sealed>"."""
+    events = [json.loads(line) for line in lines]
+    return [e["statement"] if "statement" in e else f"<{e['type'].removeprefix('audit.')}>" for e in events]
+
+
 def _emit(audit: AuditEmitter, i: int = 0, **fields) -> dict:
     return audit.emit(EventType.STATEMENT_ALLOWED, SESSION, statement=f"SELECT {i}", **fields)
 
@@ -70,9 +76,9 @@ def test_fail_closed_waits_for_the_sink_and_refuses_while_it_fails():
     asyncio.run(scenario())
     audit.close()
     # nothing lost: the events emitted during the outage were kept and written, in order
-    statements = [json.loads(line)["statement"] for line in sink.lines]
-    assert statements == ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4"]
-    assert verify(json.loads(line) for line in sink.lines).ok
+    statements = _statements(sink.lines)
+    assert statements == ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4", "<sealed>"]
+    assert verify(json.loads(line) for line in sink.lines).intact
     assert audit.refused == 2
 
 
@@ -88,7 +94,7 @@ def test_fail_closed_gives_up_after_the_durable_timeout():
     asyncio.run(scenario())
     sink.gate.set()
     audit.close()
-    assert [json.loads(line)["statement"] for line in sink.lines] == ["SELECT 1"]
+    assert _statements(sink.lines) == ["SELECT 1", "<sealed>"]
 
 
 def test_an_unrequired_sink_does_not_hold_fail_closed_statements():
@@ -114,7 +120,10 @@ def test_best_effort_keeps_going_and_counts_drops_past_the_queue():
     assert eventually(lambda: audit.stats()["sinks"]["switchable"]["up"] is False)
     sink.broken.clear()
     audit.close()
-    assert audit.dropped + len(sink.lines) == 40
+    assert audit.dropped + len(sink.lines) == 41  # 40 and the seal, queued past max_queue
+    seal = json.loads(sink.lines[-1])
+    assert seal["type"] == "audit.sealed" and seal["dropped"] == {"switchable": 30}
+    assert [p.kind for p in verify(json.loads(line) for line in sink.lines).problems] == ["missing"]
 
 
 def test_a_long_statement_is_cut_with_its_length_and_hash():
@@ -163,7 +172,7 @@ def test_file_rotation_keeps_every_event_and_the_chain(tmp_path: Path):
     files = sorted(tmp_path.glob("audit.jsonl*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
     assert len(files) > 3
     lines = [line for f in files for line in f.read_text().splitlines()]
-    assert len(lines) == 60 and verify(json.loads(line) for line in lines).ok
+    assert len(lines) == 61 and verify(json.loads(line) for line in lines).intact  # 60 and the seal
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
 
 

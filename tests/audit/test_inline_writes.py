@@ -48,8 +48,8 @@ def test_a_loop_turn_of_events_is_written_by_the_loop_in_order_with_the_others(t
     audit.close()
     events = _lines(path)
     assert [e.get("statement", e["type"]) for e in events] == ["SELECT 0", "SELECT 1", "SELECT 2", "SELECT 3",
-                                                              "session.end"]
-    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5] and verify(events).ok
+                                                              "session.end", "audit.sealed"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6] and verify(events).intact
 
 
 def test_a_failing_inline_write_hands_the_events_to_the_writer_thread(tmp_path, monkeypatch):
@@ -76,7 +76,7 @@ def test_a_failing_inline_write_hands_the_events_to_the_writer_thread(tmp_path, 
     asyncio.run(turns())
     assert audit.flush()
     audit.close()
-    assert [e["statement"] for e in _lines(path)] == ["SELECT 0", "SELECT 1"]
+    assert [e.get("statement", e["type"]) for e in _lines(path)] == ["SELECT 0", "SELECT 1", "audit.sealed"]
     assert calls[0] is False and all(calls[1:])  # after the failure, only the thread wrote (and synced)
 
 
@@ -106,7 +106,9 @@ def _three_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay) -> tupl
     assert audit.flush()
     pauses = audit.stats()["sinks"][sink.name]["inline_pauses"]
     audit.close()
-    assert [e["statement"] for e in _lines(path)] == ["SELECT 0", "SELECT 1", "SELECT 2"]
+    assert [e.get("statement", e["type"]) for e in _lines(path)] == ["SELECT 0", "SELECT 1", "SELECT 2",
+                                                                    "audit.sealed"]
+    assert inline.pop() is False  # the seal: through the writer thread, synced
     return inline, pauses
 
 
@@ -145,4 +147,4 @@ def test_durable_events_still_wait_for_the_sync(tmp_path, mode):
 
     asyncio.run(scenario())
     audit.close()
-    assert [e["seq"] for e in _lines(path)] == [1, 2]
+    assert [e["seq"] for e in _lines(path)] == [1, 2, 3]  # and the seal

@@ -137,8 +137,8 @@ def api(store: Store) -> Api:
 
 
 def test_admins_and_auditors_read_others_are_refused(api: Api) -> None:
-    assert len(api.events(ADMIN)) == 10
-    assert len(api.events(AUDITOR)) == 10
+    assert len(api.events(ADMIN)) == 12  # and each emitter's seal
+    assert len(api.events(AUDITOR)) == 12
     refused = api.get("/v1/audit", DEV)
     assert refused.status_code == 403
     assert refused.json()["detail"] == (
@@ -180,7 +180,7 @@ def test_events_come_back_exactly_as_written_newest_first(api: Api, store: Store
     found = api.events()
     assert found == store.search_audit(AuditQuery())
     assert [e["time"] for e in found] == sorted((e["time"] for e in found), reverse=True)
-    assert api.hours(oldest_first="true", proxy_instance="p:1") == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert api.hours(oldest_first="true", proxy_instance="p:1") == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # 8: and the seal
 
 
 @pytest.mark.parametrize(("params", "expected"), [
@@ -198,9 +198,10 @@ def test_events_come_back_exactly_as_written_newest_first(api: Api, store: Store
     ({"type": "grant."}, [6]),
     ({"instance": "hr-test", "proxy_instance": "p:1"}, [8]),
     ({"session_id": "s-1"}, [7, 4, 3, 2, 1]),
-    ({"proxy_instance": "p:2"}, [8, 8]),
-    ({"since": "3h30m", "proxy_instance": "p:1"}, [8, 7, 6]),
-    ({"since": (NOW - timedelta(hours=4)).isoformat(), "proxy_instance": "p:1"}, [8, 7, 6, 5]),  # inclusive
+    ({"proxy_instance": "p:2"}, [8, 8, 8]),  # start, end, seal
+    ({"since": "3h30m", "proxy_instance": "p:1"}, [8, 8, 7, 6]),  # the seal, at 8 too
+    ({"since": (NOW - timedelta(hours=4)).isoformat(), "proxy_instance": "p:1"}, [8, 8, 7, 6, 5]),  # inclusive
+    ({"type": "audit.sealed"}, [8, 8]),
     ({"until": (NOW - timedelta(hours=6)).isoformat()}, [2, 1]),  # exclusive
     ({"since": "8h", "until": "5h", "user": "dev"}, [4, 3, 2]),
     ({"limit": 2, "user": "dev"}, [7, 5]),
@@ -212,7 +213,7 @@ def test_filters(api: Api, params: dict[str, Any], expected: list[int]) -> None:
 
 def test_a_naive_time_is_utc(api: Api) -> None:
     naive = (NOW - timedelta(hours=2)).replace(tzinfo=None).isoformat()
-    assert api.hours(since=naive, proxy_instance="p:1") == [8, 7]
+    assert api.hours(since=naive, proxy_instance="p:1") == [8, 8, 7]
 
 
 @pytest.mark.parametrize(("params", "message"), [
@@ -246,8 +247,8 @@ def test_the_chain_in_seq_order_pages_and_verifies(api: Api) -> None:
     response = api.get("/v1/audit/chain", AUDITOR, proxy_instance="p:1")
     assert response.status_code == 200
     chain = response.json()["events"]
-    assert [e["seq"] for e in chain] == list(range(1, 9))
-    assert verify(chain).ok
+    assert [e["seq"] for e in chain] == list(range(1, 10))  # 8 and the seal
+    assert verify(chain).intact
     page = api.get("/v1/audit/chain", ADMIN, proxy_instance="p:1", after_seq=3, limit=2).json()["events"]
     assert [e["seq"] for e in page] == [4, 5]
     assert api.get("/v1/audit/chain", ADMIN, proxy_instance="nowhere:1").json() == {"events": []}

@@ -108,8 +108,9 @@ def test_fail_closed_refuses_every_statement_while_the_audit_store_is_down(proxi
     refusals = [e for e in stored if e["type"] == "statement.denied" and e["reason_code"] == "audit_unavailable"]
     assert {m for m in down if any(m in e["statement"] for e in refusals)} == set(down)  # kept, then written
     assert proxy.ctx.audit.refused >= len(down)
-    health = _health(proxy)
-    assert health["status"] == "ok" and health["audit"]["sinks"]["store"]["up"] is True, health
+    # ok again once the state store's poller has read it once more (within its poll interval)
+    assert eventually(lambda: _health(proxy)["status"] == "ok", timeout_s=10), _health(proxy)
+    assert _health(proxy)["audit"]["sinks"]["store"]["up"] is True
 
 
 def _health(proxy: RunningProxy) -> dict:

@@ -56,7 +56,10 @@ def running(tmp_path_factory: pytest.TempPathFactory, db: LocalMariaDB, tls_file
     policies = tmp_path_factory.mktemp("failover-policies")
     (policies / "base.yaml").write_text(POLICY)
     cfg = local_proxy_config(tmp_path_factory.mktemp("failover-proxy"), db, tls_files, Credentials("jitproxy", PASSWORD),
-                             policies, extra={"upstream": {"connect_timeout_s": UPSTREAM_CONNECT_TIMEOUT_S}})
+                             policies, extra={"upstream": {"connect_timeout_s": UPSTREAM_CONNECT_TIMEOUT_S,
+                                                           # these scenarios are the pool's own; the
+                                                           # health pinger has its test below
+                                                           "health_interval_s": 3600}})
     proxy = RunningProxy(cfg)
     yield proxy
     proxy.stop()
@@ -214,3 +217,44 @@ def test_a_hung_database_is_found_by_the_ping_and_logins_fail_within_the_deadlin
     assert query(session, "SELECT id, name FROM person ORDER BY id") == ROWS
     session.close()
     assert health(running)["state"] == "up"
+
+
+def test_a_frozen_database_is_seen_by_the_health_ping_within_seconds(up, tmp_path_factory, tls_files):
+    """SIGSTOP: the database accepts and says nothing. The health pinger marks it not responding
+    within its interval + timeout: /healthz is degraded, the statement waiting on it fails with a
+    clear error, a new login fails at once ("not responding"), all logged; SIGCONT: back to ok."""
+    policies = tmp_path_factory.mktemp("frozen-policies")
+    (policies / "base.yaml").write_text(POLICY)
+    cfg = local_proxy_config(tmp_path_factory.mktemp("frozen-proxy"), up, tls_files, Credentials("jitproxy", PASSWORD),
+                             policies, extra={"upstream": {"health_interval_s": 0.2, "health_timeout_s": 0.5}})
+    proxy = RunningProxy(cfg)
+    try:
+        session = connect(proxy, tls_files)
+        assert query(session, "SELECT id, name FROM person ORDER BY id") == ROWS
+        api = f"https://127.0.0.1:{proxy.server.api.port}/healthz"
+        os.kill(mariadbd_pid(up), signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(pymysql.err.OperationalError) as waiting:
+                query(session, "SELECT id, name FROM person ORDER BY id")  # waits on the frozen database
+            assert time.monotonic() - started < 10  # not the client's 30 s read timeout
+            assert waiting.value.args[0] == 2013 and "not responding" in waiting.value.args[1], waiting.value.args
+            healthz = httpx.get(api, verify=client_ssl(tls_files)).json()
+            assert healthz["status"] == "degraded" and not healthz["upstreams"]["default"]["responding"], healthz
+            readyz = httpx.get(api.replace("healthz", "readyz"), verify=client_ssl(tls_files))
+            assert readyz.status_code == 503 and readyz.json()["problems"] == ["default: the database is not responding"]
+            started = time.monotonic()
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                connect(proxy, tls_files)
+            assert time.monotonic() - started < 3  # at once, not after timeouts
+            assert refused.value.args == (2003, "jitproxy: the database is not responding")
+            ends = [e for e in proxy.events if e["type"] == "session.end" and e.get("reason") == "upstream_not_responding"]
+            assert ends
+        finally:
+            _resume(up)
+        wait_until(lambda: httpx.get(api, verify=client_ssl(tls_files)).json()["status"] == "ok")
+        again = connect(proxy, tls_files)
+        assert query(again, "SELECT id, name FROM person ORDER BY id") == ROWS
+        again.close()
+    finally:
+        proxy.stop()

@@ -51,6 +51,8 @@ def _session(proxy, tls_files, user="wfdev"):
 
 
 def test_request_approve_use_expire_in_one_open_session(workflow, tls_files, monkeypatch, capsys):
+    # the clock moves past the grant's end, and so past the token's: the session must outlive it
+    monkeypatch.setattr(workflow.ctx, "on_token_expiry", "allow_until_idle")
     proxy = workflow
     session = _session(proxy, tls_files)
     cur = session.cursor()
@@ -134,6 +136,8 @@ def test_on_expiry_disconnect_closes_sessions_whose_last_grant_ended(workflow, t
     """on_expiry: disconnect: the session of a person whose last grant expired is closed and
     told why; a person who still holds a grant, or who never held one (connected to ask for
     access), keeps their session."""
+    # the clock moves past the grant's end, and so past the token's: the session must outlive it
+    monkeypatch.setattr(workflow.ctx, "on_token_expiry", "allow_until_idle")
     proxy = workflow
     monkeypatch.setattr(proxy.ctx, "on_expiry", "disconnect")
     for user, duration in (("wfexp", "1h"), ("wfkeep", "3h")):

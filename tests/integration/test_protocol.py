@@ -1,4 +1,4 @@
-"""Regression tests for mysql-mimic 3.0.5's defects (ARCHITECTURE.md §3) and for the client-side
+"""Regression tests for mysql-mimic 3.0.5's defects and for the client-side
 protocol surface: TLS, login, limits, prepared statements, reset, change-user and KILL."""
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ def test_prepare_is_authorized_on_the_prepared_text(proxy, tls_files, mariadb):
     c.close()
 
 
-def test_execute_is_denied_once_the_grant_has_ended(proxy, tls_files, policies_dir):
+def test_execute_is_denied_once_the_grant_has_ended(proxy, tls_files, policies_dir, monkeypatch):
+    # the clock moves past the grant's end, and so past the token's: the session must outlive it
+    monkeypatch.setattr(proxy.ctx, "on_token_expiry", "allow_until_idle")
     (policies_dir / "prep.yaml").write_text(
         "grants:\n  - {subject: user:prep, grant: hr_prod.title, privileges: [SELECT], expires_at: 2099-01-01T00:00:00Z}\n")
     proxy.ctx.grants.reload()

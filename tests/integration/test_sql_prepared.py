@@ -47,7 +47,9 @@ def test_prepare_of_what_cannot_be_authorized_is_denied(proxy, tls_files, mariad
     assert marker not in mariadb.general_log_text()
 
 
-def test_execute_is_decided_again_after_the_grant_ends(proxy, tls_files, policies_dir):
+def test_execute_is_decided_again_after_the_grant_ends(proxy, tls_files, policies_dir, monkeypatch):
+    # the clock moves past the grant's end, and so past the token's: the session must outlive it
+    monkeypatch.setattr(proxy.ctx, "on_token_expiry", "allow_until_idle")
     (policies_dir / "sqlprep.yaml").write_text(
         "grants:\n  - {subject: user:sqlprep, grant: hr_prod.title, privileges: [SELECT], expires_at: 2099-01-01T00:00:00Z}\n")
     proxy.ctx.grants.reload()

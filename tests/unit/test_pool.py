@@ -48,6 +48,8 @@ class FakeConnection:
         self.number = number
         self.profile = PROFILE
         self.server_version = "10.11.6-MariaDB"
+        self.status = wire.SERVER_STATUS_AUTOCOMMIT
+        self.collation_id = 45
         self.database: str | None = None
         self.last_used = clock()
         self.broken = False
@@ -297,7 +299,8 @@ def test_health_goes_up_down_up_and_logs_each_transition_once(logs):
         connector = Connector(clock)
         pool = make_pool(clock, connector, connect_deadline_s=1.0)
         assert pool.health() == {"state": "unknown", "last_error": None, "last_ok": None,
-                                 "last_failure": None, "opened": 0, "idle": 0, "in_use": 0}
+                                 "last_failure": None, "opened": 0, "idle": 0, "in_use": 0,
+                                 "max_size": 200, "waiting": 0, "exhausted": 0, "responding": True}
         first = await pool.acquire(PROFILE, None)
         up = pool.health()
         assert up["state"] == "up" and up["last_ok"] is not None and up["in_use"] == 1
