@@ -29,6 +29,7 @@ import structlog
 from proxy.authz.model import Decision, StatementKind
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, max_rows_error
+from proxy.protocol.prepared import STMT_HEADER_BYTES
 from proxy.protocol.stream import intercept
 from proxy.upstream.relay import Expect, ProtocolViolation, Relay
 
@@ -39,6 +40,7 @@ log = structlog.get_logger("jitproxy.fastpath")
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # drop_idle tasks started from callbacks
 _FAST_KINDS = (StatementKind.QUERY, StatementKind.TRANSACTION)
+PENDING_LIMIT = 1 << 20  # bytes of pipelined commands held while a statement is in flight
 DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the command loop invalidates the schema cache
 
 
@@ -62,8 +64,9 @@ class _InFlight:
 class FastPathCommands:
     """Mixed into ProxySession (which provides the decision, audit and relay helpers used)."""
 
-    _fast: _InFlight | None  # both set in ProxySession.__init__
+    _fast: _InFlight | None  # all three set in ProxySession.__init__
     _fast_pending: bytearray
+    _fast_held: bool
 
     def enable_fast_path(self) -> None:
         """After login: route the client's bytes through `client_data`."""
@@ -81,6 +84,11 @@ class FastPathCommands:
         False to hand them to the command loop."""
         if self._fast is not None:  # a pipelined command: it waits for the statement in flight
             self._fast_pending += data
+            if not self._fast_held and len(self._fast_pending) > PENDING_LIMIT:
+                # A client pipelining more than this behind an answer it does not read: stop
+                # reading from it (TCP pushes back) until the answer is through.
+                self._fast_held = True
+                self.connection.stream.writer.transport.pause_reading()
             return True
         try:
             return self._try_fast(data)
@@ -96,6 +104,7 @@ class FastPathCommands:
         n = len(data)
         if (n < 5 or data[3] != 0 or not conn.idle or conn.stopping or conn.killed
                 or conn.stream.reader._buffer  # noqa: SLF001 - part of a packet is waiting there
+                or conn.stream.reading  # these bytes are the body of a packet the loop is reading
                 or (self.token_deadline is not None and self.ctx.now() >= self.token_deadline)):
             return False  # (an expired token ends the session: the command loop says so)
         length = data[0] | (data[1] << 8) | (data[2] << 16)
@@ -141,8 +150,8 @@ class FastPathCommands:
 
     def _fast_execute(self, data: bytes) -> bool:
         started = time.perf_counter()
-        if len(data) < 9 or not self._usable_upstream():
-            return False
+        if len(data) < 5 + STMT_HEADER_BYTES[wire.COM_STMT_EXECUTE] or not self._usable_upstream():
+            return False  # (a short one: the command loop answers it as malformed)
         stmt_id = int.from_bytes(data[5:9], "little")
         stmt = self.prepared.get(stmt_id)
         if stmt is None:
@@ -236,6 +245,9 @@ class FastPathCommands:
         if conn.stopping:  # the server is stopping or the person's access ended: close now
             conn.abort()
             return
+        if self._fast_held:
+            self._fast_held = False
+            conn.stream.writer.transport.resume_reading()
         if self._fast_pending:
             data = bytes(self._fast_pending)
             self._fast_pending.clear()

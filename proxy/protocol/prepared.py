@@ -21,8 +21,10 @@ from proxy.upstream.relay import Expect
 _STMT_ID = struct.Struct("<I")
 
 # MariaDB reads statement id 0xFFFFFFFF in every COM_STMT_* as "the statement prepared last" on
-# that connection (for pipelining PREPARE and EXECUTE). The proxy decides per id it has seen
-# prepared, so this alias is never one: it is refused as unknown, and never recorded.
+# that connection (its drivers pipeline PREPARE and EXECUTE with it). The proxy resolves it to
+# the statement its own last COM_STMT_PREPARE prepared, and forwards that statement's real id:
+# if that PREPARE was refused (so the server never saw it) the alias names nothing, instead of
+# the server's idea of "last", an older statement. It is never recorded as an id of its own.
 LAST_STMT_ID = 0xFFFFFFFF
 
 # The fixed part each command has after its command byte (what MySQL's parser requires before
@@ -74,9 +76,11 @@ class PreparedStatementCommands:
     """COM_STMT_PREPARE / EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET for ProxySession."""
 
     prepared: dict[int, Prepared]
+    last_prepared: int | None  # the id the last COM_STMT_PREPARE got (None: it was refused or failed)
 
     async def com_stmt_prepare(self, payload: bytes) -> bool:
         started = time.perf_counter()
+        self.last_prepared = None
         sql, analysis = await self._analyze_text(payload)
         if analysis.kind is not StatementKind.DENIED and not _preparable(analysis):
             analysis = Analysis.denied(
@@ -104,6 +108,7 @@ class PreparedStatementCommands:
         assert outcome is not None
         if outcome.error is None and outcome.stmt_id is not None and outcome.stmt_id != LAST_STMT_ID:
             self.prepared[outcome.stmt_id] = Prepared(sql, analysis, masks=decision.masks, num_params=outcome.num_params)
+            self.last_prepared = outcome.stmt_id
         self._audit_statement(wire.COM_STMT_PREPARE, sql, decision, started, outcome, stmt_id=outcome.stmt_id)
         return True
 
@@ -130,17 +135,23 @@ class PreparedStatementCommands:
             used_grants=decision.used_grants,
         )
 
-    def _stmt(self, command: int, payload: bytes) -> tuple[int, Prepared | None]:
-        """(statement id, the statement prepared through the proxy under it, or None)."""
+    def _stmt(self, command: int, payload: bytes) -> tuple[int, Prepared | None, bytes]:
+        """(statement id, the statement prepared through the proxy under it or None, the payload
+        to forward). The alias LAST_STMT_ID is resolved to the real id, in the payload too."""
         stmt_id = parse_stmt_id(command, payload)
-        return stmt_id, self.prepared.get(stmt_id) if stmt_id != LAST_STMT_ID else None
+        if stmt_id == LAST_STMT_ID:
+            if self.last_prepared is None:
+                return stmt_id, None, payload
+            stmt_id = self.last_prepared
+            payload = _STMT_ID.pack(stmt_id) + payload[4:]
+        return stmt_id, self.prepared.get(stmt_id), payload
 
     def _unknown_stmt(self, stmt_id: int, command: str) -> ClientError:
         return ClientError(ER.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({stmt_id}) given to {command}")
 
     async def com_stmt_execute(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        stmt_id, stmt = self._stmt(wire.COM_STMT_EXECUTE, payload)
+        stmt_id, stmt, payload = self._stmt(wire.COM_STMT_EXECUTE, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
         decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)  # grants may have ended
@@ -154,7 +165,7 @@ class PreparedStatementCommands:
         return True
 
     async def com_stmt_fetch(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(wire.COM_STMT_FETCH, payload)
+        stmt_id, stmt, payload = self._stmt(wire.COM_STMT_FETCH, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
         decision = self._same_masks(self._decide(stmt.analysis), stmt)
@@ -167,23 +178,23 @@ class PreparedStatementCommands:
         return True
 
     async def com_stmt_send_long_data(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(wire.COM_STMT_SEND_LONG_DATA, payload)
+        stmt_id, stmt, payload = self._stmt(wire.COM_STMT_SEND_LONG_DATA, payload)
         if stmt is not None:  # no response is ever sent for this command
             param = int.from_bytes(payload[4:6], "little")
-            if True:
+            if param < stmt.num_params:  # another number: the server fails the next EXECUTE
                 stmt.long_data.add(param)
             await self._upstream(wire.COM_STMT_SEND_LONG_DATA, payload, None)
         return True
 
     async def com_stmt_close(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(wire.COM_STMT_CLOSE, payload)
+        stmt_id, stmt, payload = self._stmt(wire.COM_STMT_CLOSE, payload)
         if stmt is not None:
             del self.prepared[stmt_id]
             await self._upstream(wire.COM_STMT_CLOSE, payload, None)
         return True
 
     async def com_stmt_reset(self, payload: bytes) -> bool:
-        stmt_id, stmt = self._stmt(wire.COM_STMT_RESET, payload)
+        stmt_id, stmt, payload = self._stmt(wire.COM_STMT_RESET, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_reset")
         outcome = await self._upstream(wire.COM_STMT_RESET, payload, Expect.OK)

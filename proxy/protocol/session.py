@@ -65,6 +65,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.principal: Principal | None = None
         self.upstream: UpstreamConnection | None = None
         self.prepared: dict[int, Prepared] = {}  # COM_STMT_PREPARE, by statement id
+        self.last_prepared: int | None = None  # what statement id 0xFFFFFFFF means (prepared.py)
         self.sql_prepared: dict[str, Analysis] = {}  # PREPARE name FROM '...', by lower-case name
         self.info = SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=peer, instance=instance.name,
                                 environment=instance.environment)
@@ -84,6 +85,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self._ended = False
         self._fast = None  # the fast path's statement in flight (protocol/fastpath.py)
         self._fast_pending = bytearray()  # commands that arrived while it was in flight
+        self._fast_held = False  # reading from the client paused: too much pipelined behind it
         self.address = peer.rsplit(":", 1)[0]  # the client's IP address (limits count by it)
         self.admitted_user: str | None = None  # counted as a session of this person (admission)
         self.token_deadline: datetime | None = None  # identity.on_token_expiry: disconnect
@@ -505,7 +507,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         if fields is None:
             return
         self.statements += 1
-        fields.update(error_code=ER.UPSTREAM_LOST, error=error,
+        fields.update(error_code=ER.UPSTREAM_LOST, error=error, outcome_unknown=True,
                       duration_ms=round((time.monotonic() - self._in_flight_since) * 1000, 3))
         self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields)
 
@@ -682,7 +684,10 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     async def com_init_db(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        db = self._decode(payload) or ""
+        db = self._decode(payload)
+        if db is None:  # the server could read these bytes as another name: refused, as in COM_QUERY
+            return await self._deny(wire.COM_INIT_DB, f"USE `{payload.decode('utf-8', 'replace')}`",
+                                    self._decide(_not_in_charset("USE", "database name")), started)
         decision = self._decide(_use_analysis(db))
         if not decision.allowed:
             return await self._deny(wire.COM_INIT_DB, f"USE `{db}`", decision, started)
@@ -698,7 +703,11 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     async def com_field_list(self, payload: bytes) -> bool:
         started = time.perf_counter()
-        table = self._decode(payload.split(b"\x00", 1)[0]) or ""
+        raw = payload.split(b"\x00", 1)[0]
+        table = self._decode(raw)
+        if table is None:
+            return await self._deny(wire.COM_FIELD_LIST, f"SHOW COLUMNS FROM `{raw.decode('utf-8', 'replace')}`",
+                                    self._decide(_not_in_charset("FIELD LIST", "table name")), started)
         if self.database is None:
             analysis = Analysis.denied("FIELD LIST", DenyCode.NO_DATABASE, "no database selected")
         else:
@@ -728,6 +737,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         except (OSError, ProtocolViolation, UpstreamError, asyncio.IncompleteReadError):
             raise UpstreamLost() from None
         self.prepared.clear()
+        self.last_prepared = None
         self.sql_prepared.clear()
         self.database = raw.decode("utf-8") if raw is not None else None
         self.upstream.database = self.database
@@ -757,6 +767,10 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     async def use(self, database: str) -> None:  # pragma: no cover
         raise ClientError(ER.INTERNAL, "not used")
+
+
+def _not_in_charset(statement_class: str, what: str) -> Analysis:
+    return Analysis.denied(statement_class, DenyCode.CHARSET, f"the {what} is not valid in the connection's character set")
 
 
 def _use_analysis(db: str) -> Analysis:

@@ -28,6 +28,9 @@ class ClientStream:
         self.max_packet_bytes = max_packet_bytes
         self._seq = 0
         self._buffer = bytearray()
+        # A packet's header has been read and its body not yet: the bytes arriving now are that
+        # body, whatever they look like (the fast path must not take them for a new packet).
+        self.reading = False
 
     @property
     def is_tls(self) -> bool:
@@ -35,12 +38,19 @@ class ClientStream:
 
     async def read(self) -> bytes:
         """One logical payload (reassembled from 16 MiB packets), at most max_packet_bytes."""
+        try:
+            return await self._read()
+        finally:
+            self.reading = False
+
+    async def _read(self) -> bytes:
         data = bytearray()
         while True:
             try:
                 header = await self.reader.readexactly(4)
             except asyncio.IncompleteReadError:
                 raise ConnectionClosed() from None
+            self.reading = True
             length = header[0] | (header[1] << 8) | (header[2] << 16)
             seq = header[3]
             if seq != self._seq:

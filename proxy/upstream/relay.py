@@ -203,7 +203,7 @@ class ResponseParser:
                 raise ProtocolViolation("upstream asked for LOCAL INFILE, which is never enabled")
             if first < 0:
                 raise ProtocolViolation("empty packet where a result was expected")
-            self._remaining, _ = read_lenenc(buf, start)
+            self._remaining, _ = read_lenenc(memoryview(buf)[start:end], 0)  # bounded by this packet
             out.result_sets += 1
             return _COLUMNS
         if state is _COLUMNS_EOF:
