@@ -151,3 +151,29 @@ def test_compression_asked_for_but_not_offered_is_refused_not_hung(proxy, tls_fi
     assert e.value.errno == 1235 and "compressed protocol" in e.value.msg
     assert any(ev.get("reason_code") == "compression_unsupported" for ev in proxy.events
                if ev["type"] == "session.rejected")
+
+
+def test_connector_j_rollback_and_savepoints(proxy, mariadb, upstream_credentials, tls_files, table, tmp_path):
+    """MariaDB Connector/J sends SET autocommit=0 for setAutoCommit(false) only if the server
+    status says autocommit is on: the same answers directly and through jitproxy."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    driver = Path("/usr/share/java/mariadb-java-client.jar")
+    source = Path(__file__).with_name("jdbc") / "Txn.java"
+    assert shutil.which("javac") and driver.exists(), "scripts/setup.sh installs a JDK and libmariadb-java"
+    subprocess.run(["javac", "-d", str(tmp_path), "-cp", str(driver), str(source)], check=True, timeout=120)
+
+    def run(port: int, user: str, password: str, marker: str) -> dict[str, str]:
+        url = f"jdbc:mariadb://127.0.0.1:{port}/hr_test?useSsl=true&serverSslCert={tls_files.ca_cert}"
+        res = subprocess.run(["java", "-cp", f"{driver}:{tmp_path}", "Txn", url, user, password, table, marker],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+
+    direct_result = run(mariadb.port, upstream_credentials.user, upstream_credentials.password, "jdbc-direct")
+    proxied = run(proxy.port, "admin", proxy.token("admin"), "jdbc-proxied")
+    assert direct_result == {"autocommit_at_start": "true", "after_rollback": "0", "autocommit": "0",
+                             "after_savepoint": "0"}
+    assert proxied == direct_result
