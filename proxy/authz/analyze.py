@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import partial
 
 from sqlglot.errors import ParseError, TokenError
-from sqlglot.tokens import Token
+from sqlglot.tokens import Token, TokenType
 
 from proxy.authz import (
     ddl,
@@ -39,7 +39,7 @@ from proxy.authz import (
 from proxy.authz.model import Analysis, DenyCode
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied, denied, parse_error_detail
-from proxy.authz.tokens import T_LPAREN, tokenize, word
+from proxy.authz.tokens import T_LPAREN, tokenize, unwrap_executable_comment, word
 
 # Re-exported: the session variable rules live in variables.py.
 SAFE_SQL_MODES = variables.SAFE_SQL_MODES
@@ -52,7 +52,12 @@ def analyze(sql: str, current_db: str | None) -> Analysis:
     try:
         if not isinstance(sql, str) or not (current_db is None or isinstance(current_db, str)):
             raise Denied(DenyCode.PARSE_ERROR, "the statement is not text")
+        inner = unwrap_executable_comment(sql) if "/*" in sql else None
+        if inner is not None:
+            sql = inner  # what the server runs (see unwrap_executable_comment)
         tokens = tokenize(sql)
+        if inner is not None and any(t.comments for t in tokens):
+            raise Denied(DenyCode.EXECUTABLE_COMMENT, "comments inside an executable comment")
         return _statement(sql, tokens, canonical_db(current_db) if current_db else None)
     except Denied as d:
         return denied(d.code, d.detail, d.statement_class)
@@ -74,9 +79,19 @@ def _statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysi
             (keyword, word(tokens[1])), (handler, statement_class)
         )
     if handler is None:
+        if len(tokens) > 1 and tokens[1].token_type is TokenType.COLON and (
+            keyword or first.token_type is TokenType.IDENTIFIER
+        ):
+            raise Denied(  # `label: BEGIN ... END`, `label: LOOP ...`
+                DenyCode.UNSUPPORTED_STATEMENT,
+                "labelled compound statements belong in stored programs",
+                "UNKNOWN",
+            )
+        # Not a statement MariaDB or MySQL knows: the server would answer a syntax error.
         raise Denied(
-            DenyCode.UNSUPPORTED_STATEMENT,
-            f"{keyword or 'this'} statements are not supported",
+            DenyCode.PARSE_ERROR,
+            f"the statement could not be parsed: no SQL statement starts with "
+            f"{keyword or _what_token(first)}",
             keyword or "UNKNOWN",
         )
     try:
@@ -89,6 +104,27 @@ def _statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysi
         raise Denied(DenyCode.PARSE_ERROR, parse_error_detail(e), statement_class) from None
 
 
+def _inner(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    """A statement inside another (SET STATEMENT ... FOR stmt): analyzed as if sent alone; a
+    denial comes back as a DENIED analysis."""
+    try:
+        return _statement(sql, tokens, current_db)
+    except Denied as d:
+        return denied(d.code, d.detail, d.statement_class)
+
+
+def _what_token(tok: Token) -> str:
+    if tok.token_type is TokenType.IDENTIFIER:
+        return "a backquoted name"
+    if tok.token_type is TokenType.NUMBER:
+        return "a number"
+    if tok.token_type is TokenType.PARAMETER:
+        return "a variable"
+    if "STRING" in tok.token_type.name:
+        return "a string"
+    return f"'{tok.text[:1]}'"
+
+
 _Handler = Callable[[str, list[Token], "str | None"], Analysis]
 
 _HANDLERS: dict[str, _Handler] = {
@@ -97,7 +133,7 @@ _HANDLERS: dict[str, _Handler] = {
     "ALTER": ddl.alter_statement,
     "DROP": ddl.drop_statement,
     "TRUNCATE": ddl.truncate_statement,
-    "SET": variables.set_statement,
+    "SET": lambda sql, tokens, db: variables.set_statement(sql, tokens, db, dispatch=_inner),
     "SHOW": show.show,
     "USE": utility.use,
     "KILL": utility.kill,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from proxy.authz.functions import SEQUENCE_FUNCTIONS
 from proxy.authz.model import Privilege, Requirement, TableRef
 from proxy.authz.names import INFORMATION_SCHEMA
 
@@ -220,6 +221,12 @@ class _Pass:
                 raise _Unknown("table in an expression")
             if isinstance(node, exp.Hint):
                 continue
+            if (
+                type(node) is exp.Anonymous
+                and isinstance(node.this, str)
+                and node.this.upper() in SEQUENCE_FUNCTIONS
+            ):
+                continue  # NEXTVAL(s): s names a sequence (walk.py), not a column
             for value in node.args.values():
                 if isinstance(value, list):
                     stack.extend(v for v in value if isinstance(v, exp.Expr))
@@ -300,6 +307,22 @@ def of_query(tree: exp.Expr, resolved: dict[int, TableRef | None]) -> ColumnUses
     return _run(resolved, lambda p: p.query(tree, None))
 
 
+def of_set(tree: exp.Set, resolved: dict[int, TableRef | None]) -> ColumnUses | None:
+    """SET a = expr, ...: the values, read like a select list without FROM (a column there can
+    only be an outer reference of nothing, so only subqueries use columns)."""
+
+    def body(p: _Pass) -> None:
+        scope = p.scope(None)
+        for item in tree.expressions:
+            assignment = item.this if isinstance(item, exp.SetItem) else None
+            if isinstance(assignment, (exp.EQ, exp.PropertyEQ)):
+                p.visit(assignment.expression, scope)
+            elif item.args.get("kind") not in ("NAMES", "CHARACTER SET"):
+                raise _Unknown("set item")
+
+    return _run(resolved, body)
+
+
 def of_insert(
     tree: exp.Insert, resolved: dict[int, TableRef | None], target: TableRef
 ) -> ColumnUses | None:
@@ -327,6 +350,15 @@ def of_insert(
             scope = p.scope(None)
             scope.sources.append(("", "", target))
             _assignments(p, conflict.expressions, scope)
+        returning = tree.args.get("returning")
+        if returning is not None:
+            # RETURNING reads the rows written: the target's columns, by its name
+            target_node = schema.this if isinstance(schema, exp.Schema) else schema
+            name = target_node.name.lower() if isinstance(target_node, exp.Table) else ""
+            scope = p.scope(None)
+            scope.sources.append((name, name, target))
+            for item in returning.expressions:
+                p.visit(item, scope)
 
     return _run(resolved, body)
 

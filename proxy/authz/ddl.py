@@ -1,8 +1,13 @@
-"""DDL on tables: CREATE [TEMPORARY] TABLE (also ... SELECT and ... LIKE), ALTER TABLE,
-DROP [TEMPORARY] TABLE, TRUNCATE, RENAME TABLE. Table options are allow-listed: engines that
-reach outside the table (FEDERATED, CONNECT, MERGE, SPIDER ...) and file placement options are
-refused. Every other object (views, routines, triggers, events, databases, users, servers ...)
-is denied with its reason.
+"""DDL on tables: CREATE [TEMPORARY] TABLE (also ... SELECT, ... LIKE and PARTITION BY),
+ALTER TABLE, DROP [TEMPORARY] TABLE, TRUNCATE, RENAME TABLE; CREATE / DROP INDEX and sequences
+(schema_objects.py). Table options are allow-listed: engines that reach outside the table
+(FEDERATED, CONNECT, MERGE, SPIDER ...) and file placement options are refused. Every other
+object (views, routines, triggers, events, databases, users, servers ...) is denied with its
+reason.
+
+CREATE TABLE needs CREATE on the new table; with a SELECT it fills the table, so INSERT on it
+too (MariaDB's rule), and SELECT on what the query reads. Sequence functions are refused in
+table definitions (a DEFAULT NEXTVAL(s) runs at every later INSERT).
 
 Temporary tables: a temporary table shadows the real table of the same name for the rest of the
 session, so it is authorized exactly as that real table: CREATE TEMPORARY TABLE t needs CREATE on
@@ -19,6 +24,7 @@ from typing import NoReturn
 from sqlglot import exp
 from sqlglot.tokens import Token, TokenType
 
+from proxy.authz import partitions, schema_objects
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
@@ -85,7 +91,69 @@ def _table_options(
         else:
             raise Denied(
                 DenyCode.UNSUPPORTED_STATEMENT,
-                f"{what} option {type(p).__name__} is not supported",
+                f"{what} option {_option_name(p)} is not supported",
+            )
+
+
+def _option_name(node: exp.Expr) -> str:
+    """How a person wrote the option (its words up to `=` or `(`: never its value, which may be
+    a secret such as PASSWORD='...'), not the parser's class name."""
+    if type(node) is exp.Property:
+        return node.name.upper()
+    text = node.sql("mysql").split("=", 1)[0].split("(", 1)[0].split("'", 1)[0].strip().upper()
+    return " ".join(text.split()[:4]) or type(node).__name__
+
+
+# Table options and ALTER TABLE actions refused whatever the rest of the statement says, found
+# in the tokens before parsing, so that the person gets the reason even when sqlglot does not
+# read the rest (a parse error otherwise).
+_REFUSED_ACTIONS = {
+    "EXCHANGE": "ALTER TABLE ... EXCHANGE PARTITION moves rows between two tables",
+    "DISCARD": "ALTER TABLE ... DISCARD TABLESPACE works on the server's files",
+    "IMPORT": "ALTER TABLE ... IMPORT TABLESPACE works on the server's files",
+}
+
+
+def _refused_options(tokens: list[Token], what: str) -> None:
+    depth = 0
+    n = len(tokens)
+    for i, tok in enumerate(tokens):
+        tt = tok.token_type
+        if tt is TokenType.L_PAREN:
+            depth += 1
+            continue
+        if tt is TokenType.R_PAREN:
+            depth -= 1
+            continue
+        if depth:
+            continue
+        w = word(tok)
+        nxt = tokens[i + 1] if i + 1 < n else None
+        if w == "ENGINE" and nxt is not None:
+            k = i + 2 if nxt.token_type is TokenType.EQ else i + 1
+            name = tokens[k].text if k < n else ""
+            if name.lower() not in ALLOWED_ENGINES:
+                raise Denied(
+                    DenyCode.UNSUPPORTED_STATEMENT,
+                    f"{what} with ENGINE={name} is not supported",
+                    what,
+                )
+        elif w in ("DATA", "INDEX") and word(nxt) == "DIRECTORY":
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{what} with {w} DIRECTORY is not supported: it places files on the server",
+                what,
+            )
+        elif w in ("UNION", "CONNECTION") and nxt is not None and nxt.token_type is TokenType.EQ:
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT,
+                f"{what} with {w}= is not supported: it makes the table reach other tables or "
+                "servers",
+                what,
+            )
+        elif what == "ALTER TABLE" and w in _REFUSED_ACTIONS and i > 2:
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT, f"{_REFUSED_ACTIONS[w]}; it is not supported", what
             )
 
 
@@ -115,8 +183,25 @@ _CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
 
 
 def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    words = [word(t) for t in tokens[1:6]]
+    if words[:2] == ["OR", "REPLACE"]:
+        words = words[2:]
+    if words[:1] == ["INDEX"] or (
+        words[:1] in (["UNIQUE"], ["FULLTEXT"], ["SPATIAL"]) and words[1:2] == ["INDEX"]
+    ):
+        return schema_objects.create_index(prepare(tokens, sql.upper()), current_db)
+    if words[:1] == ["SEQUENCE"] or words[:2] == ["TEMPORARY", "SEQUENCE"]:
+        return schema_objects.create_sequence(
+            prepare(tokens, sql.upper()), current_db, ALLOWED_ENGINES
+        )
     temporary, what = _table_object(tokens, "CREATE")
-    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    _refused_options(tokens, what)
+    # before prepare(): `LIST (` / `HASH (` there are no function calls (the clause checks its
+    # own expressions)
+    tokens = partitions.strip_partitioning(tokens, ALLOWED_ENGINES)
+    tokens = prepare(tokens, sql.upper())
+    tokens = _strip_duplicate_handling(tokens)
+    tree = parse_one(sql, tokens)
     if not isinstance(tree, exp.Create) or str(tree.args.get("kind") or "").upper() != "TABLE":
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} of an unsupported form", what)
     check_args(tree, _CREATE_ARGS, what)
@@ -129,12 +214,49 @@ def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> A
     ref = _ddl_target(tree.this, c, what)
     c.walk(tree)
     cross_check(tree, c)
-    return collected(StatementKind.QUERY, what, c, {Requirement(ref, Privilege.CREATE)})
+    _no_sequence_functions(c, what)
+    requirements = {Requirement(ref, Privilege.CREATE)}
+    if tree.expression is not None:
+        # CREATE TABLE ... SELECT fills the new table: MariaDB wants INSERT on it too
+        requirements.add(Requirement(ref, Privilege.INSERT))
+    return collected(StatementKind.QUERY, what, c, requirements)
+
+
+def _strip_duplicate_handling(tokens: list[Token]) -> list[Token]:
+    """CREATE TABLE ... {IGNORE | REPLACE} [AS] SELECT: what happens to rows with a duplicate key
+    in the new table (sqlglot does not read it); the same privileges either way."""
+    depth = 0
+    for i, tok in enumerate(tokens):
+        tt = tok.token_type
+        if tt is TokenType.L_PAREN:
+            depth += 1
+        elif tt is TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and i > 2 and word(tok) in ("IGNORE", "REPLACE") and i + 1 < len(tokens):
+            nxt = tokens[i + 1]
+            if word(nxt) in ("AS", "SELECT", "WITH") or nxt.token_type is TokenType.L_PAREN:
+                return tokens[:i] + tokens[i + 1 :]
+    return tokens
+
+
+def _no_sequence_functions(c: Collector, what: str) -> None:
+    if c.sequences:
+        raise Denied(
+            DenyCode.UNSUPPORTED_STATEMENT,
+            f"sequence functions in {what} are not supported (a DEFAULT NEXTVAL(...) would "
+            "advance the sequence on every later INSERT, whoever runs it)",
+            what,
+        )
 
 
 def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    if word(tokens[1] if len(tokens) > 1 else None) == "SEQUENCE":
+        return schema_objects.alter_sequence(
+            prepare(tokens, sql.upper()), current_db, ALLOWED_ENGINES
+        )
     if word(tokens[1] if len(tokens) > 1 else None) != "TABLE":
         _unsupported_object(tokens)
+    _refused_options(tokens, "ALTER TABLE")
     tree = parse_one(sql, prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Alter) or str(tree.args.get("kind") or "").upper() != "TABLE":
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "ALTER TABLE of an unsupported form")
@@ -160,15 +282,21 @@ def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> An
         elif not isinstance(action, _ALTER_ACTIONS):
             raise Denied(
                 DenyCode.UNSUPPORTED_STATEMENT,
-                f"ALTER TABLE action {type(action).__name__} is not supported",
+                f"ALTER TABLE action {_option_name(action)} is not supported",
             )
     _table_options(tree.args.get("options") or [], "ALTER TABLE", alter=True)
     c.walk(tree)
     cross_check(tree, c)
+    _no_sequence_functions(c, "ALTER TABLE")
     return collected(StatementKind.QUERY, "ALTER TABLE", c, {Requirement(ref, Privilege.ALTER)})
 
 
 def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+    second = [word(t) for t in tokens[1:3]]
+    if second[:1] == ["INDEX"]:
+        return schema_objects.drop_index(tokens, current_db)
+    if second[:1] == ["SEQUENCE"] or second == ["TEMPORARY", "SEQUENCE"]:
+        return schema_objects.drop_sequence(tokens, current_db)
     temporary, what = _table_object(tokens, "DROP")
     tree = parse_one(sql, prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Drop) or str(tree.args.get("kind") or "").upper() != "TABLE":
@@ -243,7 +371,6 @@ _OBJECT_REASONS: dict[str, str] = {
     ),
     **dict.fromkeys(["DATABASE", "SCHEMA"], "databases are created and dropped by their owners"),
     "SERVER": "a server definition lets tables reach other servers",
-    "INDEX": "use ALTER TABLE ... ADD INDEX / DROP INDEX",
     "INSTANCE": "it changes the server for every session",
 }
 

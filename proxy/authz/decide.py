@@ -8,6 +8,7 @@ from datetime import datetime
 
 from proxy.authz.metadata import INFORMATION_SCHEMA, Visibility
 from proxy.authz.model import (
+    COLUMN_PRIVILEGES,
     Analysis,
     Decision,
     DenyCode,
@@ -222,19 +223,24 @@ COLUMN_LISTINGS = frozenset({"SHOW COLUMNS", "DESCRIBE"})
 
 
 def _column_listing(analysis: Analysis, held: list[Grant]) -> Decision:
-    """DESCRIBE / SHOW COLUMNS of one table, as MySQL answers it: any privilege on the table
-    shows it; through column-restricted grants only, the rows of those columns only."""
+    """DESCRIBE / SHOW COLUMNS of one table, as MariaDB answers it: any privilege on the table
+    (but EXECUTE, a routine's, and INDEX, which MariaDB does not count here at database level)
+    shows it, and a column's row is shown only through a column privilege on it (SELECT,
+    INSERT, UPDATE: of the whole table, or of the columns a column-restricted grant lists). With
+    DELETE, ALTER, CREATE or DROP alone MariaDB answers with no rows, and so does the session."""
     (req,) = analysis.requirements
     t = req.target
     covering = [
         g for g in held
-        if g.db in ("*", t.db) and g.table in ("*", t.table) and g.privileges - {Privilege.EXECUTE}
+        if g.db in ("*", t.db) and g.table in ("*", t.table)
+        and g.privileges - {Privilege.EXECUTE, Privilege.INDEX}
     ]
     if not covering:
         return Decision(False, analysis, DenyCode.MISSING_GRANT, f"missing {req}", (req,))
-    if any(g.columns is None for g in covering):
+    showing = [g for g in covering if g.privileges & COLUMN_PRIVILEGES]
+    if any(g.columns is None for g in showing):
         return Decision(True, analysis, used_grants=tuple(covering))
-    columns = frozenset().union(*(g.columns or () for g in covering))
+    columns = frozenset().union(*(g.columns or () for g in showing))
     return Decision(True, analysis, used_grants=tuple(covering), listed_columns=(t, columns))
 
 

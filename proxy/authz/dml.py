@@ -3,7 +3,14 @@ queries), INSERT, REPLACE, UPDATE and DELETE (single and multi-table), and DO. W
 the write privilege; every table read needs SELECT, including a target whose values are read (a
 WHERE, ORDER BY or SET expression that reads columns). REPLACE needs INSERT and DELETE on its
 target (MySQL's rule). An UPDATE or DELETE without a WHERE clause (or with one that reads no
-column) lists its targets in `Analysis.unbounded_writes`: the decision applies the guardrail."""
+column) lists its targets in `Analysis.unbounded_writes`: the decision applies the guardrail.
+
+RETURNING (MariaDB 10.5+: INSERT, REPLACE and single-table DELETE; MariaDB has no UPDATE ...
+RETURNING): the rows written come back, so the statement also reads them. MariaDB wants SELECT
+on the target of an INSERT / REPLACE ... RETURNING whatever the list says (even `RETURNING 1`),
+and for DELETE ... RETURNING only when the list reads a column (`RETURNING 1` needs none); every
+column the list names is a SELECT column use of the target (`*` all of them), and a subquery in
+it needs SELECT on what it reads. Checked against MariaDB 10.11 by the differential tests."""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from proxy.authz import columns
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied
-from proxy.authz.parse import main_keyword_after_with, parse_one, prepare
+from proxy.authz.parse import main_keyword_after_with, parse_one, prepare, split_returning
 from proxy.authz.tokens import T_LPAREN, retyped, word
 from proxy.authz.walk import (
     ALIAS,
@@ -48,6 +55,7 @@ _CLASS_OF_TREE = {exp.Insert: "INSERT", exp.Update: "UPDATE", exp.Delete: "DELET
 def parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
     """SELECT / WITH / ( / TABLE / VALUES / INSERT / UPDATE / DELETE: parse and analyze."""
     keyword = "(" if tokens[0].token_type is T_LPAREN else word(tokens[0])
+    main = None
     if keyword == "WITH":
         main = main_keyword_after_with(tokens)
         if main == "WITH":
@@ -57,7 +65,10 @@ def parsed_statement(sql: str, tokens: list[Token], current_db: str | None) -> A
                 DenyCode.UNSUPPORTED_STATEMENT, f"WITH ... {main or '?'} is not supported"
             )
     tokens = prepare(tokens, sql.upper())
-    tree = parse_one(sql, tokens)
+    if keyword in ("INSERT", "DELETE", "UPDATE") or main in ("UPDATE", "DELETE"):
+        tree = _parse_with_returning(sql, tokens, keyword)
+    else:
+        tree = parse_one(sql, tokens)
     expected = EXPECTED_TREE[keyword]
     if not isinstance(tree, expected):
         raise Denied(
@@ -71,10 +82,35 @@ def replace_statement(sql: str, tokens: list[Token], current_db: str | None) -> 
     """REPLACE has INSERT's grammar (without ON DUPLICATE KEY UPDATE); sqlglot does not parse
     it, so it is parsed as the INSERT it spells and authorized as INSERT + DELETE."""
     tokens = prepare([retyped(tokens[0], TokenType.INSERT)] + tokens[1:], sql.upper())
-    tree = parse_one(sql, tokens)
+    tree = _parse_with_returning(sql, tokens, "REPLACE")
     if not isinstance(tree, exp.Insert):
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "REPLACE statement of an unsupported form")
     return _insert(tree, current_db, replace=True)
+
+
+def _parse_with_returning(sql: str, tokens: list[Token], keyword: str) -> exp.Expr:
+    """Parse an INSERT / REPLACE / UPDATE / DELETE (or WITH ...) whose RETURNING list, if any,
+    is parsed apart and attached as `returning`."""
+    main, returning = split_returning(tokens)
+    if returning is None:
+        return parse_one(sql, tokens)
+    if keyword in ("UPDATE", "WITH"):
+        raise Denied(
+            DenyCode.PARSE_ERROR,
+            "MariaDB has RETURNING only on INSERT, REPLACE and single-table DELETE",
+        )
+    tree = parse_one(sql, main)
+    listed = parse_one(sql, returning)
+    if (
+        not isinstance(listed, exp.Select)
+        or not listed.expressions
+        or any(v not in (None, False, [], "") for k, v in listed.args.items() if k != "expressions")
+    ):
+        raise Denied(DenyCode.PARSE_ERROR, "RETURNING takes a select list (no FROM, INTO, ...)")
+    if tree.args.get("returning") is not None:
+        raise Denied(DenyCode.PARSE_ERROR, "RETURNING given twice")
+    tree.set("returning", exp.Returning(expressions=listed.expressions))
+    return tree
 
 
 def do_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
@@ -127,7 +163,7 @@ def _query(tree: exp.Expr, current_db: str | None) -> Analysis:
 METADATA_IN_COMMAND = (
     "information_schema cannot be read inside {}; read it with SELECT (or INSERT ... SELECT)"
 )
-_INSERT_ARGS = frozenset({"this", "expression", "conflict", "ignore", "hint"})
+_INSERT_ARGS = frozenset({"this", "expression", "conflict", "ignore", "hint", "returning"})
 
 
 def _insert(tree: exp.Insert, current_db: str | None, *, replace: bool = False) -> Analysis:
@@ -153,6 +189,9 @@ def _insert(tree: exp.Insert, current_db: str | None, *, replace: bool = False) 
         if not isinstance(conflict, exp.OnConflict) or not conflict.args.get("duplicate"):
             raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "only ON DUPLICATE KEY UPDATE")
         requirements.add(Requirement(ref, Privilege.UPDATE))
+    if tree.args.get("returning") is not None:
+        # MariaDB checks SELECT on the target for any RETURNING list, even one of constants
+        requirements.add(Requirement(ref, Privilege.SELECT))
     c.walk(tree)
     cross_check(tree, c)
     if replace and c.metadata:
@@ -215,10 +254,12 @@ def _qualifier(column: exp.Column, c: Collector) -> tuple[str | None, str | None
 
 
 def _reads_values(tree: exp.Expr, c: Collector, assigned_columns: int) -> bool:
+    returning = tree.args.get("returning")
     return (
         tree.args.get("where") is not None
         or tree.args.get("order") is not None
         or c.columns > assigned_columns
+        or (returning is not None and returning.find(exp.Star) is not None)
     )
 
 
@@ -268,7 +309,9 @@ def _update(tree: exp.Update, current_db: str | None) -> Analysis:
     return _write(tree, c, list(targets.values()), Privilege.UPDATE, len(assignments), columns.of_update)
 
 
-_DELETE_ARGS = frozenset({"this", "using", "where", "order", "limit", "tables", "with_", "hint"})
+_DELETE_ARGS = frozenset(
+    {"this", "using", "where", "order", "limit", "tables", "with_", "hint", "returning"}
+)
 
 
 def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
@@ -277,6 +320,8 @@ def _delete(tree: exp.Delete, current_db: str | None) -> Analysis:
     env = cte_names(tree.args.get("with_"))
     named = tree.args.get("tables")
     using = tree.args.get("using")
+    if tree.args.get("returning") is not None and (named or using or tree.args.get("with_")):
+        raise Denied(DenyCode.PARSE_ERROR, "MariaDB has DELETE ... RETURNING on one table only")
     target_refs: list[TableRef] = []
     if not named and not using:
         target = tree.this

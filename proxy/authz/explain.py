@@ -58,6 +58,7 @@ def explain(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
             unbounded_writes=inner.unbounded_writes if executes else frozenset(),
             columns=inner.columns,
             star_tables=inner.star_tables,
+            mariadb_only=inner.mariadb_only,
         )
     if options:
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "EXPLAIN of an unsupported form")

@@ -88,15 +88,20 @@ MYSQL_BUILTINS: frozenset[str] = _words(
 )
 
 # Built-ins (or names used for attacks) that are never allowed: they read server files, stall or
-# lock the server across sessions, touch sequences (tables), or are well-known command UDFs.
+# lock the server across sessions, or are well-known command UDFs.
 DENIED_FUNCTIONS: frozenset[str] = _words(
     """
     LOAD_FILE BENCHMARK GET_LOCK RELEASE_LOCK RELEASE_ALL_LOCKS IS_FREE_LOCK IS_USED_LOCK
     MASTER_POS_WAIT SOURCE_POS_WAIT MASTER_GTID_WAIT WAIT_FOR_EXECUTED_GTID_SET
-    WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS NEXTVAL LASTVAL SETVAL NEXT_VALUE_FOR
+    WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS NEXT_VALUE_FOR
     SYS_EXEC SYS_EVAL SYS_GET SYS_SET SYS_BINEVAL LIB_MYSQLUDF_SYS_INFO DO_SYSTEM
     """
 )
+
+# MariaDB's sequence functions (keywords of its grammar, whose argument is a sequence's name, not
+# an expression): checked on the tree (walk.py), where they need privileges on that sequence.
+# MySQL has no sequences: there these names would call stored functions (Analysis.mariadb_only).
+SEQUENCE_FUNCTIONS: frozenset[str] = _words("NEXTVAL LASTVAL SETVAL")
 
 # MySQL lexes these as function keywords only when `(` follows immediately (lex.h sql_functions;
 # the IGNORE_SPACE list of "Function Name Parsing and Resolution").
@@ -160,7 +165,7 @@ FOREIGN_FUNCTION_NAMES: frozenset[str] = (
     - frozenset(_TREE_CHECKED)
 )
 
-_KNOWN_NAMES = SQLGLOT_FUNCTION_NAMES | MYSQL_BUILTINS | DENIED_FUNCTIONS
+_KNOWN_NAMES = SQLGLOT_FUNCTION_NAMES | MYSQL_BUILTINS | DENIED_FUNCTIONS | SEQUENCE_FUNCTIONS
 
 
 def check_call_name(name: str) -> tuple[DenyCode, str] | None:

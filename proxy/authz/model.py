@@ -20,6 +20,7 @@ class Privilege(str, enum.Enum):
     CREATE = "CREATE"
     ALTER = "ALTER"
     DROP = "DROP"
+    INDEX = "INDEX"  # CREATE INDEX / DROP INDEX on a table (ALTER TABLE ... ADD INDEX needs ALTER)
     EXECUTE = "EXECUTE"  # a stored routine (TableRef(db, routine)): runs with its definer's rights
 
     @classmethod
@@ -137,6 +138,11 @@ class Analysis:
     # pass has no branch for). Only column-restricted grants look at them.
     columns: frozenset[tuple[TableRef, str, Privilege]] = frozenset()
     star_tables: frozenset[Requirement] = frozenset()
+    # MariaDB-only syntax whose meaning differs on MySQL (e.g. "NEXTVAL()": a sequence function
+    # on MariaDB, a call of a stored function named nextval on MySQL, which has no sequences).
+    # None: the statement means the same on both. The session must refuse a statement carrying
+    # it on an upstream that is not MariaDB.
+    mariadb_only: str | None = None
     # The audit fingerprint of the statement text (proxy.audit.normalize), set by the analysis
     # cache: statements that share this analysis share their fingerprint too.
     fingerprint: str | None = field(default=None, compare=False)

@@ -75,6 +75,7 @@ def prepare(
         columns=inner.columns,
         star_tables=inner.star_tables,
         prepared_analysis=inner,
+        mariadb_only=inner.mariadb_only,
     )
 
 

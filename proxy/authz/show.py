@@ -28,13 +28,17 @@ def _like_or_where(c: Cursor, *, allow_like: bool = True) -> None:
         return
     if c.accept("WHERE"):
         rest = c.tokens[c.i :]
-        for tok in rest:
+        for k, tok in enumerate(rest):
             if tok.token_type is T_LPAREN or tok.token_type is T_RPAREN or word(tok) in (
                 "SELECT",
                 "TABLE",
                 "WITH",
                 "VALUES",
                 "EXISTS",
+            ) or (  # NEXT VALUE FOR s: a sequence function without parentheses
+                word(tok) in ("NEXT", "PREVIOUS")
+                and k + 1 < len(rest)
+                and word(rest[k + 1]) == "VALUE"
             ):
                 raise Denied(
                     DenyCode.UNSUPPORTED_STATEMENT,

@@ -8,6 +8,8 @@ statement, nesting deeper than `MAX_PAREN_DEPTH`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import re
 from bisect import bisect_right
 
@@ -62,6 +64,38 @@ _ODD_CHAR = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f"
     "\u2028-\u202f\u205f-\u206f\u3000\ufeff\ufff9-\ufffb\ud800-\udfff]"
 )
+
+
+# A whole statement that is one versioned executable comment, as mysqldump writes its session
+# settings: `/*!40101 SET NAMES utf8mb4 */;` (MySQL and MariaDB run the text when their version
+# is at least 4.01.01), `/*M!100616 SET ... */` (MariaDB only), `/*! SET ... */` (always).
+_WRAPPED = re.compile(
+    r"[ \t\r\n]*/\*(?:!(?:[0-9]{5}(?=[ \t\r\n]))?|M![0-9]{6}(?=[ \t\r\n]))"
+    r"(.*)\*/[ \t\r\n]*;?[ \t\r\n]*",
+    re.S,
+)
+_SET = re.compile(r"[ \t\r\n]*SET[ \t\r\n]", re.I)
+
+
+def unwrap_executable_comment(sql: str) -> str | None:
+    """The SET statement a statement made of one executable comment holds (`/*!40101 SET
+    @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */`), or None. The server runs
+    that text (or nothing, when the comment's version is above its own), so it is authorized
+    as that text. Only SET statements (mysqldump's header and footer), and only when the text
+    holds no other comment delimiter, so that the server's comment ends exactly where this one
+    does; anything else made of one executable comment is refused here, and any other
+    statement holding one by the lexical checks."""
+    m = _WRAPPED.fullmatch(sql)
+    if m is None:
+        return None
+    inner = m.group(1)
+    if "/*" in inner or "*/" in inner or not _SET.match(inner):
+        raise Denied(
+            DenyCode.EXECUTABLE_COMMENT,
+            "executable comments (/*! ... */) are not allowed, except one holding a whole SET "
+            "statement and no other comment delimiter",
+        )
+    return inner
 
 
 def tokenize(sql: str) -> list[Token]:
@@ -134,6 +168,20 @@ def _single_statement(tokens: list[Token]) -> list[Token]:
         elif tt is T_SEMI:
             raise Denied(DenyCode.MULTIPLE_STATEMENTS, "send one statement at a time")
     return tokens
+
+
+def top_level(tokens: list[Token], start: int = 0) -> Iterator[tuple[int, Token]]:
+    """(index, token) of the tokens from `start` that are outside every parenthesis."""
+    depth = 0
+    for i in range(start, len(tokens)):
+        tok = tokens[i]
+        tt = tok.token_type
+        if tt is T_LPAREN:
+            depth += 1
+        elif tt is T_RPAREN:
+            depth -= 1
+        elif depth == 0:
+            yield i, tok
 
 
 def word(tok: Token | None) -> str | None:

@@ -1,7 +1,8 @@
 """Statement classes that are denied whatever the grants, each with the reason the person sees.
 
-The dispatcher (analyze.py) denies any keyword it has no handler for; the classes listed here are
-the ones worth explaining. Statements of handled keywords that are refused (CREATE VIEW, SHOW
+The dispatcher (analyze.py) denies any keyword it has no handler for (as a parse error: no
+statement starts with it); the classes listed here are statements MariaDB or MySQL would run,
+refused with their reason. Statements of handled keywords that are refused (CREATE VIEW, SHOW
 GRANTS, SET GLOBAL ...) are denied by their handlers.
 """
 
@@ -43,7 +44,7 @@ REASONS: dict[str, str] = {
     **dict.fromkeys(["SIGNAL", "RESIGNAL"], "SIGNAL and RESIGNAL belong in stored programs"),
     **dict.fromkeys(
         """
-        DECLARE OPEN CLOSE FETCH IF CASE LOOP REPEAT WHILE LEAVE ITERATE RETURN
+        DECLARE OPEN CLOSE FETCH IF CASE LOOP REPEAT WHILE LEAVE ITERATE RETURN FOR
         """.split(),
         _STORED_PROGRAMS,
     ),

@@ -1,12 +1,19 @@
 """SET: user variables (`@v = expr`, reads checked like a SELECT), an allow-list of session
 variables, character sets and collations that lex like UTF-8 or a single-byte charset, safe
-`sql_mode` values, and SET TRANSACTION. Never GLOBAL / PERSIST."""
+`sql_mode` values, SET TRANSACTION, and MariaDB's SET STATEMENT var = value [, ...] FOR stmt
+(the same rules for the variables, the statement authorized as itself). Never GLOBAL / PERSIST.
+docs/refusals.md lists every variable and why it is allowed or refused."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from sqlglot import exp
+from sqlglot.errors import ParseError
 from sqlglot.tokens import Token, TokenType
 
+from proxy.authz import columns
 from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
@@ -14,6 +21,9 @@ from proxy.authz.tokens import Cursor, leading_words, word
 from proxy.authz.walk import Collector, check_args, collected, cross_check
 
 # SET: session variables a client may change (names compare case-insensitively, as in MySQL).
+# Each changes this session only, and only what the person could do anyway: e.g.
+# foreign_key_checks = 0 / unique_checks = 0 let them write orphan or duplicate rows, but only in
+# tables they may write (MariaDB's own model: no privilege is needed to set them).
 SESSION_VARIABLES = frozenset(
     """
     autocommit time_zone transaction_isolation tx_isolation transaction_read_only tx_read_only
@@ -21,12 +31,16 @@ SESSION_VARIABLES = frozenset(
     wait_timeout interactive_timeout group_concat_max_len sql_safe_updates sql_auto_is_null
     profiling div_precision_increment lc_time_names sql_quote_show_create
     innodb_lock_wait_timeout lock_wait_timeout
+    foreign_key_checks unique_checks sql_notes note_verbosity innodb_snapshot_isolation
     """.split()
 )
 _CHARSET_VARIABLES = frozenset(
-    {"character_set_client", "character_set_connection", "character_set_results"}
+    {
+        "character_set_client", "character_set_connection", "character_set_results",
+        "character_set_server", "character_set_database",
+    }
 )
-_COLLATION_VARIABLES = frozenset({"collation_connection"})
+_COLLATION_VARIABLES = frozenset({"collation_connection", "collation_server", "collation_database"})
 # Single-byte or UTF-8 charsets only: in gbk, big5, sjis, cp932, gb18030 ... a multibyte
 # character can end in 0x5C (backslash), so the server and this parser would split strings
 # differently.
@@ -34,12 +48,21 @@ ALLOWED_CHARSETS = frozenset({"utf8mb4", "utf8mb3", "utf8", "latin1", "ascii", "
 _SESSION_KINDS = frozenset({"", "SESSION", "LOCAL"})
 
 
-def set_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+Dispatch = Callable[[str, list[Token], "str | None"], Analysis]
+
+
+def set_statement(
+    sql: str, tokens: list[Token], current_db: str | None, *, dispatch: Dispatch | None = None
+) -> Analysis:
+    """`dispatch` analyzes the statement of a SET STATEMENT ... FOR (analyze.py's dispatcher);
+    without it SET STATEMENT is refused."""
     w = word(tokens[1]) if len(tokens) > 1 else None
     if w in ("GLOBAL", "PERSIST", "PERSIST_ONLY"):
         raise Denied(
             DenyCode.SYSTEM_VARIABLE, f"SET {w} changes the server for every session", "SET"
         )
+    if w == "STATEMENT" and dispatch is not None:
+        return _set_statement_for(sql, tokens, current_db, dispatch)
     if w in ("PASSWORD", "ROLE", "STATEMENT", "RESOURCE") or (
         w == "DEFAULT" and len(tokens) > 2 and word(tokens[2]) == "ROLE"
     ):
@@ -49,7 +72,17 @@ def set_statement(sql: str, tokens: list[Token], current_db: str | None) -> Anal
         return _set_transaction(tokens, 2)
     if w in ("SESSION", "LOCAL") and len(tokens) > 2 and word(tokens[2]) == "TRANSACTION":
         return _set_transaction(tokens, 3)
-    tree = parse_one(sql, prepare(tokens, sql.upper()))
+    try:
+        tree = parse_one(sql, prepare(tokens, sql.upper()))
+    except (Denied, ParseError) as e:
+        parse_failed = isinstance(e, ParseError) or e.code is DenyCode.PARSE_ERROR
+        if parse_failed and _assigns_sql_mode(tokens):
+            # e.g. REPLACE(@@sql_mode, ...): not a value the sql_mode rule could accept anyway
+            raise Denied(
+                DenyCode.SYSTEM_VARIABLE,
+                "sql_mode may only be set to string literals or CONCAT(@@sql_mode, literals)",
+            ) from None
+        raise
     if not isinstance(tree, exp.Set):
         raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "SET of an unsupported form")
     check_args(tree, frozenset({"expressions"}), "SET")
@@ -60,7 +93,96 @@ def set_statement(sql: str, tokens: list[Token], current_db: str | None) -> Anal
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return collected(StatementKind.SET, "SET", c)
+    return collected(StatementKind.SET, "SET", c, column_uses=columns.of_set(tree, c.resolved))
+
+
+# What SET STATEMENT ... FOR may run: statements that return rows or write them, nothing that
+# changes the session itself (SET, USE, PREPARE ...).
+_SET_STATEMENT_CLASSES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE"})
+_CONSTANT_TYPES = frozenset({TokenType.NUMBER, TokenType.STRING})
+_SET_STATEMENT_FORM = "SET STATEMENT var = value [, ...] FOR statement"
+
+
+def _set_statement_for(
+    sql: str, tokens: list[Token], current_db: str | None, dispatch: Dispatch
+) -> Analysis:
+    """SET STATEMENT var = constant [, var = constant] ... FOR statement: the variables are
+    checked as a SET of them would be (session variables of the allow-list; no user variables,
+    no character set: the session would not see the connection's character set change), then
+    the statement is authorized as itself. Values are constants (a number, a string, a word
+    such as ON or DEFAULT), so the FOR that ends the list is the first FOR at top level."""
+    what = "SET STATEMENT"
+    i, n = 2, len(tokens)
+    assignments: list[Token] = [tokens[0]]
+    while True:
+        name = tokens[i] if i < n else None
+        if name is None or word(name) is None or i + 2 >= n:
+            raise Denied(DenyCode.PARSE_ERROR, _SET_STATEMENT_FORM, what)
+        if name.text.lower() in _CHARSET_VARIABLES | _COLLATION_VARIABLES:
+            raise Denied(
+                DenyCode.CHARSET,
+                f"SET STATEMENT {name.text} is not supported: set the character set for the "
+                "session",
+                what,
+            )
+        if tokens[i + 1].token_type is not TokenType.EQ:
+            raise Denied(DenyCode.PARSE_ERROR, _SET_STATEMENT_FORM, what)
+        k = i + 2
+        if tokens[k].token_type in (TokenType.DASH, TokenType.PLUS) and k + 1 < n:
+            k += 1
+        value = tokens[k]
+        if value.token_type not in _CONSTANT_TYPES and word(value) is None:
+            raise Denied(
+                DenyCode.UNSUPPORTED_STATEMENT, "SET STATEMENT values must be constants", what
+            )
+        assignments.extend(tokens[i : k + 1])
+        i = k + 1
+        if i < n and tokens[i].token_type is TokenType.COMMA:
+            assignments.append(tokens[i])
+            i += 1
+            continue
+        break
+    if i >= n or tokens[i].token_type is not TokenType.FOR or i + 1 >= n:
+        raise Denied(
+            DenyCode.UNSUPPORTED_STATEMENT,
+            "SET STATEMENT values must be constants, followed by FOR statement",
+            what,
+        )
+    try:
+        variables = set_statement(sql, assignments, current_db)
+    except Denied as d:
+        d.statement_class = what
+        raise
+    if variables.requirements:  # a value that reads a table is not a constant
+        raise Denied(DenyCode.UNSUPPORTED_STATEMENT, "SET STATEMENT values must be constants", what)
+    inner = dispatch(sql, tokens[i + 1 :], current_db)
+    if inner.kind is StatementKind.DENIED:
+        assert inner.deny is not None
+        raise Denied(inner.deny.code, inner.deny.detail, what)
+    if inner.kind is not StatementKind.QUERY or inner.statement_class not in _SET_STATEMENT_CLASSES:
+        raise Denied(
+            DenyCode.UNSUPPORTED_STATEMENT,
+            f"SET STATEMENT ... FOR {inner.statement_class} is not supported "
+            "(only SELECT, INSERT, UPDATE, DELETE and REPLACE)",
+            what,
+        )
+    if inner.metadata_tables:
+        raise Denied(
+            DenyCode.METADATA,
+            "information_schema cannot be read inside SET STATEMENT; read it with SELECT",
+            what,
+        )
+    # Its own class: a masked column is never rewritten inside it (decide.py refuses it).
+    return dataclasses.replace(inner, statement_class=what)
+
+
+def _assigns_sql_mode(tokens: list[Token]) -> bool:
+    return any(
+        tok.text.lower() == "sql_mode"
+        and k + 1 < len(tokens)
+        and tokens[k + 1].token_type in (TokenType.EQ, TokenType.COLON_EQ)
+        for k, tok in enumerate(tokens)
+    )
 
 
 def _set_transaction(tokens: list[Token], i: int) -> Analysis:

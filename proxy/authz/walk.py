@@ -46,7 +46,10 @@ _LEAVES = frozenset(
 class Collector:
     """One walk over a statement tree: table resolution, function checks, reads."""
 
-    __slots__ = ("current_db", "reads", "metadata", "roles", "accounted", "columns", "resolved", "executes")
+    __slots__ = (
+        "current_db", "reads", "metadata", "roles", "accounted", "columns", "resolved", "executes",
+        "sequences",
+    )
 
     def __init__(self, current_db: str | None) -> None:
         self.current_db = current_db
@@ -59,6 +62,10 @@ class Collector:
         # the walk fills it for tables read, handlers for the targets they resolve.
         self.resolved: dict[int, TableRef | None] = {}
         self.executes: set[TableRef] = set()  # stored functions called as db.fn(...)
+        # MariaDB sequence functions: what they need on their sequence (NEXTVAL: SELECT and
+        # INSERT, LASTVAL: SELECT, SETVAL: INSERT; NEXT / PREVIOUS VALUE FOR are rewritten to
+        # NEXTVAL / LASTVAL by parse.py), and the first one called, for Analysis.mariadb_only
+        self.sequences: dict[Requirement, str] = {}
 
     def resolve(self, node: exp.Table, env: frozenset[str]) -> TableRef | None:
         """The real table `node` names; None for a CTE reference or DUAL."""
@@ -116,6 +123,8 @@ class Collector:
                     self.accounted.add(id(inner))
                 continue
             if isinstance(node, exp.Func):
+                if kind is exp.Anonymous and self._sequence(node):
+                    continue  # its argument names a sequence, not a column
                 self._function(node)
             elif kind is exp.Dot:
                 if isinstance(node.this, exp.Func) or isinstance(node.expression, exp.Func):
@@ -202,6 +211,45 @@ class Collector:
         elif isinstance(node, _DENIED_FUNC_CLASSES):
             raise Denied(DenyCode.DENIED_FUNCTION, "sequence functions are not allowed")
 
+    def _sequence(self, node: exp.Anonymous) -> bool:
+        """A MariaDB sequence function, `NEXTVAL(s)`, `LASTVAL(db.s)`, `SETVAL(s, n [, used
+        [, round]])` (unquoted name: a backquoted one calls a stored function): its privileges
+        on the sequence. False if `node` is another call."""
+        name = node.this
+        if not isinstance(name, str) or name.upper() not in functions.SEQUENCE_FUNCTIONS:
+            return False
+        function = name.upper()
+        args = node.expressions
+        arity = (2, 4) if function == "SETVAL" else (1, 1)
+        if not arity[0] <= len(args) <= arity[1]:
+            raise Denied(DenyCode.PARSE_ERROR, f"{function} takes a sequence name" + (
+                " and 1 to 3 numbers" if function == "SETVAL" else ""))
+        column = args[0]
+        if (
+            not isinstance(column, exp.Column)
+            or not isinstance(column.this, exp.Identifier)
+            or column.args.get("db") is not None
+            or column.args.get("catalog") is not None
+        ):
+            raise Denied(
+                DenyCode.PARSE_ERROR, f"{function} takes a sequence name (db.name or name)"
+            )
+        for arg in args[1:]:
+            if not _constant(arg):
+                raise Denied(
+                    DenyCode.PARSE_ERROR, f"{function} takes constants after the name"
+                )
+        table = exp.Table(this=column.this.copy())
+        qualifier = column.args.get("table")
+        if qualifier is not None:
+            table.set("db", qualifier.copy())
+        ref = self.resolve(table, frozenset())  # a sequence is never a CTE
+        if ref is None:
+            raise Denied(DenyCode.PARSE_ERROR, f"{function} of DUAL")
+        for privilege in _SEQUENCE_PRIVILEGES[function]:
+            self.sequences.setdefault(Requirement(ref, privilege), f"{function}()")
+        return True
+
     def _with(
         self,
         with_: exp.Expr,
@@ -243,6 +291,22 @@ class Collector:
                     and t.name in names
                 ):
                     self.roles[id(t)] = ALIAS
+
+
+_SEQUENCE_PRIVILEGES = {
+    "NEXTVAL": (Privilege.SELECT, Privilege.INSERT),
+    "LASTVAL": (Privilege.SELECT,),
+    "SETVAL": (Privilege.INSERT,),
+}
+
+
+def _constant(node: exp.Expr) -> bool:
+    """A number, possibly negated, or a boolean. Any number: the analysis cache shares one
+    analysis among statements whose numbers differ (authz/fingerprint.py), so what is allowed
+    must not depend on which number (the server refuses one SETVAL cannot take)."""
+    if isinstance(node, exp.Neg):
+        node = node.this
+    return isinstance(node, exp.Boolean) or (isinstance(node, exp.Literal) and not node.is_string)
 
 
 def _cte_name(cte: exp.Expr) -> str:
@@ -317,6 +381,9 @@ def collected(
     grants deny it."""
     reqs = {Requirement(ref, _SELECT) for ref in c.reads}
     reqs.update(Requirement(ref, Privilege.EXECUTE) for ref in c.executes)
+    if c.sequences:
+        reqs.update(c.sequences)
+        extra["mariadb_only"] = min(c.sequences.values())
     if requirements:
         reqs.update(requirements)
     if c.metadata:
@@ -325,7 +392,8 @@ def collected(
         extra["star_tables"] = frozenset(r for r in reqs if r.target.db != INFORMATION_SCHEMA)
     else:
         extra["columns"] = frozenset(column_uses.uses)
-        extra["star_tables"] = frozenset(column_uses.stars)
+        # a sequence function uses the whole sequence: a column-restricted grant does not do
+        extra["star_tables"] = frozenset(column_uses.stars) | frozenset(c.sequences)
     return result(kind, statement_class, reqs, **extra)
 
 

@@ -138,7 +138,7 @@ class FastPathCommands:
         except UnicodeDecodeError:
             return False
         analysis = analyze(sql, self.database)
-        if (analysis.kind not in _FAST_KINDS or analysis.metadata_tables
+        if (analysis.kind not in _FAST_KINDS or analysis.metadata_tables or analysis.mariadb_only
                 or analysis.statement_class.startswith(DDL_CLASSES)):
             return False
         decision, _ = self._decide_now(analysis)

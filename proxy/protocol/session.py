@@ -581,7 +581,18 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         if sql is None:
             text = payload.decode("utf-8", "replace")
             return text, Analysis.denied("UNKNOWN", DenyCode.CHARSET, "statement is not valid in the connection's character set")
-        return sql, await self.ctx.analyze.analyze_async(sql, len(payload), self.database)
+        return sql, self._on_this_server(await self.ctx.analyze.analyze_async(sql, len(payload), self.database))
+
+    def _on_this_server(self, analysis: Analysis) -> Analysis:
+        """MariaDB-only syntax (sequence functions: on MySQL, NEXTVAL(s) would call a stored
+        function of that name) is refused unless the upstream is MariaDB."""
+        inner = analysis.prepared_analysis
+        name = analysis.mariadb_only or (inner.mariadb_only if inner is not None else None)
+        if name is None or self.instance.is_mariadb:
+            return analysis
+        return Analysis.denied(analysis.statement_class, DenyCode.UNSUPPORTED_STATEMENT,
+                               f"{name}() is MariaDB's sequence function; instance '{self.instance.name}' is "
+                               "not MariaDB (there it would call a stored function of that name)")
 
     # -- COM_QUERY -------------------------------------------------------------------------
 

@@ -103,3 +103,24 @@ def test_describe_needs_any_privilege_and_lists_granted_columns_only() -> None:
     assert d.allowed and d.listed_columns is None  # a table-level grant: every column
     for sql in ("DESCRIBE employee", "SHOW COLUMNS FROM proc", "SHOW CREATE TABLE salary", "SHOW INDEX FROM salary"):
         assert not decide(analyze(sql, "hr"), w, g, NOW).allowed, sql
+
+
+def test_describe_through_privileges_without_columns_lists_no_column() -> None:
+    """MariaDB answers DESCRIBE of a table held with DELETE, ALTER, CREATE or DROP only (no
+    column privilege) with no rows; INDEX alone does not count (MariaDB refuses it at database
+    level)."""
+    g = GrantSet(grants_from_document({"grants": [
+        {"subject": "user:v", "grant": "hr.ledger", "privileges": ["DELETE", "ALTER"]},
+        {"subject": "user:v", "grant": "hr.idx", "privileges": ["INDEX"]},
+        {"subject": "user:v", "grant": "hr.mixed", "privileges": ["DELETE"]},
+        {"subject": "group:g", "grant": "hr.mixed", "privileges": ["SELECT"], "columns": ["id"]},
+    ]}, "p.yaml"))
+    v = Principal("v", ("g",))
+    d = decide(analyze("DESCRIBE ledger", "hr"), v, g, NOW)
+    assert d.allowed and d.listed_columns == (TableRef("hr", "ledger"), frozenset())
+    d = decide(analyze("SHOW COLUMNS FROM mixed", "hr"), v, g, NOW)
+    assert d.allowed and d.listed_columns == (TableRef("hr", "mixed"), frozenset({"id"}))
+    assert not decide(analyze("DESCRIBE idx", "hr"), v, g, NOW).allowed
+    assert decide(analyze("CREATE INDEX i ON idx (a)", "hr"), v, g, NOW).allowed
+    assert not decide(analyze("ALTER TABLE idx ADD INDEX i (a)", "hr"), v, g, NOW).allowed
+    assert not decide(analyze("CREATE INDEX i ON ledger (a)", "hr"), v, g, NOW).allowed

@@ -99,6 +99,16 @@ ATTACKS = [
     "SELECT e.*, e2.ssn FROM emp e JOIN emp e2 ON e2.ssn = e.ssn",
     "SELECT id FROM emp WHERE MATCH(ssn) AGAINST ('1')",
     "SELECT id FROM emp LIMIT 1 FOR UPDATE SKIP LOCKED UNION SELECT ssn FROM emp",
+    # RETURNING hands back the rows written, unmasked
+    "INSERT INTO emp (id) VALUES (9) RETURNING ssn",
+    "INSERT INTO emp (id) VALUES (9) RETURNING *",
+    "INSERT INTO emp (id) VALUES (9) RETURNING emp.*",
+    "REPLACE INTO emp (id) VALUES (9) RETURNING CONCAT(name, email)",
+    "DELETE FROM emp WHERE id = 9 RETURNING salary",
+    "DELETE FROM emp WHERE id = 9 RETURNING *",
+    "INSERT INTO dept (title) VALUES ('x') RETURNING (SELECT ssn FROM emp LIMIT 1)",
+    "SET @v = (SELECT ssn FROM emp LIMIT 1)",
+    "SET STATEMENT max_statement_time = 5 FOR SELECT ssn FROM emp",
 ]
 
 
@@ -112,6 +122,9 @@ ALLOWED = [
     ("SELECT id, name FROM emp WHERE dept_id = 3 ORDER BY name", "allow"),
     ("UPDATE emp SET ssn = '000' WHERE id = 1", "allow"),  # a write reveals nothing
     ("DELETE FROM emp WHERE id = 1", "allow"),
+    ("INSERT INTO emp (id, name) VALUES (9, 'x') RETURNING id, name", "allow"),
+    ("DELETE FROM emp WHERE id = 9 RETURNING 1", "allow"),
+    ("SET @v = (SELECT name FROM emp LIMIT 1)", "allow"),
     ("SELECT title FROM dept", "allow"),
     ("SELECT ssn FROM emp WHERE id = 7",
      "mask:SELECT CONCAT(REPEAT('*', CHAR_LENGTH(ssn) - LEAST(4, FLOOR(CHAR_LENGTH(ssn) / 2))), "

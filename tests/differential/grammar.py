@@ -3,8 +3,9 @@
 It produces statements MariaDB can mostly parse: SELECT with joins, derived tables and
 subqueries in the select list, WHERE, HAVING, ORDER BY and JOIN ON; CTEs (also RECURSIVE, also
 named like real tables, in other case, or used outside their scope); UNION / INTERSECT /
-EXCEPT; INSERT ... VALUES / SELECT / ON DUPLICATE KEY UPDATE; single- and multi-table UPDATE and
-DELETE; `SET @v = (subquery)`; EXPLAIN. Tables are granted, write-only or canary ones, written
+EXCEPT; INSERT ... VALUES / SELECT / ON DUPLICATE KEY UPDATE [RETURNING ...]; single- and
+multi-table UPDATE and DELETE (single-table DELETE ... RETURNING too); `SET @v = (subquery)`;
+EXPLAIN. Tables are granted, write-only or canary ones, written
 qualified or not; diff_d's are granted by column. Every table has the columns of `COLUMNS`, so names resolve wherever they land.
 """
 
@@ -229,7 +230,26 @@ def insert(draw: st.DrawFn) -> str:
         text = f"INSERT INTO {target} (emp_no) {draw(query(1, ()))}"
     if draw(st.integers(0, 3)) == 0:
         text += f" ON DUPLICATE KEY UPDATE note = {draw(expression(1, (), ()))}"
+    if draw(st.integers(0, 3)) == 0:
+        text += draw(returning(target.split(".")[-1].strip("`")))
     return text
+
+
+@st.composite
+def returning(draw: st.DrawFn, qualifier: str) -> str:
+    """MariaDB's RETURNING list of an INSERT or a single-table DELETE: the rows written."""
+    kind = draw(st.sampled_from(["*", "q.*", "col", "const", "sub", "mixed"]))
+    if kind == "*":
+        return " RETURNING *"
+    if kind == "q.*":
+        return f" RETURNING {_ident(qualifier)}.*"
+    if kind == "col":
+        return f" RETURNING {draw(column(()))}"
+    if kind == "const":
+        return f" RETURNING {draw(st.integers(0, 5))}"
+    if kind == "sub":
+        return f" RETURNING {draw(scalar_subquery(1, ()))}"
+    return f" RETURNING {draw(column(()))}, {draw(st.integers(0, 5))}, {draw(scalar_subquery(1, ()))}"
 
 
 @st.composite
@@ -274,6 +294,8 @@ def delete(draw: st.DrawFn) -> str:
             text = f"DELETE FROM {victims} USING {target} {alias}, {other}"
     if draw(st.booleans()):
         text += f" WHERE {draw(condition(1, (), qualifiers))}"
+    if shape == 0 and draw(st.integers(0, 3)) == 0:
+        text += draw(returning(qualifiers[0]))
     return text
 
 

@@ -95,7 +95,7 @@ SESSION_LIMITS = (
 STATELESS_CLASSES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "EXPLAIN"})
 # Classes re-run as the upstream account to check a denial (rolled back; scratch tables are InnoDB).
 REPLAYABLE_CLASSES = STATELESS_CLASSES
-SCRATCH_DATABASES = frozenset({"diff_a", "diff_b", "diff_c", "diff_d"})
+SCRATCH_DATABASES = frozenset({"diff_a", "diff_b", "diff_c", "diff_d", "diff_e"})
 _DENIED_TABLE = re.compile(r"for table `([^`]*)`\.`")
 # Statements that may change an account itself (its own password, default role): the accounts
 # are put back after them, so that no case affects the next.

@@ -9,6 +9,12 @@ Three databases on the session's MariaDB, created here and dropped at the end:
     diff_c  employee, scratch (SELECT on diff_c.*)
     diff_d  column grants only: employee SELECT (emp_no, name) · title SELECT, UPDATE (emp_no,
             note) · department INSERT (emp_no, note) · salary UPDATE (note)
+    diff_e  DDL and MariaDB sequences (no canaries: nothing here is secret; only
+            extra_cases.yaml names it): indexed (SELECT, INDEX) · altered (SELECT, ALTER) ·
+            readonly (SELECT) · sequences seq_rw (SELECT, INSERT), seq_ro (SELECT), seq_w
+            (INSERT), seq_alter (ALTER), seq_none (nothing) · names that do not exist yet:
+            new_seq, new_table (CREATE, DROP), new_copy (CREATE), new_filled (CREATE, INSERT,
+            DROP). Cases that create something drop it again, so every run starts the same.
 
 Every table has the same columns, so generated SQL resolves its column names whatever table it
 picks and MariaDB reaches its privilege checks instead of stopping at "unknown column". Every
@@ -36,7 +42,7 @@ UPSTREAM_USER = "diffproxy"  # the proxy's one shared identity for this suite: A
 UPSTREAM_PASSWORD = "diffproxy-password"
 NOBODY_USER = "diffnobody"  # no table privilege: tells which errors precede privilege checks
 NOBODY_PASSWORD = "diffnobody-password"
-DATABASES = ("diff_a", "diff_b", "diff_c", "diff_d")
+DATABASES = ("diff_a", "diff_b", "diff_c", "diff_d", "diff_e")
 CURRENT_DB = "diff_a"
 COLUMN_DB = "diff_d"  # the current database of the column-grant statement sets
 
@@ -60,6 +66,11 @@ TABLES: dict[tuple[str, str], bool | frozenset[str]] = {
     ("diff_d", "department"): False,
     ("diff_d", "salary"): False,
 }
+# diff_e: tables (same columns as the others, plain rows) and sequences for the DDL cases.
+DDL_DB = "diff_e"
+DDL_TABLES = ("indexed", "altered", "readonly")
+SEQUENCES = ("seq_rw", "seq_ro", "seq_w", "seq_alter", "seq_none")
+CORPUS_SEQUENCE_DATABASES = ("diff_a", "diff_b", "diff_d")
 ROWS_PER_TABLE = 4
 COLUMNS = """
   emp_no    INT NOT NULL PRIMARY KEY,
@@ -161,6 +172,15 @@ def schema_statements() -> list[str]:
         )
         out.append(f"INSERT INTO {db}.{quote(table)} ({columns}) VALUES {', '.join(_rows(db, table))}")
     out.append(f"UPDATE diff_a.salary SET {CANARY_COLUMN} = '{canary('diff_a', 'salary')}#col'")
+    for table in DDL_TABLES:
+        out.append(f"CREATE TABLE {DDL_DB}.{table} ({COLUMNS}) ENGINE=InnoDB")
+        out.append(f"INSERT INTO {DDL_DB}.{table} (emp_no, name, note) VALUES (1, 'a', 'x'), (2, 'b', 'y')")
+    for sequence in SEQUENCES:
+        out.append(f"CREATE SEQUENCE {DDL_DB}.{sequence} START WITH 100 NOCACHE")
+    # the corpus's `seq` (tests/authz/corpus/sequences.yaml), granted to nobody: without it
+    # MariaDB answers "doesn't exist" before its privilege checks
+    for db in CORPUS_SEQUENCE_DATABASES:
+        out.append(f"CREATE SEQUENCE {db}.seq NOCACHE")
     return out
 
 
@@ -196,9 +216,11 @@ def create(mariadb: LocalMariaDB) -> Scratch:
 def real_columns(mariadb: LocalMariaDB) -> dict[TableRef, frozenset[str]]:
     columns: dict[TableRef, set[str]] = {}
     with mariadb.root_connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
-            f"WHERE table_schema IN ({', '.join(['%s'] * len(DATABASES))})",
+        cur.execute(  # tables only: a sequence's columns are its own (next_not_cached_value ...)
+            "SELECT c.table_schema, c.table_name, c.column_name FROM information_schema.columns c "
+            "JOIN information_schema.tables t USING (table_schema, table_name) "
+            f"WHERE c.table_schema IN ({', '.join(['%s'] * len(DATABASES))}) "
+            "AND t.table_type = 'BASE TABLE'",
             DATABASES,
         )
         for db, table, column in cur.fetchall():
@@ -230,7 +252,9 @@ def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
             DATABASES,
         )
         tables = cur.fetchall()
-        names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, _ in tables)
+        # a sequence's row moves with every NEXTVAL / SETVAL (not transactional): its existence
+        # counts, not its current value
+        names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, kind in tables if kind != "SEQUENCE")
         cur.execute(f"CHECKSUM TABLE {names} EXTENDED")
         checksums = cur.fetchall()
         cur.execute(f"SHOW GRANTS FOR {SUBJECT_USER}@'%'")
