@@ -41,7 +41,7 @@ from proxy.authz.walk import (
 EXPECTED_TREE: dict[str, tuple[type, ...]] = {
     "SELECT": (exp.Select, exp.SetOperation),
     "TABLE": (exp.Select, exp.SetOperation),
-    "VALUES": (exp.Values, exp.SetOperation),
+    "VALUES": (exp.Values, exp.Select, exp.SetOperation),  # parse.py reads it as SELECT * FROM (VALUES ...)
     "(": (exp.Select, exp.SetOperation, exp.Subquery),
     "WITH": (exp.Select, exp.SetOperation, exp.Update, exp.Delete),
     "INSERT": (exp.Insert,),

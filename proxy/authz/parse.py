@@ -18,6 +18,10 @@ it cannot be subclassed, so the MariaDB dialect lives here, at token level):
 - ALTER TABLE's `ADD INDEX|KEY|UNIQUE|FULLTEXT|SPATIAL|FOREIGN KEY|CONSTRAINT ... IF NOT EXISTS`
   and `MODIFY|CHANGE [COLUMN] IF EXISTS` -> without the IF [NOT] EXISTS (what to do when the
   object exists already, not what is touched).
+- a table value constructor where a query may start (the statement's first word, a CTE's body,
+  a derived table, after UNION / EXCEPT / INTERSECT, `IN (`): `VALUES (..), (..)` ->
+  `SELECT * FROM (VALUES (..), (..)) AS _jitproxy_tvc` (sqlglot reads `VALUES (` there as MySQL's
+  VALUES() function; the rows' expressions, subqueries included, are read as they are).
 The RETURNING list of INSERT / REPLACE / DELETE is parsed apart (`split_returning`).
 A statement sqlglot gives up on (it falls back to an opaque `Command`) is a parse error.
 """
@@ -115,6 +119,8 @@ def prepare(tokens: list[Token], upper_sql: str) -> list[Token]:
         tokens = _unqualified_values(tokens, into_at)
     if tokens[0].token_type is TokenType.ALTER and " IF " in f" {' '.join(upper_sql.split())} ":
         tokens = _alter_if_exists(tokens)
+    if "VALUES" in upper_sql and tokens[0].token_type is not TokenType.INSERT:
+        tokens = _table_value_constructors(tokens)
     return tokens
 
 
@@ -172,6 +178,64 @@ def _sequence_value_for(tokens: list[Token]) -> list[Token]:
             out.append(_synthetic(tokens[i + 2], T_LPAREN, "("))
             out.extend(tokens[i + 3 : end])
             out.append(_synthetic(tokens[end - 1], T_RPAREN, ")"))
+            i = end
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+_SET_OPERATIONS = frozenset({TokenType.UNION, TokenType.EXCEPT, TokenType.INTERSECT})
+# What may stand before `(` for the parenthesis to open a query (a CTE's body, a derived table,
+# a subquery of IN / EXISTS / ANY, a parenthesized query).
+_BEFORE_QUERY_PAREN = frozenset({TokenType.ALIAS, TokenType.FROM, TokenType.JOIN, TokenType.IN, TokenType.EXISTS,
+                                 TokenType.ANY, TokenType.ALL, TokenType.SOME, T_LPAREN, *_SET_OPERATIONS})
+
+
+def _starts_query(tokens: list[Token], i: int) -> bool:
+    """Is tokens[i] where a query may begin?"""
+    if i == 0:
+        return True
+    prev = tokens[i - 1].token_type
+    if prev in _SET_OPERATIONS:
+        return True
+    if prev in (TokenType.ALL, TokenType.DISTINCT) and i >= 2 and tokens[i - 2].token_type in _SET_OPERATIONS:
+        return True
+    return prev is T_LPAREN and (i == 1 or tokens[i - 2].token_type in _BEFORE_QUERY_PAREN)
+
+
+def _table_value_constructors(tokens: list[Token]) -> list[Token]:
+    """`VALUES (row), (row)...` where a query may begin -> `SELECT * FROM (VALUES ...) AS
+    _jitproxy_tvc`: the same rows, in the spelling sqlglot reads as a table of values."""
+    out: list[Token] = []
+    n, i = len(tokens), 0
+    while i < n:
+        tok = tokens[i]
+        if tok.token_type is TokenType.VALUES and i + 1 < n and tokens[i + 1].token_type is T_LPAREN \
+                and _starts_query(tokens, i):
+            end = i + 1
+            while True:  # one `( ... )` row, then `,` and another, or the end of the rows
+                depth, k = 0, end
+                while k < n:
+                    if tokens[k].token_type is T_LPAREN:
+                        depth += 1
+                    elif tokens[k].token_type is T_RPAREN:
+                        depth -= 1
+                        if depth == 0:
+                            break
+                    k += 1
+                if k >= n:
+                    raise Denied(DenyCode.PARSE_ERROR, "a VALUES row is not closed")
+                end = k + 1
+                if end + 1 < n and tokens[end].token_type is TokenType.COMMA and tokens[end + 1].token_type is T_LPAREN:
+                    end += 1
+                    continue
+                break
+            out += [_synthetic(tok, TokenType.SELECT, "SELECT"), _synthetic(tok, TokenType.STAR, "*"),
+                    _synthetic(tok, TokenType.FROM, "FROM"), _synthetic(tok, T_LPAREN, "(")]
+            out += tokens[i:end]
+            out += [_synthetic(tokens[end - 1], T_RPAREN, ")"), _synthetic(tokens[end - 1], TokenType.ALIAS, "AS"),
+                    _synthetic(tokens[end - 1], TokenType.VAR, "_jitproxy_tvc")]
             i = end
             continue
         out.append(tok)
