@@ -79,9 +79,9 @@ def proxy_config(
         # Every test client comes from 127.0.0.1, many tests send wrong tokens on purpose, and
         # some open many sessions as one person: a test proxy's limits stay out of their way
         # (tests/integration/test_limits.py sets and tests the real ones).
-        "limits": {"max_handshakes_per_address": 1000, "max_connections_per_address": 5000,
-                   "max_connections_per_user": 5000,
-                   "login_failures": {"free": 1_000_000, "lockout_after": 1_000_000}},
+        "limits": {"max_handshakes": 1000, "max_handshakes_per_address": 1000,
+                   "max_connections_per_address": 5000, "max_connections_per_user": 5000,
+                   "login_failures": {"free": 1_000_000, "lockout_after": 1_000_000, "backoff_base_s": 0}},
     }
     raw["upstream"].update(upstream or {})
     raw["upstream"] = {k: v for k, v in raw["upstream"].items() if v is not None}

@@ -3,8 +3,11 @@ a condition with a deadline (never a fixed sleep)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,3 +49,15 @@ def eventually(condition: Callable[[], T], timeout_s: float = 10.0, step_s: floa
         if result or time.monotonic() > deadline:
             return result
         time.sleep(step_s)
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/NAME.py as a module (bench/ is not a package), registered in sys.modules first (its
+    dataclasses look their module up) as bench_NAME."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -292,16 +292,7 @@ def _type_position(before: list[Token]) -> bool:
 
 
 def _depth_zero_words(tokens: list[Token]) -> list[tuple[int, str | None]]:
-    out = []
-    depth = 0
-    for i, tok in enumerate(tokens):
-        if tok.token_type is T_LPAREN:
-            depth += 1
-        elif tok.token_type is T_RPAREN:
-            depth -= 1
-        elif depth == 0:
-            out.append((i, word(tok)))
-    return out
+    return [(i, word(tok)) for i, tok in top_level(tokens)]
 
 
 def _unqualified_values(tokens: list[Token], into_at: int) -> list[Token]:

@@ -163,9 +163,9 @@ def _definition(c: Reader, allowed_engines: frozenset[str], *, sub: bool) -> Non
     while True:
         if c.accept("STORAGE"):
             c.expect("ENGINE")
-            _engine(c, allowed_engines)
+            c.engine(allowed_engines, "a partition")
         elif c.accept("ENGINE"):
-            _engine(c, allowed_engines)
+            c.engine(allowed_engines, "a partition")
         elif c.accept("COMMENT"):
             c.equals()
             c.expect_type(TokenType.STRING)
@@ -188,12 +188,3 @@ def _definition(c: Reader, allowed_engines: frozenset[str], *, sub: bool) -> Non
         c.expect_type(T_RPAREN)
 
 
-def _engine(c: Reader, allowed_engines: frozenset[str]) -> None:
-    c.equals()
-    name = c.ident()
-    if name.lower() not in allowed_engines:
-        raise Denied(
-            DenyCode.UNSUPPORTED_STATEMENT,
-            f"a partition with ENGINE={name} is not supported",
-            _WHAT,
-        )

@@ -78,6 +78,13 @@ class Reader(Cursor):
         if not DIGITS.match(tok.text):
             raise self._fail()
 
+    def engine(self, allowed_engines: frozenset[str], what: str) -> None:
+        """`[=] name` after ENGINE: refused unless an allowed engine (`what` names the object)."""
+        self.equals()
+        name = self.ident()
+        if name.lower() not in allowed_engines:
+            raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} with ENGINE={name} is not supported", self.what)
+
     def if_not_exists(self) -> bool:
         if self.accept("IF"):
             self.expect("NOT")
@@ -280,14 +287,7 @@ def _sequence_options(c: Reader, allowed_engines: frozenset[str], *, alter: bool
             elif nxt is not None and nxt.token_type in (TokenType.NUMBER, TokenType.DASH):
                 c.number(signed=True)
         elif c.accept("ENGINE"):
-            c.equals()
-            name = c.ident()
-            if name.lower() not in allowed_engines:
-                raise Denied(
-                    DenyCode.UNSUPPORTED_STATEMENT,
-                    f"{c.what} with ENGINE={name} is not supported",
-                    c.what,
-                )
+            c.engine(allowed_engines, c.what)
         elif c.accept("COMMENT"):
             c.equals()
             c.expect_type(TokenType.STRING)

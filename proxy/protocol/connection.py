@@ -19,10 +19,11 @@ from mysql_mimic.charset import CharacterSet
 from mysql_mimic.connection import Connection
 from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
+from pymysql.constants import CLIENT
 
 from proxy.protocol import auth, wire
 from proxy.protocol.errors import ClientError, ER
-from proxy.protocol.handshake import CLIENT_COMPRESS, HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
+from proxy.protocol.handshake import HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
 from proxy.protocol.stream import ClientStream, ConnectionClosed
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ class ProxyConnection(Connection):
         self.client_plugin_name = response.client_plugin
         self.session.set_client_info(response.username, response.connect_attrs)
 
-        if response.client_capabilities & CLIENT_COMPRESS:
+        if response.client_capabilities & CLIENT.COMPRESS:
             # Not offered, set anyway (mysql-connector-python's compress=True): the client would
             # compress from the OK on and both sides would wait forever. Refused, clearly.
             await self._refuse("compression_unsupported", ClientError(

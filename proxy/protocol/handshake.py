@@ -11,20 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pymysql.constants import CLIENT  # the capability bits, as the protocol numbers them
+
 from proxy.protocol.errors import ER, ClientError
 
-# Capability bits that decide which fields follow (the MySQL/MariaDB protocol's numbering).
-CLIENT_CONNECT_WITH_DB = 1 << 3
-CLIENT_COMPRESS = 1 << 5
-CLIENT_PROTOCOL_41 = 1 << 9
-CLIENT_SSL = 1 << 11
-CLIENT_SECURE_CONNECTION = 1 << 15
-CLIENT_PLUGIN_AUTH = 1 << 19
-CLIENT_CONNECT_ATTRS = 1 << 20
-CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA = 1 << 21
-CLIENT_ZSTD_COMPRESSION_ALGORITHM = 1 << 26
-
-FIXED_PART = 32  # capabilities, max packet size, collation, 23 reserved bytes
 MAX_NAME_BYTES = 512  # user, database, plugin names (MySQL: 32/64/64 characters)
 MAX_AUTH_BYTES = 16 * 1024  # the token travels here or in the next packet; a JWT is < 4 KiB
 MAX_ATTRS_BYTES = 64 * 1024  # connect attributes (a real client sends a few hundred bytes)
@@ -53,10 +43,10 @@ def make_greeting(
         bytes((collation_id & 0xFF,)),
         (status & 0xFFFF).to_bytes(2, "little"),
         ((capabilities >> 16) & 0xFFFF).to_bytes(2, "little"),
-        bytes((len(nonce),)) if capabilities & CLIENT_PLUGIN_AUTH else b"\x00",
+        bytes((len(nonce),)) if capabilities & CLIENT.PLUGIN_AUTH else b"\x00",
         bytes(10),
         nonce[8:].ljust(13, b"\x00"),
-        auth_plugin.encode("ascii") + b"\x00" if capabilities & CLIENT_PLUGIN_AUTH else b"",
+        auth_plugin.encode("ascii") + b"\x00" if capabilities & CLIENT.PLUGIN_AUTH else b"",
     ))
 
 
@@ -155,20 +145,20 @@ def parse_handshake_response(data: bytes, server_capabilities: int, codec: str =
         return HandshakeResponse(client_caps, caps, max_packet, collation, ssl_request=True)
 
     username = _text(r.null_terminated("user name", MAX_NAME_BYTES), codec, "user name")
-    if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA:
+    if caps & CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA:
         auth = r.lenenc_bytes("auth response", MAX_AUTH_BYTES)
-    elif caps & CLIENT_SECURE_CONNECTION:
+    elif caps & CLIENT.SECURE_CONNECTION:
         auth = r.fixed(r.uint(1, "auth response length"), "auth response")
     else:
         auth = r.null_terminated("auth response", MAX_AUTH_BYTES, required=False)
     database = None
-    if caps & CLIENT_CONNECT_WITH_DB and r.remaining:
+    if caps & CLIENT.CONNECT_WITH_DB and r.remaining:
         database = _text(r.null_terminated("database", MAX_NAME_BYTES, required=False), codec, "database") or None
     plugin = None
-    if caps & CLIENT_PLUGIN_AUTH and r.remaining:
+    if caps & CLIENT.PLUGIN_AUTH and r.remaining:
         plugin = _text(r.null_terminated("auth plugin", MAX_NAME_BYTES, required=False), codec, "auth plugin")
     attrs: dict[str, str] = {}
-    if caps & CLIENT_CONNECT_ATTRS and r.remaining:
+    if caps & CLIENT.CONNECT_ATTRS and r.remaining:
         attrs = _connect_attrs(r)
     return HandshakeResponse(
         client_caps, caps, max_packet, collation, ssl_request=False, username=username,

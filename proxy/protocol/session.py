@@ -99,9 +99,9 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.info.client_program = attrs.get("program_name")
         self.info.client_name = attrs.get("_client_name")
 
-    async def rejected(self, code: str, reason: str) -> None:
+    async def rejected(self, code: str, reason: str, **extra: Any) -> None:
         self.ctx.stats.login(code)
-        self.ctx.audit.emit(EventType.SESSION_REJECTED, self.info, reason_code=code, reason=reason)
+        self.ctx.audit.emit(EventType.SESSION_REJECTED, self.info, reason_code=code, reason=reason, **extra)
         self._ended = True
 
     async def login(
@@ -195,16 +195,14 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
     async def _login_failed(self, username: str, code: str, reason: str) -> None:
         """A token that did not verify: counted per address and per person at the address; past
         `free` failures the answer waits (backoff), past `lockout_after` both lock for a while."""
-        self.ctx.stats.login(code)
         delay, locked_now = self.ctx.admission.failed(self.address, username)
-        extra = {}
+        extra: dict[str, Any] = {}
         if locked_now:
             log.warning("failed logins: lockout", peer=self.info.client_addr, user=username[:80])
             extra["lockout"] = True
         elif delay:
             extra["backoff_s"] = round(delay, 3)
-        self.ctx.audit.emit(EventType.SESSION_REJECTED, self.info, reason_code=code, reason=reason, **extra)
-        self._ended = True
+        await self.rejected(code, reason, **extra)
         if delay:
             await asyncio.sleep(delay)
 

@@ -20,7 +20,10 @@ import pytest
 
 from proxy.protocol.connection import SERVER_CAPABILITIES
 from proxy.protocol.errors import ER, ClientError
-from proxy.protocol.handshake import CLIENT_SSL, HandshakeError, parse_handshake_response
+from pymysql.constants.CLIENT import (
+    SSL as CLIENT_SSL,
+)
+from proxy.protocol.handshake import HandshakeError, parse_handshake_response
 from proxy.protocol.prepared import STMT_HEADER_BYTES, parse_stmt_id
 from proxy.protocol.wire import read_lenenc
 from tests.fuzz import prepared_model

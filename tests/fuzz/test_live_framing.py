@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 from hypothesis import given, strategies as st
 
 from proxy.protocol.errors import ER

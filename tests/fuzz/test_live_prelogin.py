@@ -10,7 +10,12 @@ import struct
 
 from hypothesis import given, strategies as st
 
-from proxy.protocol.handshake import CLIENT_PLUGIN_AUTH, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_SSL
+from pymysql.constants.CLIENT import (
+    PLUGIN_AUTH as CLIENT_PLUGIN_AUTH,
+    PROTOCOL_41 as CLIENT_PROTOCOL_41,
+    SECURE_CONNECTION as CLIENT_SECURE_CONNECTION,
+    SSL as CLIENT_SSL,
+)
 from tests.fuzz.oracle import Watch, assert_no_internal_errors, no_errors_logged
 from tests.fuzz.settings import fuzz
 from tests.fuzz.wire_client import READ_TIMEOUT_S, err_code

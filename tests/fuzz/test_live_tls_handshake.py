@@ -13,16 +13,16 @@ import struct
 
 from hypothesis import event, given, strategies as st
 
-from proxy.protocol.handshake import (
-    CLIENT_CONNECT_ATTRS,
-    CLIENT_CONNECT_WITH_DB,
-    CLIENT_PLUGIN_AUTH,
-    CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
-    CLIENT_PROTOCOL_41,
-    CLIENT_SECURE_CONNECTION,
-    CLIENT_SSL,
-    MAX_AUTH_BYTES,
+from pymysql.constants.CLIENT import (
+    CONNECT_ATTRS as CLIENT_CONNECT_ATTRS,
+    CONNECT_WITH_DB as CLIENT_CONNECT_WITH_DB,
+    PLUGIN_AUTH as CLIENT_PLUGIN_AUTH,
+    PLUGIN_AUTH_LENENC_CLIENT_DATA as CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
+    PROTOCOL_41 as CLIENT_PROTOCOL_41,
+    SECURE_CONNECTION as CLIENT_SECURE_CONNECTION,
+    SSL as CLIENT_SSL,
 )
+from proxy.protocol.handshake import MAX_AUTH_BYTES
 from proxy.protocol.wire import lenenc_int
 from tests.fuzz.oracle import Watch, assert_no_internal_errors
 from tests.fuzz.settings import fuzz

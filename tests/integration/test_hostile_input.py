@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import uuid
 
 import pymysql
 import pytest
@@ -118,3 +119,25 @@ def test_oversized_handshake_packet_refused_before_reading_it(proxy, tls_files):
     finally:
         raw.close()
     _still_serving(proxy, tls_files)
+
+
+@pytest.mark.parametrize("command", [0x02, 0x04], ids=["COM_INIT_DB", "COM_FIELD_LIST"])
+def test_a_name_not_valid_in_the_charset_is_refused_and_never_sent(proxy, tls_files, mariadb, command):
+    """Bytes the connection's character set cannot decode could name another object to the
+    server: refused (charset), audited as sent, never forwarded (admin may use any database)."""
+    marker = f"hr_{uuid.uuid4().hex[:8]}".encode()
+    raw = RawClient(proxy.port)
+    try:
+        raw.start_tls()
+        assert raw.login("admin", proxy.token("admin").encode())[:1] == b"\x00"
+        if command == 0x04:
+            assert raw.command(b"\x02hr_prod")[:1] == b"\x00"
+        answer = raw.command(bytes((command,)) + marker + b"\xff\xfe" + (b"\x00" if command == 0x04 else b""))
+        assert answer[:1] == b"\xff" and "charset" in answer.decode("utf-8", "replace"), answer
+        assert raw.command(b"\x03SELECT 1")[:1] == b"\x01"  # the session goes on
+    finally:
+        raw.close()
+    denied = [e for e in proxy.events if e["type"] == "statement.denied" and e.get("reason_code") == "charset"
+              and marker.decode() in e.get("statement", "")]
+    assert denied
+    assert marker.decode() not in mariadb.general_log_text()

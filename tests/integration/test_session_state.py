@@ -177,3 +177,25 @@ def test_connector_j_rollback_and_savepoints(proxy, mariadb, upstream_credential
     assert direct_result == {"autocommit_at_start": "true", "after_rollback": "0", "autocommit": "0",
                              "after_savepoint": "0"}
     assert proxied == direct_result
+
+
+def test_sequence_functions_are_refused_on_an_upstream_that_is_not_mariadb(proxy, tls_files):
+    """On MySQL, NEXTVAL(s) would call a stored function named nextval (with its definer's
+    rights): refused unless the upstream is MariaDB, on the fast path and the command loop."""
+    pool = proxy.ctx.pool
+    real = pool.server_version
+    c = _pymysql(proxy.port, "admin", proxy.token("admin"), tls_files, autocommit=True)
+    try:
+        pool.server_version = "8.0.36"  # as Aurora MySQL's greeting says
+        with c.cursor() as cur:
+            for sql in ("SELECT NEXTVAL(hr_test.no_such_seq)", "SELECT NEXT VALUE FOR hr_test.no_such_seq"):
+                with pytest.raises(pymysql.MySQLError) as e:
+                    cur.execute(sql)
+                assert e.value.args[0] == 1142 and "not MariaDB" in e.value.args[1], e.value.args
+    finally:
+        pool.server_version = real
+        c.close()
+    with _pymysql(proxy.port, "admin", proxy.token("admin"), tls_files, autocommit=True) as c2, c2.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as e:  # MariaDB again: decided, then the server answers
+            cur.execute("SELECT NEXTVAL(hr_test.no_such_seq)")
+        assert e.value.args[0] != 1142

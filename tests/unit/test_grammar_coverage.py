@@ -4,29 +4,16 @@ temporary directory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import sqlglot
 from sqlglot.errors import ParseError
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "grammar_coverage.py"
+from tests.helpers import load_bench
 
-
-def _load():
-    # bench/ is not a package: load the script as a module (registered first, for dataclasses)
-    spec = importlib.util.spec_from_file_location("bench_grammar_coverage", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_grammar_coverage"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gc = _load()
+gc = load_bench("grammar_coverage")
 
 
 def kept(text: str, latin1: bool = False) -> list[str]:

@@ -11,17 +11,16 @@ from hypothesis import given, settings, strategies as st
 
 from proxy.protocol.connection import SERVER_CAPABILITIES
 from proxy.protocol.wire import lenenc_int
-from proxy.protocol.handshake import (
-    CLIENT_CONNECT_ATTRS,
-    CLIENT_CONNECT_WITH_DB,
-    CLIENT_PLUGIN_AUTH,
-    CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
-    CLIENT_PROTOCOL_41,
-    CLIENT_SECURE_CONNECTION,
-    CLIENT_SSL,
-    HandshakeError,
-    parse_handshake_response,
+from pymysql.constants.CLIENT import (
+    CONNECT_ATTRS as CLIENT_CONNECT_ATTRS,
+    CONNECT_WITH_DB as CLIENT_CONNECT_WITH_DB,
+    PLUGIN_AUTH as CLIENT_PLUGIN_AUTH,
+    PLUGIN_AUTH_LENENC_CLIENT_DATA as CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
+    PROTOCOL_41 as CLIENT_PROTOCOL_41,
+    SECURE_CONNECTION as CLIENT_SECURE_CONNECTION,
+    SSL as CLIENT_SSL,
 )
+from proxy.protocol.handshake import HandshakeError, parse_handshake_response
 
 CAPS = int(SERVER_CAPABILITIES)
 CORPUS = Path(__file__).parent.parent / "corpus" / "handshake"

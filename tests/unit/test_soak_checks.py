@@ -3,26 +3,11 @@ inputs, failing ones included: a check that cannot fail checks nothing."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+from tests.helpers import load_bench
 
-
-def _load():
-    # bench/ is not a package: load the script as a module (registered first, for dataclasses)
-    spec = importlib.util.spec_from_file_location("bench_soak", _PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_soak"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load()
+soak = load_bench("soak")
 
 LOG = """\
 /usr/sbin/mariadbd, Version: 10.11.6-MariaDB-0+deb12u1-log (Debian 12). started with:
