@@ -18,7 +18,8 @@ import structlog
 from proxy.authz.model import Principal
 from proxy.authz.policy import PolicyError
 from proxy.cli_api import add_commands as add_api_commands
-from proxy.config import Config, ConfigError, load_config, parse_duration
+from proxy.config import Config, ConfigError, load_config
+from proxy.timespec import parse_duration
 
 DEFAULT_CONFIG = os.environ.get("JITPROXY_CONFIG", "config.yaml")
 LISTENING: dict[str, int] = {}  # the bound port once `serve` listens (port 0 picks one)
@@ -140,7 +141,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         audience=signing.audience,
         max_ttl=cfg.identity.max_token_ttl,
     )
-    ttl = parse_duration(args.ttl) if args.ttl else signing.default_ttl
+    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else signing.default_ttl
     print(issuer.issue(args.user, args.group or (), ttl=ttl))
     return 0
 
@@ -306,6 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jitproxy", description="Just-in-time access gateway for MySQL")
+    p.add_argument("--version", action="version", version=f"jitproxy {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -361,10 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jitproxy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's own flush at exit
+        return code
+    except BrokenPipeError:
+        # `jitproxy ... | head -1`: the reader has all it wanted. Later writes (and the flush at
+        # exit) go to /dev/null so Python prints no traceback; 141 is the shell's SIGPIPE status.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ConfigError as e:
         print(f"jitproxy: configuration error:\n{e}", file=sys.stderr)
         return 2

@@ -1,13 +1,17 @@
-"""`jitproxy request|grant|access|audit`: the admin API's command-line client.
+"""`jitproxy request|grant|access|whoami|audit`: the admin API's command-line client.
 
 Where the API is and who is asking come from the environment (or flags): JITPROXY_API (default
 https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) and JITPROXY_CA
-(the CA bundle that signed the proxy's certificate; default: the system's). Tokens go only over
-HTTPS. Output is a readable table, or JSON with --json. Tables show an instance column only
-when some row is for one upstream instance (not "*", every instance).
+(the CA bundle that signed the proxy's certificate; default: the system's; a certificate it
+does not trust is answered with which option to set). Tokens go only over HTTPS. Output is a
+readable table, or JSON with --json. Tables show an instance column only when some row is for
+one upstream instance (not "*", every instance). Times are shown in this machine's zone, to the
+second; `--for` and `--until` are read by proxy.timespec (an `--until` without a zone is read in
+this machine's zone, and the command says so on stderr).
 
 `jitproxy audit search` shows audit events as a table (times in your local zone), or as JSON
-lines with --json (one event per line, exactly as written: for a SIEM or jq); `jitproxy audit
+lines with --json (one event per line, exactly as written: for a SIEM or jq), or exports them
+with --format csv|json|jsonl (proxy.audit.export); `jitproxy audit
 chain` prints one proxy process's events as JSON lines in seq order, for `jitproxy audit verify`.
 """
 
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.audit.search import SearchError, build_query
+from proxy.timespec import Moment, TimeSpecError, format_duration, parse_duration, parse_moment
+from proxy.workflow.status import REQUEST_STATUSES, request_objects
 
 if TYPE_CHECKING:
     import httpx
@@ -37,7 +43,7 @@ class ApiError(SystemExit):
 def _client(args: argparse.Namespace) -> httpx.Client:
     import httpx  # not loaded by `jitproxy serve`
 
-    url = args.api or os.environ.get("JITPROXY_API") or DEFAULT_API
+    url = _api_url(args)
     if not url.startswith("https://"):
         raise ApiError("the API URL must be https:// (tokens are never sent in clear text)")
     token = None
@@ -47,9 +53,16 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     if not token:
         raise ApiError("no token: set JITPROXY_TOKEN or pass --token-file (get one: jitproxy token issue, or your SSO)")
     ca = args.ca or os.environ.get("JITPROXY_CA")
-    verify = ssl.create_default_context(cafile=ca) if ca else True
+    try:
+        verify = ssl.create_default_context(cafile=ca) if ca else True
+    except (OSError, ssl.SSLError) as e:
+        raise ApiError(f"cannot read the CA bundle {ca} (--ca / JITPROXY_CA): {e.strerror or e}") from None
     return httpx.Client(base_url=url, verify=verify, timeout=30,
                         headers={"Authorization": f"Bearer {token}", "User-Agent": "jitproxy-cli"})
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    return str(args.api or os.environ.get("JITPROXY_API") or DEFAULT_API)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
@@ -59,6 +72,9 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         with _client(args) as c:
             response = c.request(method, path, **kwargs)
     except httpx.HTTPError as e:
+        if _untrusted_certificate(e):
+            raise ApiError(f"the API's certificate ({_api_url(args)}) is not trusted here ({e}): give the CA bundle "
+                           "that signed it with --ca FILE or JITPROXY_CA=FILE (the demo's: demo/ca.pem)") from None
         raise ApiError(f"cannot reach the jitproxy API: {type(e).__name__}: {e}") from None
     if response.status_code >= 400:
         try:
@@ -71,10 +87,52 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
     return response.json()
 
 
+def _untrusted_certificate(error: BaseException) -> bool:
+    """httpx wraps the ssl module's verification error: look down the chain for it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _span(args: argparse.Namespace) -> dict[str, Any]:
+    """--for or --until for the API, checked here first (a clear error before any network).
+    --until is read as written, in this machine's zone when it names none (said on stderr),
+    and sent with its zone, so the server never guesses."""
     if bool(args.duration) == bool(args.until):
-        raise ApiError("give --for (e.g. 4h) or --until (e.g. 2026-11-21T18:00:00Z)")
-    return {"duration": args.duration} if args.duration else {"until": args.until}
+        raise ApiError("give --for (e.g. 4h) or --until (e.g. 14:50, 2026-11-21T18:00)")
+    try:
+        if args.duration:
+            parse_duration(args.duration, "--for")
+            return {"duration": args.duration}
+        moment = parse_moment(args.until, datetime.now().astimezone(), None, "--until")
+    except TimeSpecError as e:
+        raise ApiError(f"jitproxy: {e}") from None
+    if moment.assumed_zone:
+        print(f"jitproxy: --until {args.until} read as {moment.at.isoformat()} "
+              f"({_day(moment) + ', ' if moment.clock_time else ''}your local zone, {_zone(moment.at)})",
+              file=sys.stderr)
+    return {"until": moment.at.isoformat()}
+
+
+def _day(moment: Moment) -> str:
+    return "today" if moment.at.date() == datetime.now().astimezone().date() else "tomorrow"
+
+
+def _zone(at: datetime) -> str:
+    """"CET, UTC+01:00": the zone's name and its offset then."""
+    offset = at.strftime("%z")
+    return f"{at.tzname()}, UTC{offset[:3]}:{offset[3:]}" if offset else str(at.tzname())
+
+
+def _when(text: Any) -> str:
+    """An API time in this machine's zone, to the second (the exact end, readable here)."""
+    try:
+        return datetime.fromisoformat(str(text)).astimezone().isoformat(timespec="seconds")
+    except ValueError:
+        return str(text)
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> int:
@@ -102,12 +160,40 @@ def _request_ref(r: dict[str, Any]) -> str:
     return f"request {r['id']}" + (f" on {_instance(r)}" if _instance(r) != "*" else "")
 
 
+def _ended(row: dict[str, Any]) -> str:
+    """How it ended: "revoked 2026-…T15:20:00+01:00 by ada: done"."""
+    text = f"{row['status']} {_when(row.get('status_at'))} by {row.get('status_by') or '?'}"
+    return text + (f": {row['status_reason']}" if row.get("status_reason") else "")
+
+
+def _request_state(r: dict[str, Any]) -> str:
+    """The request's span for its status: what it asks for, until when it grants, or how it ended."""
+    status = r["status"]
+    if status == "pending":
+        return f"until {_when(r['ends_at'])}" if r.get("ends_at") else f"for {format_duration(r['duration_s'])}"
+    if status == "approved":
+        return f"until {_when(r['access_until'])}"
+    if status == "expired":
+        if r.get("access_until"):
+            return f"ended {_when(r['access_until'])}"
+        return f"undecided, expired {_when(r.get('status_at'))}" if r.get("status_at") else "undecided"
+    if status in ("revoked", "released"):
+        return _ended(r)
+    return f"by {r.get('status_by') or '?'}" + (f": {r['status_reason']}" if r.get("status_reason") else "")
+
+
 def _request_line(r: dict[str, Any], width: int = 0) -> str:
-    tables = ",".join(r["tables"])
-    until = f" until {r['access_until']}" if r.get("access_until") else ""
     return (f"{r['id']}  {r['status']:9} {r['requester']:16} {_instance_cell(r, width)}{r['environment']:6} "
-            f"{r['db']}.{{{tables}}} {','.join(r['privileges'])} for {r['duration_s'] // 60}m{until}"
+            f"{request_objects(r['db'], r['tables'])} {','.join(r['privileges'])} {_request_state(r)}"
             f"  — {r['reason'][:60]}")
+
+
+def _grant_state(g: dict[str, Any]) -> str:
+    if g.get("status", "active") == "active":
+        return f"active until {_when(g['expires_at'])}" if g.get("expires_at") else "active, no expiry"
+    if g["status"] == "expired":
+        return f"expired {_when(g['expires_at'])}"
+    return _ended(g)
 
 
 def _with_instance(body: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -120,10 +206,15 @@ def cmd_request_create(args: argparse.Namespace) -> int:
                            "reason": args.reason, **_span(args)}, args)
     r = _call(args, "POST", "/v1/requests", json=body)
     text = f"{_request_ref(r)}: {r['status']}"
-    if r["status"] == "approved":
-        text += f" (access until {r['access_until']}; your next statement can use it)"
+    what = f"{','.join(r['privileges'])} on {request_objects(r['db'], r['tables'])}"
+    if r.get("existing"):
+        text += (f" ({what} {_request_state(r)}): you asked for this already at {_when(r['created_at'])}; nothing "
+                 f"new was made. To ask differently, cancel it first: jitproxy request cancel {r['id']}")
+    elif r["status"] == "approved":
+        text += f" (access until {_when(r['access_until'])}; your next statement can use it)"
     else:
-        text += f"\nan approver runs: jitproxy request approve {r['id']}"
+        span = _request_state(r) + ("" if r.get("ends_at") else " once approved")
+        text += f" ({what} {span})\nan approver runs: jitproxy request approve {r['id']}"
     return _print(args, r, text)
 
 
@@ -140,8 +231,11 @@ def cmd_request_show(args: argparse.Namespace) -> int:
     r = _call(args, "GET", f"/v1/requests/{args.id}")
     lines = [_request_line(r, _instance_width([r]))]
     for a in r["approvals"]:
-        lines.append(f"  {a['decision']:7} by {a['approver']} at {a['at']}" + (f": {a['comment']}" if a["comment"] else ""))
-    if r["grant_ids"]:
+        lines.append(f"  {a['decision']:7} by {a['approver']} at {_when(a['at'])}"
+                     + (f": {a['comment']}" if a["comment"] else ""))
+    for g in r.get("grants", ()):
+        lines.append(f"  grant {g['grant_id']} {g['object']}: {_grant_state(g)}")
+    if r["grant_ids"] and "grants" not in r:  # a server that does not say how its grants stand
         lines.append(f"  grants: {', '.join(r['grant_ids'])}")
     return _print(args, r, "\n".join(lines))
 
@@ -164,10 +258,22 @@ def cmd_request_cancel(args: argparse.Namespace) -> int:
     return _print(args, r, f"{_request_ref(r)}: {r['status']}")
 
 
+def cmd_request_release(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/v1/requests/{args.id}/release", json={"reason": args.reason or ""})
+    return _print(args, r, f"{_request_ref(r)}: {_request_state(r)}")
+
+
+def _grant_source(g: dict[str, Any]) -> str:
+    """Where the grant comes from; from a server that does not say: who made it."""
+    if g.get("source"):
+        return str(g["source"])
+    return f"by {g['created_by']}" + (f" (request {g['request_id']})" if g.get("request_id") else "")
+
+
 def _grant_line(g: dict[str, Any], width: int = 0) -> str:
-    return (f"{g['grant_id']}  {g['subject']:24} {_instance_cell(g, width)}{g['object']:30} "
-            f"{','.join(g['privileges']):20} until {g['expires_at']}  by {g['created_by']}"
-            + (f" (request {g['request_id']})" if g["request_id"] else ""))
+    until = _when(g["expires_at"]) if g.get("expires_at") else "no expiry"
+    return (f"{g.get('grant_id') or 'policy':14}  {g['subject']:24} {_instance_cell(g, width)}"
+            f"{g['object']:30} {','.join(g['privileges']):20} until {until}  {_grant_source(g)}")
 
 
 def _grant_lines(grants: list[dict[str, Any]], prefix: str = "") -> list[str]:
@@ -178,7 +284,7 @@ def _grant_lines(grants: list[dict[str, Any]], prefix: str = "") -> list[str]:
 def cmd_grant_add(args: argparse.Namespace) -> int:
     subject = f"user:{args.user}" if args.user else f"group:{args.group}"
     body = _with_instance({"subject": subject, "objects": args.grant, "privileges": args.privilege or ["SELECT"],
-                           "reason": args.reason or "", **_span(args)}, args)
+                           "reason": args.reason or "", "break_glass": args.break_glass, **_span(args)}, args)
     grants = _call(args, "POST", "/v1/grants", json=body)
     return _print(args, grants, "\n".join(_grant_lines(grants, "granted ")))
 
@@ -189,7 +295,7 @@ def cmd_grant_list(args: argparse.Namespace) -> int:
 
 
 def cmd_grant_revoke(args: argparse.Namespace) -> int:
-    g = _call(args, "DELETE", f"/v1/grants/{args.id}")
+    g = _call(args, "DELETE", f"/v1/grants/{args.id}", params={"reason": args.reason} if args.reason else {})
     return _print(args, g, "\n".join(_grant_lines([g], "revoked ")))
 
 
@@ -198,10 +304,34 @@ def cmd_access(args: argparse.Namespace) -> int:
     width = _instance_width(held)
     lines = [
         f"{_instance_cell(h, width)}{h['object']:30} {','.join(h['privileges']):30} "
-        f"until {h['expires_at'] or 'no expiry':26} {h['source']}"
+        f"until {_when(h['expires_at']) if h['expires_at'] else 'no expiry':26} {h['source']}"
         for h in held
     ]
     return _print(args, held, "\n".join(lines) or "no access")
+
+
+def cmd_access_release(args: argparse.Namespace) -> int:
+    """Give back early what you hold: the grants or requests named, or with --all every grant
+    made for you alone (policy-file and group grants are not one person's to give back)."""
+    if bool(args.ids) == bool(args.all):
+        raise ApiError("name what to give back (grant g-… or request r-… ids, see jitproxy access) or --all")
+    ids = args.ids or [h["grant_id"] for h in _call(args, "GET", "/v1/access")
+                       if h.get("grant_id") and str(h["subject"]).startswith("user:")]
+    done = []
+    for ident in ids:
+        kind = "requests" if ident.startswith("r-") else "grants"
+        done.append(_call(args, "POST", f"/v1/{kind}/{ident}/release", json={"reason": args.reason or ""}))
+    lines = [f"{_request_ref(d)}: {_request_state(d)}" if "requester" in d
+             else f"grant {d['grant_id']} {d['object']}: {_grant_state(d)}" for d in done]
+    return _print(args, done, "\n".join(lines) or "nothing to give back: what you hold comes from the policy files "
+                                                 "or a group (jitproxy access)")
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    me = _call(args, "GET", "/v1/whoami")
+    groups = ", ".join(me["groups"]) or "none"
+    return _print(args, me, f"{me['user']} (groups: {groups}; admin: {'yes' if me['admin'] else 'no'}) "
+                            f"at {_api_url(args)}")
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -231,8 +361,8 @@ def _what(e: dict[str, Any]) -> str:
         return str(e["statement"])
     kind = str(e.get("type", ""))
     if kind.startswith("request."):
-        tables = ",".join(str(t) for t in e.get("tables") or ())
-        return f"{e.get('id')} {e.get('db')}.{{{tables}}} {','.join(map(str, e.get('privileges') or ()))}"
+        objects = request_objects(str(e.get("db")), [str(t) for t in e.get("tables") or ()])
+        return f"{e.get('id')} {objects} {','.join(map(str, e.get('privileges') or ()))}"
     if kind.startswith("grant."):
         return f"{e.get('grant_id')} {e.get('subject')} {e.get('object')} {','.join(map(str, e.get('privileges') or ()))}"
     if kind == "admin.api_call":
@@ -288,12 +418,14 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
     if q.oldest_first:
         params["oldest_first"] = "true"
     events = _call(args, "GET", "/v1/audit", params=params)["events"]
-    if args.json:
-        for event in events:
-            print(_json_line(event))
-        return 0
-    print(_audit_table(events) if events else "no events")
-    if len(events) >= q.limit:
+    fmt = "jsonl" if args.json else args.format
+    if fmt != "table":
+        from proxy.audit.export import render
+
+        sys.stdout.write(render(events, fmt))
+    else:
+        print(_audit_table(events) if events else "no events")
+    if len(events) >= q.limit:  # on stderr: an export cut at --limit must not look complete
         print(f"({len(events)} events shown; more may match: narrow with --since/--until or raise --limit)",
               file=sys.stderr)
     return 0
@@ -314,8 +446,8 @@ def cmd_audit_chain(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
-    """Add request, grant, access and audit (search, chain); returns the `audit` subcommands,
-    so more can be added to them (verify)."""
+    """Add request, grant, access, whoami and audit (search, chain); returns the `audit`
+    subcommands, so more can be added to them (verify)."""
     def client(sp: argparse.ArgumentParser, json_help: str = "machine-readable output") -> argparse.ArgumentParser:
         sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
         sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
@@ -323,9 +455,13 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
         sp.add_argument("--json", action="store_true", help=json_help)
         return sp
 
-    def span(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--for", dest="duration", help="how long, e.g. 30m, 4h")
-        sp.add_argument("--until", help="until when, e.g. 2026-11-21T18:00:00Z")
+    def span(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--for", dest="duration", help=f"how long{what}: 30s, 15m, 4h, 1d, 1h30m (a unit is required)")
+        sp.add_argument("--until", help="the exact end, however late the approval: 14:50 (today, or tomorrow when "
+                                        "passed), 2026-11-21T18:00 (your local zone) or 2026-11-21T18:00:00Z")
+
+    def reason(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reason", help="why it ends early (kept in the audit trail)")
 
     rq = sub.add_parser("request", help="ask for access, and decide requests").add_subparsers(
         dest="request_command", required=True)
@@ -335,21 +471,24 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--db", required=True)
     s.add_argument("--table", action="append", required=True, help="table name (repeatable)")
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, ... (repeatable)")
-    span(s)
-    s.add_argument("--reason", required=True, help="incident or ticket, and what for")
+    span(s, " once approved")
+    s.add_argument("--reason", required=True, help="incident or ticket, and what for (at least 3 characters)")
     s.set_defaults(func=cmd_request_create)
     s = client(rq.add_parser("list", help="requests you made or may decide"))
-    s.add_argument("--status", choices=["pending", "approved", "denied", "cancelled", "expired"])
+    s.add_argument("--status", choices=REQUEST_STATUSES)
     s.add_argument("--mine", action="store_true")
     s.set_defaults(func=cmd_request_list)
-    for name, func, help_text in (("show", cmd_request_show, "one request and its approvals"),
+    for name, func, help_text in (("show", cmd_request_show, "one request, its approvals and its grants"),
                                   ("approve", cmd_request_approve, "approve a request"),
                                   ("deny", cmd_request_deny, "deny a request"),
-                                  ("cancel", cmd_request_cancel, "cancel your pending request")):
+                                  ("cancel", cmd_request_cancel, "cancel your pending request"),
+                                  ("release", cmd_request_release, "give back your approved request's access early")):
         s = client(rq.add_parser(name, help=help_text))
         s.add_argument("id")
         if name in ("approve", "deny"):
             s.add_argument("--comment")
+        if name == "release":
+            reason(s)
         s.set_defaults(func=func)
 
     gr = sub.add_parser("grant", help="direct grants (admins)").add_subparsers(dest="grant_command", required=True)
@@ -361,18 +500,31 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
                    help="the upstream instance the grants apply on; needed when the proxy has several")
     s.add_argument("--grant", action="append", required=True, help="db.table or db.* (repeatable)")
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, ... (repeatable)")
-    span(s)
+    span(s, "")
     s.add_argument("--reason")
+    s.add_argument("--break-glass", action="store_true",
+                   help="longer than the environment's maximum, for an emergency: needs --reason; audited and "
+                        "notified")
     s.set_defaults(func=cmd_grant_add)
-    s = client(gr.add_parser("list", help="your grants (admins: --all)"))
+    s = client(gr.add_parser("list", help="grants in effect, with their source (yours; admins: --all)"))
     s.add_argument("--all", action="store_true")
     s.set_defaults(func=cmd_grant_list)
     s = client(gr.add_parser("revoke", help="end a grant now (every replica, next statement)"))
     s.add_argument("id")
+    reason(s)
     s.set_defaults(func=cmd_grant_revoke)
 
-    s = client(sub.add_parser("access", help="what you may access now, and until when"))
+    s = client(sub.add_parser("access", help="what you may access now, until when, and from where"))
     s.set_defaults(func=cmd_access)
+    s = client(s.add_subparsers(dest="access_command").add_parser(
+        "release", help="give back access early: grant or request ids, or --all"))
+    s.add_argument("ids", nargs="*", metavar="ID", help="g-… (a grant) or r-… (a request)")
+    s.add_argument("--all", action="store_true", help="every grant made for you alone")
+    reason(s)
+    s.set_defaults(func=cmd_access_release)
+
+    s = client(sub.add_parser("whoami", help="who your token says you are, and whether you are an admin"))
+    s.set_defaults(func=cmd_whoami)
 
     au = sub.add_parser("audit", help="the audit trail (admins and auditors)").add_subparsers(
         dest="audit_command", required=True)
@@ -390,6 +542,9 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--proxy-instance", metavar="HOST:PID", help="one proxy process")
     s.add_argument("--limit", type=int, default=100, help="at most this many events (1..10000, default 100)")
     s.add_argument("--oldest-first", action="store_true")
+    s.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
+                   help="table (default); csv (fixed columns, for a spreadsheet); json (one array); "
+                        "jsonl (one event per line as written, like --json)")
     s.set_defaults(func=cmd_audit_search)
     s = client(au.add_parser("chain", help="one proxy process's events in seq order, as JSON lines",
                              description="For verification: jitproxy audit chain --proxy-instance H:P | "

@@ -171,6 +171,10 @@ class UpstreamConfig(_Strict):
     # waiting on it fail) until a ping is answered again.
     health_interval_s: float = Field(5.0, gt=0)
     health_timeout_s: float = Field(3.0, gt=0)
+    # How long what the proxy read of the schema (view definitions, the columns a `*` reads) is
+    # trusted. DDL through this proxy clears it at once; a view or column created elsewhere
+    # (another replica, a DBA on the server) is seen within this time.
+    schema_cache_ttl_s: float = Field(10.0, gt=0, le=3600)
     pool: PoolConfig = PoolConfig()
 
     @model_validator(mode="after")
@@ -319,13 +323,38 @@ class WebhookConfig(_Strict):
     name: str
     url_env: str  # the environment variable holding the URL (a Slack webhook URL is a secret)
     format: Literal["slack", "json"] = "json"
+    # Break glass is subscribed to by default: an emergency grant nobody hears about is a hole.
     events: tuple[str, ...] = ("request.created", "request.approved", "request.denied", "request.expired",
-                               "request.cancelled")
+                               "request.cancelled", "grant.break_glass")
     secret_env: str | None = None  # HMAC-SHA256 signing secret for json receivers
 
 
 class NotifyConfig(_Strict):
     webhooks: tuple[WebhookConfig, ...] = ()
+
+
+class SlackPerson(_Strict):
+    """Who a Slack user is to jitproxy: the person (a token's user) and the groups they decide
+    requests as. Slack knows no jitproxy groups and a button press carries no token, so the
+    approver groups a person has in Slack are the ones written here."""
+
+    user: str = Field(pattern=r"^[A-Za-z0-9._@-]{1,80}$")
+    groups: tuple[str, ...] = ()
+
+
+class SlackConfig(_Strict):
+    """Approvals from Slack (proxy.notify.slack): new requests are posted to `channel` with
+    Approve / Deny buttons; Slack posts the clicks to the admin API at /v1/slack/interactions."""
+
+    channel: str = Field(min_length=1)  # a channel id (C0123ABCD) or name the bot is a member of
+    bot_token_env: str = "JITPROXY_SLACK_BOT_TOKEN"  # the variable holding the xoxb- token (a secret)
+    signing_secret_env: str = "JITPROXY_SLACK_SIGNING_SECRET"  # the app's signing secret (a secret)
+    # Slack user id (U0123ABCD) or the email of a Slack account (matched through users.info,
+    # needs the users:read.email scope) -> the person. Anyone else's clicks are refused.
+    people: dict[str, SlackPerson] = {}
+    team_id: str | None = None  # set: clicks from another workspace are refused
+    api_url: str = "https://slack.com/api/"  # Slack's Web API (a test's fake, an egress proxy)
+    timeout_s: float = Field(10.0, gt=0, le=60)
 
 
 class Config(_Strict):
@@ -338,6 +367,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
+    slack: SlackConfig | None = None  # approvals from Slack
     authz: AuthzConfig = AuthzConfig()
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from proxy.audit.file_trail import FileTrail, trail_of_sinks
 from proxy.audit.events import AuditEmitter, EventType, FileSink, SessionInfo, Sink, StreamSink
 from proxy.audit.normalize import fingerprint as audit_fingerprint
 from proxy.authz.analyze import analyze
@@ -46,9 +47,11 @@ from proxy.protocol import wire
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError, UpstreamTarget, open_connection
 from proxy.upstream.pool import Connector, UpstreamPool
 from proxy.upstream.relay import Expect
-from proxy.upstream.schema import SchemaCache
+from proxy.protocol.filtering import text_rows
+from proxy.upstream.schema import Rows, SchemaCache, ViewCatalog
 
 if TYPE_CHECKING:
+    from proxy.notify.slack import SlackApprovals
     from proxy.notify.webhook import WebhookNotifier
 
 log = structlog.get_logger("jitproxy.server")
@@ -252,6 +255,7 @@ class Instance:
     environment: str | None = None
     connect_timeout_s: float = 10.0
     schema: SchemaCache = field(default_factory=SchemaCache)
+    views: ViewCatalog = field(default_factory=ViewCatalog)
     # matches the shared database account as error messages name it ('user'@'host')
     shared_account_pattern: re.Pattern[str] | None = None
     statement_timeout_s: float | None = None  # upstream.statement_timeout_s
@@ -269,10 +273,9 @@ class Instance:
         sessions it would free). With `port` (the killed connection's own end), the thread is
         killed only if the server's PROCESSLIST shows it connected from that port: after a
         restart or a failover the same thread id may be someone else's. False: not killed."""
-        profile = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
         what = "CONNECTION" if connection else "QUERY"
         async with asyncio.timeout(max(self.health_timeout_s, 1.0) * 2):
-            conn = await self.pool.acquire(profile, None, side=True)
+            conn = await self.pool.acquire(_SIDE_PROFILE, None, side=True)
             reusable = False
             try:
                 if port is not None:
@@ -293,6 +296,24 @@ class Instance:
             finally:
                 self.pool.release(conn, reusable=reusable, side=True)
 
+    async def side_rows(self, sql: str) -> Rows:
+        """The rows of one of the proxy's own small queries (schema lookups), on a side connection
+        in its default state (no person's session variables), bounded like kill_query."""
+        async with asyncio.timeout(max(self.health_timeout_s, 1.0) * 2):
+            conn = await self.pool.acquire(_SIDE_PROFILE, None, side=True)
+            reusable = False
+            try:
+                payloads, outcome = await conn.fetch_payloads(wire.COM_QUERY, sql.encode("utf-8"))
+                if outcome.error is not None:
+                    raise UpstreamError("schema lookup failed", f"{outcome.error.code}: {outcome.error.message}")
+                reusable = True
+                return text_rows(payloads, conn.profile.deprecate_eof)
+            finally:
+                self.pool.release(conn, reusable=reusable, side=True)
+
+
+_SIDE_PROFILE = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+
 
 @dataclass
 class ProxyContext:
@@ -308,8 +329,9 @@ class ProxyContext:
     masker: Masker = field(default_factory=Masker)
     workflow: AccessService | None = None  # None: no state store (policy files only)
     notifier: WebhookNotifier | None = None  # proxy.notify (httpx) is imported only when configured
+    slack: SlackApprovals | None = None  # approvals from Slack (the `slack:` section)
     on_expiry: str = "deny"  # or "disconnect" (authz.on_expiry)
-    audit_store: Store | None = None  # searches of the store audit sink (GET /v1/audit)
+    audit_store: Store | FileTrail | None = None  # searches (GET /v1/audit): the store sink's, else the file sink's
     fast_path: bool = True  # listen.fast_path (protocol/fastpath.py)
     fast_statements: int = 0  # statements handled on the fast path (stats)
     admission: Admission = field(default_factory=lambda: Admission(LimitsConfig(), 1000))
@@ -504,6 +526,8 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
             statement_timeout_s=u.statement_timeout_s,
             health_interval_s=u.health_interval_s,
             health_timeout_s=u.health_timeout_s,
+            schema=SchemaCache(u.schema_cache_ttl_s),
+            views=ViewCatalog(u.schema_cache_ttl_s),
         )
         for u in cfg.instances
     }
@@ -517,7 +541,10 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         audit = build_audit(cfg, extra_sinks, sink_store if audit_store else None)
         if audit_store:
             audit.on_close.append(sink_store.close)
+    if audit_store is None:  # no store sink: searches read the file sink's lines (proxy.audit.file_trail)
+        audit_store = trail_of_sinks(cfg.audit.sinks)
     notifier = build_notifier(cfg)
+    slack = build_slack(cfg)
     policy_files = PolicyStore(cfg.policies.dirs, on_reload=lambda event, fields: audit.emit(event, None, **fields))
     workflow = AccessService(
         store,
@@ -525,12 +552,14 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         audit,
         now,
         admin_groups=frozenset(cfg.api.admin_groups),
-        notify=notifier.notify if notifier else (lambda event, body: None),
+        notify=_notify_all(notifier, slack),
         limits=Limits(pending_ttl=cfg.api.pending_ttl, max_grant_duration=cfg.api.max_grant_duration),
         # One `upstream:` keeps requests and grants for every instance ("*"): renaming it later
         # cannot orphan them. Several: each names its instance, whose environment decides.
         instances={u.name: u.environment for u in cfg.upstreams},
     )
+    if slack is not None:
+        slack.bind(workflow)  # decisions from Slack go through the same service
     return ProxyContext(
         analyze=AnalysisCache(
             max_statement_bytes=cfg.authz.max_statement_bytes,
@@ -544,6 +573,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         masker=Masker(cfg.authz.resolve_mask_salt()),
         workflow=workflow,
         notifier=notifier,
+        slack=slack,
         on_expiry=cfg.authz.on_expiry,
         audit_store=audit_store,
         fast_path=cfg.listen.fast_path,
@@ -557,6 +587,26 @@ def open_configured_store(cfg: Config) -> Store:
     if cfg.store.backend == "sqlite":
         cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
     return open_store(cfg.store.url())
+
+
+def build_slack(cfg: Config) -> SlackApprovals | None:
+    """Approvals from Slack, when configured (slack_sdk is imported only then)."""
+    if cfg.slack is None:
+        return None
+    from proxy.notify.slack import slack_from_config
+
+    return slack_from_config(cfg.slack)
+
+
+def _notify_all(*notifiers: Any) -> Callable[[str, dict[str, Any]], None]:
+    """The workflow's one `notify`: each configured notifier in turn (each only queues)."""
+    targets = [n.notify for n in notifiers if n is not None]
+
+    def notify(event: str, body: dict[str, Any]) -> None:
+        for target in targets:
+            target(event, body)
+
+    return notify
 
 
 def build_notifier(cfg: Config) -> WebhookNotifier | None:
@@ -644,6 +694,8 @@ class ProxyServer:
         self.poller.start()
         if self.ctx.notifier is not None:
             await self.ctx.notifier.start()
+        if self.ctx.slack is not None:
+            self.ctx.slack.start()
         if self.cfg.api.enabled and workflow is not None:
             # FastAPI and uvicorn (~45 MB) only in processes that serve the API
             from proxy.api.app import create_app
@@ -654,7 +706,7 @@ class ProxyServer:
             app = AuditMiddleware(create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
                                              on_change=lambda: self.ctx.grants.refresh(), health=self.health,
                                              ready=self.ready, metrics=renderer(self),
-                                             audit_store=self.ctx.audit_store,
+                                             audit_store=self.ctx.audit_store, slack=self.ctx.slack,
                                              auditor_groups=frozenset(self.cfg.api.auditor_groups)),
                                   self.ctx.audit)
             tls = self.cfg.listen.tls
@@ -897,7 +949,7 @@ class ProxyServer:
             policies.dirs = new.policies.dirs
         if not policies.check(force=True):
             return False
-        restart = [key for key in ("listen.host", "listen.port", "store", "api", "audit", "instances")
+        restart = [key for key in ("listen.host", "listen.port", "store", "api", "audit", "instances", "slack")
                    if _config_part(self.cfg, key) != _config_part(new, key)]
         self.cfg = _merge_reloadable(self.cfg, new)
         self.tls = tls
@@ -942,6 +994,8 @@ class ProxyServer:
             await self.poller.stop()
         if self.ctx.notifier is not None:
             await self.ctx.notifier.close()
+        if self.ctx.slack is not None:
+            await asyncio.to_thread(self.ctx.slack.close)
         if self.ctx.grants.store is not None:
             self.ctx.grants.store.close()
         if self.ctx.audit_store is not None:

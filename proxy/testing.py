@@ -71,6 +71,11 @@ def proxy_config(
             "user": upstream_user,
             "password": upstream_password,
             "tls": {"ca_file": str(upstream_ca)} if upstream_ca else None,
+            # What the proxy read of the schema is cleared by DDL through it and re-read when a
+            # statement names something new; a test proxy does not also re-read it on a timer,
+            # so whether a statement takes the fast path never depends on how slow the machine is
+            # (tests/unit/test_view_catalog.py tests the TTL).
+            "schema_cache_ttl_s": 3600,
         },
         "policies": {"dirs": [str(policies_dir)]},
         "audit": {"sinks": [{"type": "file", "path": str(audit_file)}] if audit_file else []},

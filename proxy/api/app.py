@@ -1,13 +1,16 @@
 """The admin API: JSON over HTTP(S), served by the proxy on its own port (FastAPI; the OpenAPI
-document is at /openapi.json). Authenticated with the same personal tokens as MySQL logins
+document is at /openapi.json, browsable at /docs: Swagger UI, whose script and style the browser
+loads from jsDelivr, FastAPI's default). Authenticated with the same personal tokens as MySQL logins
 (`Authorization: Bearer <token>`); roles come from the token's groups. The `jitproxy` CLI is a
 client of it, so nobody needs credentials for the state store.
 
 Workflow calls are synchronous store transactions: they run in a worker thread so the proxy's
 event loop keeps relaying statements meanwhile.
 
-The audit trail, when the proxy stores it (an `audit_store`), is searchable at GET /v1/audit
-and readable in chain order at GET /v1/audit/chain, by admins and members of `auditor_groups`.
+The audit trail, when the proxy keeps it where it can read it (an `audit_store`: the `store`
+sink's state store, or else the `file` sink's JSON lines, proxy.audit.file_trail), is searchable
+at GET /v1/audit and readable in chain order at GET /v1/audit/chain, by admins and members of
+`auditor_groups`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -24,16 +27,27 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from proxy.audit.file_trail import FileTrail, TrailUnreadable
 from proxy.audit.search import SearchError, build_query, chain_params
 from proxy.authz.model import Principal
-from proxy.config import parse_duration
 from proxy.identity.tokens import TokenError, TokenVerifier
-from proxy.store.base import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, RequestStatus, Store, StoreError
-from proxy.workflow.service import AccessService, WorkflowError, grant_fields, request_fields
+from proxy.store.base import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, Store, StoreError
+from proxy.timespec import TimeSpecError, parse_duration, parse_moment
+from proxy.workflow.grants import stored_row
+from proxy.workflow.service import AccessService, WorkflowError
+from proxy.workflow.status import REQUEST_STATUSES
+
+if TYPE_CHECKING:
+    from proxy.notify.slack import SlackApprovals
 
 _bearer = HTTPBearer(auto_error=False)
 _INSTANCE_HELP = ("the upstream instance (its configured name); may be left out when the proxy "
                   "has one instance")
+# The statuses a request is shown with (an unknown one is FastAPI's 422, like any bad parameter).
+RequestStatusName = Literal[REQUEST_STATUSES]  # type: ignore[valid-type]
+_DURATION_HELP = "how long (from the approval, for a request): 30s, 15m, 4h, 2d, 1h30m (a unit is required)"
+_UNTIL_HELP = ("the absolute end, however late the approval: ISO 8601 (2026-12-07T14:50:00+01:00; "
+               "without a zone: UTC) or HH:MM (UTC, today or tomorrow)")
 
 
 class RequestIn(BaseModel):
@@ -41,8 +55,8 @@ class RequestIn(BaseModel):
     tables: list[str] = Field(min_length=1, max_length=50)
     privileges: list[str] = Field(default=["SELECT"], max_length=10)
     reason: str = Field(max_length=2000)
-    duration: str | None = Field(default=None, description="e.g. 30m, 4h, 2d")
-    until: datetime | None = None
+    duration: str | None = Field(default=None, max_length=40, description=_DURATION_HELP)
+    until: str | None = Field(default=None, max_length=64, description=_UNTIL_HELP)
     instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
 
 
@@ -50,14 +64,21 @@ class DecisionIn(BaseModel):
     comment: str = Field(default="", max_length=2000)
 
 
+class ReasonIn(BaseModel):
+    reason: str = Field(default="", max_length=2000, description="why the access ends early")
+
+
 class GrantIn(BaseModel):
     subject: str = Field(description="user:NAME or group:NAME", max_length=90)
     objects: list[str] = Field(min_length=1, max_length=50, description="db.table or db.*")
     privileges: list[str] = Field(default=["SELECT"], max_length=10)
     reason: str = Field(default="", max_length=2000)
-    duration: str | None = None
-    until: datetime | None = None
+    duration: str | None = Field(default=None, max_length=40, description=_DURATION_HELP)
+    until: str | None = Field(default=None, max_length=64, description=_UNTIL_HELP)
     instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
+    break_glass: bool = Field(default=False, description=(
+        "beyond the environment's maximum duration, for an emergency: needs a reason; audited "
+        "(grant.break_glass) and notified"))
 
 
 async def principal(
@@ -84,8 +105,19 @@ def _duration(text: str | None) -> timedelta | None:
     if text is None:
         return None
     try:
-        return parse_duration(text)
-    except ValueError as e:
+        return parse_duration(text, "duration")
+    except TimeSpecError as e:
+        raise HTTPException(400, str(e)) from None
+
+
+def _until(text: str | None) -> datetime | None:
+    """The API has no caller's zone to assume: a time without one is UTC (the CLI always sends
+    the zone it read the time in)."""
+    if text is None:
+        return None
+    try:
+        return parse_moment(text, datetime.now(UTC), UTC, "until").at
+    except TimeSpecError as e:
         raise HTTPException(400, str(e)) from None
 
 
@@ -98,8 +130,9 @@ def create_app(
     health: Callable[[], dict[str, Any]] | None = None,
     ready: Callable[[], dict[str, Any]] | None = None,
     metrics: Callable[[], bytes] | None = None,
-    audit_store: Store | None = None,
+    audit_store: Store | FileTrail | None = None,
     auditor_groups: frozenset[str] = frozenset(),
+    slack: SlackApprovals | None = None,
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
     GET /v1/access. `on_change`: awaited after each write (the proxy refreshes its grants).
@@ -107,10 +140,12 @@ def create_app(
     load balancers and monitors ask it; it names no host, user or credential).
     `audit_store`: a store object on the state store the `store` audit sink writes to, for
     GET /v1/audit and /v1/audit/chain (best not the sink's own object: a 10,000-event search
-    would hold its connection while fail_closed statements wait for their batch); None: those
-    answer 404. `auditor_groups`: groups whose members may read
-    the audit trail, besides admins."""
-    app = FastAPI(title="jitproxy admin API", version="1", docs_url=None, redoc_url=None)
+    would hold its connection while fail_closed statements wait for their batch), or a
+    `FileTrail` over the file sink's JSON lines (anything with `search_audit` and
+    `audit_chain`); None: those answer 404. `auditor_groups`: groups whose members may read
+    the audit trail, besides admins. `slack`: approvals from Slack (POST /v1/slack/interactions,
+    proxy.api.slack)."""
+    app = FastAPI(title="jitproxy admin API", version="1", docs_url="/docs", redoc_url=None)
     app.state.verifier = verifier
     auditors = frozenset(auditor_groups)
 
@@ -122,11 +157,18 @@ def create_app(
 
     @app.exception_handler(WorkflowError)
     async def _workflow_error(_: Request, e: WorkflowError) -> JSONResponse:
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        body: dict[str, Any] = {"detail": e.message}
+        if e.existing is not None:  # what is already there (e.g. the grants already held)
+            body["existing"] = e.existing
+        return JSONResponse(body, status_code=e.status)
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, e: StoreError) -> JSONResponse:
         return JSONResponse({"detail": "the state store is unavailable; try again"}, status_code=503)
+
+    @app.exception_handler(TrailUnreadable)
+    async def _trail_unreadable(_: Request, e: TrailUnreadable) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -135,15 +177,15 @@ def create_app(
             return JSONResponse({"detail": _validation_detail(e)}, status_code=400)
         return await request_validation_exception_handler(request, e)
 
-    def audit_reader(who: Principal) -> Store:
+    def audit_reader(who: Principal) -> Store | FileTrail:
         """The audit store, if `who` may read it (admins and auditors; else 403)."""
         if not (service.is_admin(who) or auditors & set(who.groups)):
             groups = ", ".join(sorted(auditors)) or "none configured"
             raise HTTPException(403, f"reading the audit trail is for admins and auditors (auditor groups: {groups}); "
                                      f"{who.user} is neither")
         if audit_store is None:
-            raise HTTPException(404, "this proxy does not store its audit trail (no 'store' sink in audit.sinks); "
-                                     "search its audit files or your log system instead")
+            raise HTTPException(404, "this proxy does not store its audit trail where it can search it (audit.sinks "
+                                     "has no 'file' or 'store' sink); search your log system instead")
         return audit_store
 
     @app.get("/healthz", include_in_schema=False)
@@ -174,47 +216,67 @@ def create_app(
         return {"user": who.user, "groups": list(who.groups), "admin": service.is_admin(who)}
 
     @app.post("/v1/requests", status_code=201)
-    async def create_request(body: RequestIn, who: Who) -> dict[str, Any]:
-        r = await run(service.create_request, who, body.db, body.tables, body.privileges, body.reason,
-                      duration=_duration(body.duration), until=body.until, instance=body.instance, write=True)
-        return request_fields(r)
+    async def create_request(body: RequestIn, who: Who) -> Any:
+        """201 with the new request; 200 with the person's pending request (`existing`: true)
+        when it already asks for all of this; 409 with `existing` (the grants) when they already
+        hold it all until the end asked for."""
+        r, created = await run(service.submit_request, who, body.db, body.tables, body.privileges, body.reason,
+                               duration=_duration(body.duration), until=_until(body.until), instance=body.instance,
+                               write=True)
+        view = await run(service.view, r)
+        return view if created else JSONResponse({**view, "existing": True}, status_code=200)
 
     @app.get("/v1/requests")
     async def list_requests(
-        who: Who, status: RequestStatus | None = None, mine: Annotated[bool, Query()] = False
+        who: Who,
+        status: RequestStatusName | None = None,
+        mine: Annotated[bool, Query()] = False,
     ) -> list[dict[str, Any]]:
-        return [request_fields(r) for r in await run(service.list_requests, who, status, mine)]
+        return await run(service.list_requests, who, status, mine)
 
     @app.get("/v1/requests/{request_id}")
     async def get_request(request_id: str, who: Who) -> dict[str, Any]:
-        return request_fields(await run(service.get_request, who, request_id))
+        return await run(lambda: service.view(service.get_request(who, request_id)))
 
     @app.post("/v1/requests/{request_id}/approve")
     async def approve(request_id: str, body: DecisionIn, who: Who) -> dict[str, Any]:
-        return request_fields(await run(service.approve, who, request_id, body.comment, write=True))
+        return await run(lambda: service.view(service.approve(who, request_id, body.comment)), write=True)
 
     @app.post("/v1/requests/{request_id}/deny")
     async def deny(request_id: str, body: DecisionIn, who: Who) -> dict[str, Any]:
-        return request_fields(await run(service.deny, who, request_id, body.comment, write=True))
+        return await run(lambda: service.view(service.deny(who, request_id, body.comment)), write=True)
 
     @app.post("/v1/requests/{request_id}/cancel")
     async def cancel(request_id: str, who: Who) -> dict[str, Any]:
-        return request_fields(await run(service.cancel, who, request_id, write=True))
+        return await run(lambda: service.view(service.cancel(who, request_id)), write=True)
+
+    @app.post("/v1/requests/{request_id}/release", summary="Give back an approved request's access early")
+    async def release_request(request_id: str, body: ReasonIn, who: Who) -> dict[str, Any]:
+        return await run(lambda: service.view(service.release_request(who, request_id, body.reason)), write=True)
 
     @app.post("/v1/grants", status_code=201)
     async def add_grants(body: GrantIn, who: Who) -> list[dict[str, Any]]:
         grants = await run(service.add_grants, who, body.subject, body.objects, body.privileges, body.reason,
-                           duration=_duration(body.duration), until=body.until, instance=body.instance,
-                           write=True)
-        return [grant_fields(g) for g in grants]
+                           duration=_duration(body.duration), until=_until(body.until), instance=body.instance,
+                           break_glass=body.break_glass, write=True)
+        return [stored_row(g, service.clock()) for g in grants]
 
     @app.get("/v1/grants")
     async def list_grants(who: Who, everyone: Annotated[bool, Query(alias="all")] = False) -> list[dict[str, Any]]:
-        return [grant_fields(g) for g in await run(service.list_grants, who, everyone)]
+        """Grants in effect (yours; admins with all=true: everyone's), the policy files' too,
+        each with its `kind` (policy, request, grant) and `source`."""
+        return await run(service.grant_rows, who, everyone)
 
-    @app.delete("/v1/grants/{grant_id}")
-    async def revoke(grant_id: str, who: Who) -> dict[str, Any]:
-        return grant_fields(await run(service.revoke_grant, who, grant_id, write=True))
+    @app.delete("/v1/grants/{grant_id}", summary="Revoke a grant now (admins)")
+    async def revoke(grant_id: str, who: Who,
+                     reason: Annotated[str, Query(max_length=2000, description="why it ends early")] = "") -> dict[str, Any]:
+        grant = await run(service.revoke_grant, who, grant_id, reason, write=True)
+        return stored_row(grant, service.clock())
+
+    @app.post("/v1/grants/{grant_id}/release", summary="Give back a grant you hold, early")
+    async def release_grant(grant_id: str, body: ReasonIn, who: Who) -> dict[str, Any]:
+        grant = await run(service.release_grant, who, grant_id, body.reason, write=True)
+        return stored_row(grant, service.clock())
 
     @app.get("/v1/access")
     async def my_access(who: Who) -> list[dict[str, Any]]:
@@ -263,6 +325,11 @@ def create_app(
         except SearchError as e:
             raise HTTPException(400, str(e)) from None
         return {"events": await run(store.audit_chain, name, after, count)}
+
+    if slack is not None:
+        from proxy.api.slack import slack_routes
+
+        app.include_router(slack_routes(slack, on_change))
 
     return app
 

@@ -54,8 +54,12 @@ class EventType:
     REQUEST_DENIED = "request.denied"
     REQUEST_CANCELLED = "request.cancelled"
     REQUEST_EXPIRED = "request.expired"
+    REQUEST_REVOKED = "request.revoked"  # an admin ended its access early
+    REQUEST_RELEASED = "request.released"  # the requester gave its access back early
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
+    GRANT_RELEASED = "grant.released"  # the person holding it gave it back early
+    GRANT_BREAK_GLASS = "grant.break_glass"  # an admin's grant beyond its environment's maximum
     POLICY_RELOADED = "policy.reloaded"
     POLICY_RELOAD_FAILED = "policy.reload_failed"
     ADMIN_API_CALL = "admin.api_call"
@@ -78,8 +82,12 @@ CODES = {
     EventType.REQUEST_DENIED: "JP3003",
     EventType.REQUEST_CANCELLED: "JP3004",
     EventType.REQUEST_EXPIRED: "JP3005",
+    EventType.REQUEST_REVOKED: "JP3006",
+    EventType.REQUEST_RELEASED: "JP3007",
     EventType.GRANT_ADDED: "JP3100",
     EventType.GRANT_REVOKED: "JP3101",
+    EventType.GRANT_RELEASED: "JP3102",
+    EventType.GRANT_BREAK_GLASS: "JP3103",
     EventType.POLICY_RELOADED: "JP4000",
     EventType.POLICY_RELOAD_FAILED: "JP4001",
     EventType.ADMIN_API_CALL: "JP5000",

@@ -129,8 +129,8 @@ _Handler = Callable[[str, list[Token], "str | None"], Analysis]
 
 _HANDLERS: dict[str, _Handler] = {
     **{k: dml.parsed_statement for k in dml.EXPECTED_TREE},
-    "CREATE": ddl.create_statement,
-    "ALTER": ddl.alter_statement,
+    "CREATE": lambda sql, tokens, db: ddl.create_statement(sql, tokens, db, dispatch=_inner),
+    "ALTER": lambda sql, tokens, db: ddl.alter_statement(sql, tokens, db, dispatch=_inner),
     "DROP": ddl.drop_statement,
     "TRUNCATE": ddl.truncate_statement,
     "SET": lambda sql, tokens, db: variables.set_statement(sql, tokens, db, dispatch=_inner),

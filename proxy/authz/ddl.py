@@ -2,8 +2,8 @@
 ALTER TABLE, DROP [TEMPORARY] TABLE, TRUNCATE, RENAME TABLE; CREATE / DROP INDEX and sequences
 (schema_objects.py). Table options are allow-listed: engines that reach outside the table
 (FEDERATED, CONNECT, MERGE, SPIDER ...) and file placement options are refused. Every other
-object (views, routines, triggers, events, databases, users, servers ...) is denied with its
-reason.
+object (routines, triggers, events, databases, users, servers ...) is denied with its reason;
+views are views.py's.
 
 CREATE TABLE needs CREATE on the new table; with a SELECT it fills the table, so INSERT on it
 too (MariaDB's rule), and SELECT on what the query reads. Sequence functions are refused in
@@ -24,7 +24,7 @@ from typing import NoReturn
 from sqlglot import exp
 from sqlglot.tokens import Token, TokenType
 
-from proxy.authz import partitions, schema_objects
+from proxy.authz import partitions, schema_objects, views
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
@@ -182,7 +182,24 @@ def _table_object(tokens: list[Token], verb: str) -> tuple[bool, str]:
 _CREATE_ARGS = frozenset({"this", "kind", "expression", "exists", "properties"})
 
 
-def create_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+_ROUTINE_OBJECTS = frozenset({"VIEW", "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE", "AGGREGATE"})
+_VIEW_PREFIXES = frozenset({"OR", "ALGORITHM", "DEFINER", "SQL", "SQL SECURITY", "VIEW"})
+
+
+def _is_view(tokens: list[Token]) -> bool:
+    """CREATE / ALTER ... VIEW: the first object word after the verb's options is VIEW (the
+    options are shared with triggers and routines, which stay refused)."""
+    if word(tokens[1] if len(tokens) > 1 else None) not in _VIEW_PREFIXES:
+        return False
+    found = next((w for w in (word(t) for t in tokens[1:16]) if w in _ROUTINE_OBJECTS), None)
+    return found == "VIEW"
+
+
+def create_statement(
+    sql: str, tokens: list[Token], current_db: str | None, dispatch: views.Dispatch
+) -> Analysis:
+    if _is_view(tokens):
+        return views.create_view(sql, tokens, current_db, dispatch)
     words = [word(t) for t in tokens[1:6]]
     if words[:2] == ["OR", "REPLACE"]:
         words = words[2:]
@@ -249,7 +266,11 @@ def _no_sequence_functions(c: Collector, what: str) -> None:
         )
 
 
-def alter_statement(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
+def alter_statement(
+    sql: str, tokens: list[Token], current_db: str | None, dispatch: views.Dispatch
+) -> Analysis:
+    if _is_view(tokens):
+        return views.create_view(sql, tokens, current_db, dispatch)
     if word(tokens[1] if len(tokens) > 1 else None) == "SEQUENCE":
         return schema_objects.alter_sequence(
             prepare(tokens, sql.upper()), current_db, ALLOWED_ENGINES
@@ -297,6 +318,8 @@ def drop_statement(sql: str, tokens: list[Token], current_db: str | None) -> Ana
         return schema_objects.drop_index(tokens, current_db)
     if second[:1] == ["SEQUENCE"] or second == ["TEMPORARY", "SEQUENCE"]:
         return schema_objects.drop_sequence(tokens, current_db)
+    if second[:1] == ["VIEW"]:
+        return views.drop_view(tokens, current_db)
     temporary, what = _table_object(tokens, "DROP")
     tree = parse_one(sql, prepare(tokens, sql.upper()))
     if not isinstance(tree, exp.Drop) or str(tree.args.get("kind") or "").upper() != "TABLE":

@@ -196,6 +196,12 @@ def _masked(
     (proxy.authz.masking refuses every other use). Any other statement reading one: denied.
     Column names are matched in ASCII only (the policy loader accepts nothing else): a
     non-ASCII name the server may fold onto a masked one (`śsn`) is refused."""
+    for target in sorted(masks.keys() & analysis.view_tables):
+        read = sorted(c for t, c, p in analysis.columns if t == target and p is Privilege.SELECT and c in masks[target])
+        if read or Requirement(target, Privilege.SELECT) in analysis.star_tables:
+            return Decision(False, analysis, DenyCode.MASKED_COLUMN,
+                            f"{target}.{read[0] if read else '*'} is masked for you and a view reads it: "
+                            f"read it from {target} itself", used_grants=used)
     reads: set[tuple[TableRef, str]] = set()
     for target, column, privilege in analysis.columns:
         if target in masks and privilege is Privilege.SELECT:

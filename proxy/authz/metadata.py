@@ -50,6 +50,21 @@ FILTERABLE = frozenset(_FILTERS)
 _NAMES_COLUMNS = frozenset({"columns", "statistics", "key_column_usage", "views", "triggers", "partitions"})
 
 
+# information_schema.VIEWS without its definitions (the columns MySQL 8 and MariaDB share): a
+# definition names the tables and columns a view reads, visible or not; MySQL shows it only with
+# SHOW VIEW on the view, and a person who does not see every object never sees it here.
+_VIEWS_COLUMNS = ("TABLE_CATALOG", "TABLE_SCHEMA", "TABLE_NAME", "CHECK_OPTION", "IS_UPDATABLE", "DEFINER",
+                  "SECURITY_TYPE", "CHARACTER_SET_CLIENT", "COLLATION_CONNECTION")
+
+
+def _rows_of(table: str) -> exp.Select:
+    if table.lower() != "views":
+        return exp.select("*")
+    columns: list[exp.Expression] = [exp.column(c) for c in _VIEWS_COLUMNS]
+    columns.insert(3, exp.alias_(exp.Literal.string(""), "VIEW_DEFINITION"))
+    return exp.select(*columns)
+
+
 class MetadataError(ValueError):
     """The statement cannot be rewritten safely: deny it."""
 
@@ -139,7 +154,7 @@ def restrict_metadata(sql: str, current_db: str | None, vis: Visibility) -> tupl
         condition = visible_condition(name, vis)
         if condition is None:
             continue
-        inner = exp.select("*").from_(exp.table_(table.name, db=INFORMATION_SCHEMA))
+        inner = _rows_of(name).from_(exp.table_(table.name, db=INFORMATION_SCHEMA))
         inner = inner.where(condition)
         alias = table.alias or table.name
         table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))

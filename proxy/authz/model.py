@@ -21,12 +21,14 @@ class Privilege(str, enum.Enum):
     ALTER = "ALTER"
     DROP = "DROP"
     INDEX = "INDEX"  # CREATE INDEX / DROP INDEX on a table (ALTER TABLE ... ADD INDEX needs ALTER)
+    CREATE_VIEW = "CREATE VIEW"  # CREATE / ALTER VIEW (and DROP on it to replace one)
+    SHOW_VIEW = "SHOW VIEW"  # SHOW CREATE VIEW (or TABLE) of a view: its definition
     EXECUTE = "EXECUTE"  # a stored routine (TableRef(db, routine)): runs with its definer's rights
 
     @classmethod
     def parse(cls, text: str) -> Privilege:
         try:
-            return cls[text.strip().upper()]
+            return cls[" ".join(text.upper().split()).replace(" ", "_")]
         except KeyError:
             raise ValueError(
                 f"unknown privilege {text!r} (one of {', '.join(p.value for p in cls)})"
@@ -143,6 +145,14 @@ class Analysis:
     # None: the statement means the same on both. The session must refuse a statement carrying
     # it on an upstream that is not MariaDB.
     mariadb_only: str | None = None
+    # Views (proxy.authz.views): `views` are the views the statement reads or writes, expanded
+    # into the requirements, columns and stars of their definitions; `view_tables` what those
+    # definitions reach (tables and nested views). Empty until the session has expanded them.
+    views: frozenset[TableRef] = frozenset()
+    view_tables: frozenset[TableRef] = frozenset()
+    # The text the session sends instead of the person's (CREATE VIEW: `SQL SECURITY INVOKER`
+    # added); None: the statement is sent as received. Never prepared (prepared._preparable).
+    rewritten: str | None = None
     # The audit fingerprint of the statement text (proxy.audit.normalize), set by the analysis
     # cache: statements that share this analysis share their fingerprint too.
     fingerprint: str | None = field(default=None, compare=False)

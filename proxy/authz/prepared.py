@@ -58,7 +58,7 @@ def prepare(
     inner = analyze_text(literal_text(sql[tok.start : tok.end + 1]), current_db)
     if inner.deny is not None:
         raise Denied(inner.deny.code, f"the prepared statement: {inner.deny.detail}")
-    if inner.kind not in _PREPARABLE:
+    if inner.kind not in _PREPARABLE or inner.rewritten is not None:  # (CREATE VIEW: sent rewritten)
         raise Denied(
             DenyCode.UNSUPPORTED_STATEMENT,
             f"{inner.statement_class} cannot be prepared through jitproxy; "

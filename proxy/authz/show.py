@@ -97,13 +97,17 @@ def show(sql: str, tokens: list[Token], current_db: str | None) -> Analysis:
         c.expect_end()
         return show_result("SHOW ENGINES")
     if c.accept("CREATE"):
-        if not c.accept("TABLE"):
+        obj = c.accept("TABLE", "VIEW")
+        if obj is None:
             what = f"SHOW CREATE {c.word() or ''}".strip()
             raise Denied(DenyCode.UNSUPPORTED_STATEMENT, f"{what} is not supported", what)
         db, table = c.table_name()
         c.expect_end()
         ref = resolve_named(db, table, current_db)
-        return show_result("SHOW CREATE TABLE", describe_requirements(ref, "SHOW CREATE TABLE"))
+        requirements = describe_requirements(ref, f"SHOW CREATE {obj}")
+        if obj == "VIEW":  # (SHOW CREATE TABLE of a view: views.expand adds it)
+            requirements.add(Requirement(ref, Privilege.SHOW_VIEW))
+        return show_result(f"SHOW CREATE {obj}", requirements)
     if c.accept("TABLE"):
         c.expect("STATUS")
         return show_result(

@@ -1,4 +1,5 @@
-"""Notifications about access requests: webhooks (Slack or JSON) for approvers."""
+"""Notifications about access requests: webhooks (Slack or JSON) for approvers; approvals from
+Slack with buttons in proxy.notify.slack (not imported here: slack_sdk loads only when configured)."""
 
 from proxy.notify.webhook import (
     EVENTS,

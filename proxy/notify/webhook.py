@@ -70,7 +70,8 @@ import httpx
 import structlog
 
 EVENTS: frozenset[str] = frozenset(
-    {"request.created", "request.approved", "request.denied", "request.expired", "request.cancelled"}
+    {"request.created", "request.approved", "request.denied", "request.expired", "request.cancelled",
+     "request.revoked", "request.released", "grant.break_glass"}
 )
 Format = Literal["slack", "json"]
 USER_AGENT = "jitproxy"
@@ -205,6 +206,9 @@ _TITLES = {
     "request.denied": "Access request denied",
     "request.expired": "Access request expired",
     "request.cancelled": "Access request cancelled",
+    "request.revoked": "Access revoked",
+    "request.released": "Access given back",
+    "grant.break_glass": "BREAK GLASS: direct grant beyond the environment's maximum",
 }
 _SUMMARIES = {
     "request.created": "{requester} requests {what} for {duration}",
@@ -212,6 +216,9 @@ _SUMMARIES = {
     "request.denied": "{actor} denied {requester}'s request for {what}",
     "request.expired": "{requester}'s request for {what} expired without a decision",
     "request.cancelled": "{actor} cancelled {requester}'s request for {what}",
+    "request.revoked": "{actor} revoked {requester}'s access to {what}",
+    "request.released": "{requester} gave back their access to {what} early",
+    "grant.break_glass": "{actor} broke glass: {requester} gets {what} for {duration}",
 }
 
 

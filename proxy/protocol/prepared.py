@@ -66,7 +66,10 @@ class Prepared:
 def _preparable(analysis: Analysis) -> bool:
     """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a prepared
     SET NAMES would change the server's charset behind the decoder: plain SETs are re-synced),
-    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters."""
+    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters, not
+    what the session sends rewritten (CREATE VIEW)."""
+    if analysis.rewritten is not None:
+        return False
     if analysis.kind is StatementKind.SHOW:
         return analysis.statement_class not in FILTERED_SHOWS
     return analysis.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)

@@ -17,6 +17,7 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import AuditUnavailable, EventType, SessionInfo
+from proxy.authz import views
 from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import (
     Analysis,
@@ -357,10 +358,18 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     def _decide_now(self, analysis: Analysis) -> tuple[Decision | None, frozenset[TableRef]]:
         """The decision, when it can be made without the database: (decision, ()); otherwise
-        (None, the tables whose columns a `*` read through column-restricted grants needs).
-        Allowed decisions are remembered per analysis while the grants snapshot is the same
-        object and none of the person's grants has ended (see _remember_decision): revocation
-        and expiry still bite on the next statement."""
+        (None, the tables whose columns a `*` read through column-restricted grants needs), or
+        (None, ()) while the views of a database it names are not known (_decide_with_schema
+        reads them). Allowed decisions are remembered per analysis (the view-expanded one: the
+        same object while the views stay the same) while the grants snapshot is the same object
+        and none of the person's grants has ended (see _remember_decision): revocation and
+        expiry still bite on the next statement."""
+        expanded = self.instance.views.expand(analysis)
+        if isinstance(expanded, frozenset):
+            return None, frozenset()
+        return self._decide_expanded(expanded)
+
+    def _decide_expanded(self, analysis: Analysis) -> tuple[Decision | None, frozenset[TableRef]]:
         assert self.principal is not None
         grants = self._grants()
         known = self._decisions.get(id(analysis))
@@ -377,10 +386,14 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         return decision, frozenset()
 
     async def _decide_with_schema(self, analysis: Analysis) -> Decision:
-        """Like _decide; a `*` read through column-restricted grants is expanded to the table's
-        real columns, read from the upstream (cached)."""
+        """Like _decide, with what the database must say first: the views the statement names
+        are read as their definitions (proxy.authz.views), and a `*` read through
+        column-restricted grants is expanded to the table's real columns (both cached)."""
         assert self.principal is not None and self.upstream is not None
-        decision, tables = self._decide_now(analysis)
+        expanded = await self._expand_views(analysis)
+        if isinstance(expanded, Decision):
+            return expanded
+        decision, tables = self._decide_expanded(expanded)
         if decision is not None:
             return decision
         try:
@@ -389,7 +402,26 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             raise UpstreamLost() from None
         except RuntimeError:
             columns = {}  # unknown columns: the star stays refused
-        return decide(analysis, self.principal, self._grants(), self.ctx.now(), table_columns=columns)
+        return decide(expanded, self.principal, self._grants(), self.ctx.now(), table_columns=columns)
+
+    async def _expand_views(self, analysis: Analysis) -> Analysis | Decision:
+        """The analysis with its views expanded, reading the views of the databases it names
+        first when they are not known (a few rounds: nested views may be elsewhere, and a load
+        that crossed a DDL is read again). Refused if they cannot be read: fail closed."""
+        catalog = self.instance.views
+        for _ in range(views.MAX_DEPTH + 2):
+            expanded = catalog.expand(analysis)
+            if not isinstance(expanded, frozenset):
+                return expanded
+            try:
+                await catalog.load(expanded, self.instance.side_rows)
+            except (OSError, ProtocolViolation, asyncio.IncompleteReadError, UpstreamError, TimeoutError) as e:
+                log.warning("view definitions unreadable", instance=self.instance.name, error=type(e).__name__,
+                            session=self.info.session_id)
+                break
+        return Decision(False, analysis, DenyCode.UNACCOUNTED_TABLE,
+                        "the definitions of the views this statement may read could not be read from the "
+                        "database; nothing was sent to it. Try again shortly")
 
     def _remember_decision(self, analysis: Analysis, grants: GrantSet, now: datetime, decision: Decision) -> None:
         """Keyed by the analysis object (held in the entry, so its id stays its own): the
@@ -614,6 +646,9 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             payload, denied = self._restrict_metadata(sql, analysis)
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)
+        elif analysis.rewritten is not None:  # CREATE VIEW made SQL SECURITY INVOKER (authz/views.py)
+            assert self.connection is not None
+            payload = analysis.rewritten.encode(self.connection.client_codec)
 
         await self._admit(wire.COM_QUERY, sql, decision)
         if kind is StatementKind.SHOW and analysis.statement_class in FILTERED_SHOWS:
@@ -634,6 +669,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 self.sql_prepared.pop(analysis.prepared_name, None)
             if analysis.statement_class.startswith(DDL_CLASSES):
                 self.instance.schema.invalidate()
+                self.instance.views.invalidate()
         elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
             # MySQL drops a statement of that name before preparing the new text, even if that fails
             self.sql_prepared.pop(analysis.prepared_name, None)

@@ -30,6 +30,9 @@ ANY_INSTANCE = "*"
 
 
 class RequestStatus(str, enum.Enum):
+    """What the store records. What people are shown also says how an approved request's
+    access ended (expired, revoked, released): proxy.workflow.status derives it from the grants."""
+
     PENDING = "pending"
     APPROVED = "approved"  # its grants exist (they end on their own at `access_until`)
     DENIED = "denied"
@@ -60,6 +63,7 @@ class NewGrant:
     reason: str = ""
     request_id: str | None = None
     instance: str = ANY_INSTANCE  # the upstream instance (config name) it applies to
+    break_glass: bool = False  # longer than its environment allows, on an admin's stated reason
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class StoredGrant:
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     instance: str = ANY_INSTANCE
+    revoke_reason: str | None = None  # why it was ended early
+    released: bool = False  # ended early by the person holding it (revoked_by), not an admin
+    break_glass: bool = False
 
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
@@ -93,6 +100,7 @@ class NewRequest:
     environment: str  # e.g. "prod", "test": the approval policy that applies
     pending_until: datetime  # a request still pending then becomes EXPIRED
     instance: str = ANY_INSTANCE  # the upstream instance its grants will apply to
+    ends_at: datetime | None = None  # an absolute end (--until); None: duration_s from approval
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ class AccessRequest:
     grant_ids: tuple[str, ...] = ()  # the grants its approval created
     status_by: str | None = None  # who approved (the last approval), denied or cancelled it
     instance: str = ANY_INSTANCE
+    ends_at: datetime | None = None  # the absolute end asked for (--until), whenever approved
 
 
 @dataclass(frozen=True)
@@ -194,14 +203,18 @@ class Store(Protocol):
 
     def add_grant(self, grant: NewGrant, now: datetime) -> StoredGrant: ...
 
-    def revoke_grant(self, grant_id: str, by: str, now: datetime) -> StoredGrant:
-        """Raises NotFound; Conflict if it was already revoked."""
+    def revoke_grant(self, grant_id: str, by: str, now: datetime, *, reason: str | None = None,
+                     released: bool = False) -> StoredGrant:
+        """End the grant now: `by` revoked it (`released`: `by` holds it and gave it back),
+        for `reason`. Raises NotFound; Conflict if it was already revoked or released."""
 
     def get_grant(self, grant_id: str) -> StoredGrant | None: ...
 
-    def grants(self, *, active_at: datetime | None = None, subject: str | None = None) -> list[StoredGrant]:
+    def grants(self, *, active_at: datetime | None = None, subject: str | None = None,
+               ids: Sequence[str] | None = None) -> list[StoredGrant]:
         """All grants (oldest first); with `active_at`, only those not revoked and not expired
-        then; with `subject`, only that subject's."""
+        then; with `subject`, only that subject's; with `ids`, only those (ids not found are
+        left out)."""
 
     def create_request(self, request: NewRequest, now: datetime) -> AccessRequest: ...
 

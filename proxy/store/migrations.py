@@ -31,6 +31,11 @@ Schema notes (both dialects):
   row per table an event names ("db.table"), with the event's time, keyed for "the events on
   this table, newest first"; it points at `audit_events.id` (no foreign key: a retention job
   deletes from both). Audit writes do not bump `meta.revision`.
+- Version 4: `requests.ends_at`, the absolute end a request asked for (`--until`): its access
+  ends then however late it is approved (NULL: `duration_s` from the approval, `--for`).
+  `grants.revoke_reason` (why it was ended early), `grants.released` (ended early by the person
+  holding it, not by an admin: "released", not "revoked") and `grants.break_glass` (an admin
+  grant longer than its environment allows, given with a reason). Older rows read NULL / false.
 """
 
 from __future__ import annotations
@@ -243,6 +248,22 @@ MIGRATIONS: tuple[Migration, ...] = (
                 event_pk bigint NOT NULL,
                 PRIMARY KEY (table_name, time, event_pk)
             )""",
+        ),
+    ),
+    Migration(
+        version=4,
+        description="requests.ends_at (an absolute end); grants.revoke_reason, released, break_glass",
+        sqlite=(
+            "ALTER TABLE requests ADD COLUMN ends_at TEXT",
+            "ALTER TABLE grants ADD COLUMN revoke_reason TEXT",
+            "ALTER TABLE grants ADD COLUMN released INTEGER NOT NULL DEFAULT 0 CHECK (released IN (0, 1))",
+            "ALTER TABLE grants ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0 CHECK (break_glass IN (0, 1))",
+        ),
+        postgres=(
+            "ALTER TABLE requests ADD COLUMN ends_at timestamptz",
+            "ALTER TABLE grants ADD COLUMN revoke_reason text",
+            "ALTER TABLE grants ADD COLUMN released boolean NOT NULL DEFAULT false",
+            "ALTER TABLE grants ADD COLUMN break_glass boolean NOT NULL DEFAULT false",
         ),
     ),
 )

@@ -99,18 +99,20 @@ class PostgresStore:
     def add_grant(self, grant: NewGrant, now: datetime) -> StoredGrant:
         return self._write(lambda cursor: _insert_grant(cursor, grant, now))
 
-    def revoke_grant(self, grant_id: str, by: str, now: datetime) -> StoredGrant:
+    def revoke_grant(self, grant_id: str, by: str, now: datetime, *, reason: str | None = None,
+                     released: bool = False) -> StoredGrant:
         def revoke(cursor: Cursor) -> StoredGrant:
-            cursor.execute("SELECT revoked_at FROM grants WHERE id = %s FOR UPDATE", (grant_id,))
+            cursor.execute("SELECT revoked_at, released FROM grants WHERE id = %s FOR UPDATE", (grant_id,))
             row = cursor.fetchone()
             if row is None:
                 raise NotFound(f"no grant {grant_id}")
             if row["revoked_at"] is not None:
-                raise Conflict(f"grant {grant_id} is already revoked")
+                raise Conflict(f"grant {grant_id} is already {'released' if row['released'] else 'revoked'}")
             return _grant(_one(
                 cursor,
-                "UPDATE grants SET revoked_at = %s, revoked_by = %s WHERE id = %s RETURNING *",
-                (utc(now), by, grant_id),
+                """UPDATE grants SET revoked_at = %s, revoked_by = %s, revoke_reason = %s, released = %s
+                   WHERE id = %s RETURNING *""",
+                (utc(now), by, reason, released, grant_id),
             ))
 
         return self._write(revoke)
@@ -123,7 +125,8 @@ class PostgresStore:
 
         return self._read(get)
 
-    def grants(self, *, active_at: datetime | None = None, subject: str | None = None) -> list[StoredGrant]:
+    def grants(self, *, active_at: datetime | None = None, subject: str | None = None,
+               ids: Sequence[str] | None = None) -> list[StoredGrant]:
         conditions: list[str] = []
         args: list[Any] = []
         if active_at is not None:
@@ -132,6 +135,9 @@ class PostgresStore:
         if subject is not None:
             conditions.append("subject = %s")
             args.append(subject)
+        if ids is not None:
+            conditions.append("id = ANY(%s::text[])")
+            args.append(list(ids))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
 
         def select(cursor: Cursor) -> list[StoredGrant]:
@@ -145,14 +151,15 @@ class PostgresStore:
             row = _one(
                 cursor,
                 """INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
-                       environment, status, created_at, updated_at, pending_until, instance)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       environment, status, created_at, updated_at, pending_until, instance, ends_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    RETURNING *""",
                 (
                     new_request_id(), request.requester, request.db, list(request.tables),
                     list(request.privileges), request.duration_s, request.reason,
                     request.environment, RequestStatus.PENDING.value, utc(now), utc(now),
                     utc(request.pending_until), request.instance,
+                    utc(request.ends_at) if request.ends_at is not None else None,
                 ),
             )
             return _request(row, ())
@@ -374,13 +381,13 @@ def _insert_grant(cursor: Cursor, grant: NewGrant, now: datetime) -> StoredGrant
     return _grant(_one(
         cursor,
         """INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
-               created_by, reason, request_id, instance)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               created_by, reason, request_id, instance, break_glass)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            RETURNING *""",
         (
             new_grant_id(), grant.subject, grant.db, grant.table, list(grant.privileges),
             utc(grant.expires_at), utc(now), grant.created_by, grant.reason, grant.request_id,
-            grant.instance,
+            grant.instance, grant.break_glass,
         ),
     ))
 
@@ -432,6 +439,9 @@ def _grant(row: DictRow) -> StoredGrant:
         revoked_at=_optional_time(row["revoked_at"]),
         revoked_by=row["revoked_by"],
         instance=row["instance"],
+        revoke_reason=row["revoke_reason"],
+        released=row["released"],
+        break_glass=row["break_glass"],
     )
 
 
@@ -454,6 +464,7 @@ def _request(row: DictRow, approvals: Sequence[Approval]) -> AccessRequest:
         grant_ids=tuple(row["grant_ids"]),
         status_by=row["status_by"],
         instance=row["instance"],
+        ends_at=_optional_time(row["ends_at"]),
     )
 
 

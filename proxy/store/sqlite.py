@@ -101,16 +101,17 @@ class SQLiteStore:
     def add_grant(self, grant: NewGrant, now: datetime) -> StoredGrant:
         return self._write(lambda conn: _insert_grant(conn, grant, now))
 
-    def revoke_grant(self, grant_id: str, by: str, now: datetime) -> StoredGrant:
+    def revoke_grant(self, grant_id: str, by: str, now: datetime, *, reason: str | None = None,
+                     released: bool = False) -> StoredGrant:
         def revoke(conn: sqlite3.Connection) -> StoredGrant:
             grant = _select_grant(conn, grant_id)
             if grant is None:
                 raise NotFound(f"no grant {grant_id}")
             if grant.revoked_at is not None:
-                raise Conflict(f"grant {grant_id} is already revoked")
+                raise Conflict(f"grant {grant_id} is already {'released' if grant.released else 'revoked'}")
             conn.execute(
-                "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE id = ?",
-                (_text(now), by, grant_id),
+                "UPDATE grants SET revoked_at = ?, revoked_by = ?, revoke_reason = ?, released = ? WHERE id = ?",
+                (_text(now), by, reason, int(released), grant_id),
             )
             return _require(_select_grant(conn, grant_id))
 
@@ -119,7 +120,8 @@ class SQLiteStore:
     def get_grant(self, grant_id: str) -> StoredGrant | None:
         return self._read(lambda conn: _select_grant(conn, grant_id))
 
-    def grants(self, *, active_at: datetime | None = None, subject: str | None = None) -> list[StoredGrant]:
+    def grants(self, *, active_at: datetime | None = None, subject: str | None = None,
+               ids: Sequence[str] | None = None) -> list[StoredGrant]:
         conditions: list[str] = []
         args: list[Any] = []
         if active_at is not None:
@@ -128,6 +130,9 @@ class SQLiteStore:
         if subject is not None:
             conditions.append("subject = ?")
             args.append(subject)
+        if ids is not None:
+            conditions.append("id IN (SELECT value FROM json_each(?))")
+            args.append(_json(ids))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         sql = f"SELECT * FROM grants {where} ORDER BY created_at, seq"
         return self._read(lambda conn: [_grant(row) for row in conn.execute(sql, args)])
@@ -137,13 +142,14 @@ class SQLiteStore:
             request_id = new_request_id()
             conn.execute(
                 """INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
-                       environment, status, created_at, updated_at, pending_until, instance)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       environment, status, created_at, updated_at, pending_until, instance, ends_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     request_id, request.requester, request.db, _json(request.tables),
                     _json(request.privileges), request.duration_s, request.reason,
                     request.environment, RequestStatus.PENDING.value, _text(now), _text(now),
                     _text(request.pending_until), request.instance,
+                    _text(request.ends_at) if request.ends_at is not None else None,
                 ),
             )
             return _require(_select_request(conn, request_id))
@@ -285,12 +291,12 @@ def _insert_grant(conn: sqlite3.Connection, grant: NewGrant, now: datetime) -> S
     grant_id = new_grant_id()
     conn.execute(
         """INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
-               created_by, reason, request_id, instance)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               created_by, reason, request_id, instance, break_glass)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             grant_id, grant.subject, grant.db, grant.table, _json(grant.privileges),
             _text(grant.expires_at), _text(now), grant.created_by, grant.reason, grant.request_id,
-            grant.instance,
+            grant.instance, int(grant.break_glass),
         ),
     )
     return _require(_select_grant(conn, grant_id))
@@ -349,6 +355,9 @@ def _grant(row: sqlite3.Row) -> StoredGrant:
         revoked_at=_optional_time(row["revoked_at"]),
         revoked_by=row["revoked_by"],
         instance=row["instance"],
+        revoke_reason=row["revoke_reason"],
+        released=bool(row["released"]),
+        break_glass=bool(row["break_glass"]),
     )
 
 
@@ -371,6 +380,7 @@ def _request(row: sqlite3.Row, approvals: Sequence[Approval]) -> AccessRequest:
         grant_ids=tuple(json.loads(row["grant_ids"])),
         status_by=row["status_by"],
         instance=row["instance"],
+        ends_at=_optional_time(row["ends_at"]),
     )
 
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import yaml
 
-from proxy.authz.model import Principal, Privilege
-from proxy.authz.policy import PolicyError, parse_privileges
+from proxy.authz.model import Grant, Principal, Privilege
+from proxy.authz.policy import PolicyError, grants_from_document, parse_privileges
 from proxy.config import parse_duration
 from proxy.store.base import Approval
 
@@ -117,8 +117,14 @@ class NoApprovalPolicy(ValueError):
 
 @dataclass(frozen=True)
 class ApprovalPolicies:
+    """What the policy files say to the workflow. `grants`: their grants, read with the same
+    files at the same reload as the rules, so the workflow can answer a request for access the
+    person already holds and show admins every grant with its source (sessions decide with the
+    proxy's own GrantSet of the same files)."""
+
     environments: dict[str, str]
     rules: tuple[ApprovalRule, ...]
+    grants: tuple[Grant, ...] = ()
 
     def environment_of(self, db: str) -> str:
         return self.environments.get(db) or self.environments.get("*") or DEFAULT_ENVIRONMENT
@@ -186,6 +192,7 @@ def rules_from_document(doc: Any, source: str) -> tuple[dict[str, str], list[App
 def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
     environments: dict[str, str] = {}
     rules: list[ApprovalRule] = []
+    grants: list[Grant] = []
     for d in dirs:
         for path in sorted([*Path(d).glob("*.yaml"), *Path(d).glob("*.yml")]):
             try:
@@ -198,6 +205,7 @@ def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
                     raise PolicyError(f"{path}: database {db} is given two environments")
                 environments[db] = env
             rules.extend(found)
-    return ApprovalPolicies(environments, tuple(rules))
+            grants.extend(grants_from_document(doc, str(path)))
+    return ApprovalPolicies(environments, tuple(rules), tuple(grants))
 
 

@@ -19,22 +19,11 @@ from typing import Any
 import structlog
 
 from proxy.authz.decide import GrantSet
-from proxy.authz.model import Grant, Principal, Privilege
+from proxy.authz.model import Grant, Principal
 from proxy.store.base import Store, StoredGrant
+from proxy.workflow.grants import policy_row, stored_row, to_grant
 
 log = structlog.get_logger("jitproxy.workflow")
-
-
-def to_grant(g: StoredGrant) -> Grant:
-    return Grant(
-        subject=g.subject,
-        db=g.db,
-        table=g.table,
-        privileges=frozenset(Privilege.parse(p) for p in g.privileges),
-        expires_at=g.expires_at,
-        source=f"store:{g.id}" + (f" (request {g.request_id})" if g.request_id else ""),
-        instance=g.instance,
-    )
 
 
 class EffectiveGrants:
@@ -46,7 +35,8 @@ class EffectiveGrants:
         self.store = store
         self.clock = clock
         self.revision = -1
-        self._stored: tuple[Grant, ...] = ()
+        self._rows: tuple[StoredGrant, ...] = ()  # the store's active grants, as read
+        self._stored: tuple[Grant, ...] = ()  # the same, as sessions decide with them
         # The snapshot it was built from (held, not its id(): a freed object's id is reused).
         self._built_from: tuple[GrantSet, int] | None = None
         self._combined = GrantSet(())
@@ -75,6 +65,7 @@ class EffectiveGrants:
         if revision == self.revision and not force:
             return False
         stored = await asyncio.to_thread(self.store.grants, active_at=self.clock())
+        self._rows = tuple(stored)
         self._stored = tuple(to_grant(g) for g in stored)
         self.revision = revision
         return True
@@ -82,24 +73,18 @@ class EffectiveGrants:
     def forget_store(self) -> None:
         """The store has been unreachable too long: its grants stop counting (fail closed: a
         revocation made meanwhile cannot have reached us)."""
+        self._rows = ()
         self._stored = ()
         self.revision = -1
 
     def held_by(self, who: Principal) -> list[dict[str, Any]]:
-        """Every grant in effect for the person now, for `jitproxy access`."""
+        """Every grant in effect for the person now, as sessions see them (a store the proxy
+        stopped trusting counts for nothing here either), each with its source and end: the
+        policy files' first, then the store's, for `jitproxy access`."""
         now = self.clock()
-        out = []
-        for g in self().for_principal(who, now):
-            out.append({
-                "subject": g.subject,
-                "object": f"{g.db}.{g.table}",
-                "privileges": sorted(p.value for p in g.privileges),
-                "expires_at": g.expires_at.isoformat() if g.expires_at else None,
-                "source": g.source,
-                "columns": sorted(g.columns) if g.columns is not None else None,
-                "instance": g.instance,
-            })
-        return out
+        subjects = set(who.subjects)
+        return [*(policy_row(g) for g in self.policies().for_principal(who, now)),
+                *(stored_row(g, now) for g in self._rows if g.subject in subjects and g.active(now))]
 
 
 class ApiServer:

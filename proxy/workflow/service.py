@@ -1,14 +1,29 @@
-"""The just-in-time access workflow: requests, approvals, direct grants, expiry.
+"""The just-in-time access workflow: requests, approvals, direct grants, expiry, giving access
+back early.
 
 Synchronous and free of HTTP: the admin API (proxy.api) calls it in a worker thread, tests call
 it directly. Every state change is one store transaction, then an audit event naming the person
 who caused it, then (through `notify`) the approvers' webhooks. Who may do what:
 
-- anyone with a token: create a request for themselves, cancel their own pending request, see
-  their own requests and access;
+- anyone with a token: create a request for themselves, cancel their own pending request,
+  release (give back early) their own access, see their own requests and access;
 - an approver of the policy that applies (proxy.workflow.approvals): approve or deny a pending
   request of somebody else (nobody approves their own, also not through a group);
 - an admin (a member of `admin_groups`): everything, including direct grants and revocation.
+
+Time: a request asks for a duration (`--for 1h`: from its approval) or an absolute end
+(`--until 14:50`: its access ends then, however late it is approved; once that end has passed
+it can no longer be approved). Direct grants end within their environment's maximum (the
+approval policies' `max_duration`) unless an admin breaks glass: a stated reason, audited
+(`grant.break_glass`) and notified.
+
+Requests are checked before they are stored: one asking again for what a pending request of
+the same person already asks is answered with that request; one for access the person already
+holds until at least the end asked for (policy files, requests, direct grants) is refused with
+what they hold.
+
+Statuses are those of proxy.workflow.status: `view(request)` is a request as it is shown
+(derived from its grants and the clock), in the API and in every audit event.
 
 Upstream instances: with `instances` configured (name -> environment), every request and direct
 grant is for one of them (named, or implied when there is only one), and the grants it makes
@@ -20,14 +35,14 @@ configured) everything is for "*", every instance, as before instances existed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from proxy.audit.events import AuditEmitter, EventType
-from proxy.authz.model import Principal, Privilege
+from proxy.authz.model import Grant, Principal, Privilege
 from proxy.authz.policy import PolicyError, split_object
 from proxy.store.base import (
     ANY_INSTANCE,
@@ -42,20 +57,39 @@ from proxy.store.base import (
     Store,
     StoredGrant,
 )
+from proxy.timespec import format_duration
 from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan
+from proxy.workflow.grants import covering, grant_fields, policy_row, stored_row, to_grant
+from proxy.workflow.status import (
+    RELEASED,
+    REQUEST_STATUSES,
+    REVOKED,
+    SYSTEM,
+    grant_status,
+    request_objects,
+    request_status,
+)
+
+__all__ = ["AccessService", "Forbidden", "Invalid", "Limits", "Missing", "StateConflict", "WorkflowError",
+           "grant_fields", "request_fields"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
-SYSTEM = "jitproxy"
 _NO_INSTANCES: Mapping[str, str | None] = MappingProxyType({})
+# Statuses the store records as such; the others are derived from an approved request's grants.
+_STORED = {status.value: status for status in (RequestStatus.PENDING, RequestStatus.DENIED, RequestStatus.CANCELLED)}
+# A request whose access ended early, by its status: the event that says so.
+_ENDED_EARLY = {REVOKED: EventType.REQUEST_REVOKED, RELEASED: EventType.REQUEST_RELEASED}
 
 
 class WorkflowError(Exception):
     status = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, existing: Any = None) -> None:
+        """`existing`: what is already there (a request, grants), for the API's answer."""
         super().__init__(message)
         self.message = message
+        self.existing = existing
 
 
 class Invalid(WorkflowError):
@@ -77,7 +111,7 @@ class StateConflict(WorkflowError):
 @dataclass(frozen=True)
 class Limits:
     pending_ttl: timedelta = timedelta(hours=24)  # a request nobody decides expires
-    max_grant_duration: timedelta = timedelta(days=7)  # direct grants by admins
+    max_grant_duration: timedelta = timedelta(days=7)  # direct grants by admins, even breaking glass
     min_reason_chars: int = 3
 
 
@@ -124,46 +158,74 @@ class AccessService:
         until: datetime | None = None,
         instance: str | None = None,
     ) -> AccessRequest:
+        """The new request, or the person's pending request that already asks for all of it."""
+        return self.submit_request(who, db, tables, privileges, reason, duration=duration, until=until,
+                                   instance=instance)[0]
+
+    def submit_request(
+        self,
+        who: Principal,
+        db: str,
+        tables: list[str],
+        privileges: list[str],
+        reason: str,
+        *,
+        duration: timedelta | None = None,
+        until: datetime | None = None,
+        instance: str | None = None,
+    ) -> tuple[AccessRequest, bool]:
+        """(request, True) when a request was made; (their pending request, False) when one
+        already asks for all of it. StateConflict when they already hold it all, naming it."""
         now = self.clock()
-        reason = (reason or "").strip()
-        if len(reason) < self.limits.min_reason_chars:
-            raise Invalid("a reason is required (an incident or ticket id, what you need to do)")
+        reason = self._reason(reason)
         if not tables:
             raise Invalid("name at least one table (--table)")
         db = _name(db, "database")
-        names = tuple(dict.fromkeys("*" if t == "*" else _name(t, "table") for t in tables))
+        names = _tables(tables)
         privs = _privileges(privileges or ["SELECT"])
         target = self._instance(instance)
-        span = _span(now, duration, until)
+        span, ends_at = _span(now, duration, until)
+        policies = self.policies()
         try:
-            plan = self.policies().plan(db, privs, self._environment_of(target))
+            plan = policies.plan(db, privs, self._environment_of(target))
         except NoApprovalPolicy as e:
             raise Forbidden(str(e)) from None
         if span > plan.max_duration:
-            raise Invalid(f"at most {_human(plan.max_duration)} in {plan.environment} for "
+            raise Invalid(f"at most {format_duration(plan.max_duration)} in {plan.environment} for "
                           f"{', '.join(sorted(p.value for p in privs))}; ask for less")
+        asked = tuple(sorted(p.value for p in privs))
+        pending = self._pending_like(who, target, db, names, asked)
+        if pending is not None:
+            return pending, False
+        self._refuse_if_held(who, policies, target, db, names, privs, now, now + span)
+        pending_until = now + self.limits.pending_ttl
+        if ends_at is not None:  # nobody can approve it after its end: no point waiting longer
+            pending_until = min(pending_until, ends_at)
         request = self.store.create_request(
-            NewRequest(who.user, db, names, tuple(sorted(p.value for p in privs)), int(span.total_seconds()),
-                       reason, plan.environment, now + self.limits.pending_ttl, instance=target),
+            NewRequest(who.user, db, names, asked, int(span.total_seconds()), reason, plan.environment,
+                       pending_until, instance=target, ends_at=ends_at),
             now,
         )
         self._event(EventType.REQUEST_CREATED, who, request, policy=plan.describe())
         if plan.auto_approve:
             request = self._conclude(request, Decision(
                 Approval(SYSTEM, (), "approve", f"auto-approved by policy for {plan.environment}", now),
-                RequestStatus.APPROVED, now + span, self._grants_for(request, now, SYSTEM),
+                RequestStatus.APPROVED, _access_end(request, now), self._grants_for(request, now, SYSTEM),
             ), now)
             self._event(EventType.REQUEST_APPROVED, None, request, actor=SYSTEM, auto=True)
-        return request
+        return request, True
 
     def approve(self, who: Principal, request_id: str, comment: str = "") -> AccessRequest:
         request, plan = self._pending_for_decision(who, request_id)
         now = self.clock()
+        if request.ends_at is not None and request.ends_at <= now:
+            raise StateConflict(f"request {request_id} asked for access until {request.ends_at.isoformat()}, "
+                                f"which has passed: it can no longer be approved ({request.requester} can ask again)")
         approval = Approval(who.user, tuple(who.groups), "approve", comment.strip(), now)
         approvals = (*request.approvals, approval)
         if plan.satisfied(approvals, request.requester):
             done = self._conclude(request, Decision(
-                approval, RequestStatus.APPROVED, now + timedelta(seconds=request.duration_s),
+                approval, RequestStatus.APPROVED, _access_end(request, now),
                 self._grants_for(request, now, who.user),
             ), now)
             self._event(EventType.REQUEST_APPROVED, who, done)
@@ -185,11 +247,30 @@ class AccessService:
         request = self._get(request_id)
         if request.requester != who.user and not self.is_admin(who):
             raise Forbidden("only the requester or an admin can cancel a request")
+        if request.status is RequestStatus.APPROVED:
+            raise StateConflict(f"request {request_id} is already approved: to give its access back, run "
+                                f"jitproxy request release {request_id}")
         if request.status is not RequestStatus.PENDING:
             raise StateConflict(f"request {request_id} is {request.status.value}, not pending")
         done = self._conclude(request, Decision(None, RequestStatus.CANCELLED, by=who.user), self.clock())
         self._event(EventType.REQUEST_CANCELLED, who, done)
         return done
+
+    def release_request(self, who: Principal, request_id: str, reason: str = "") -> AccessRequest:
+        """The requester gives back what their approved request still grants (audited)."""
+        request = self.get_request(who, request_id)
+        if request.requester != who.user:
+            raise Forbidden(f"only {request.requester} can give back their own access; admins revoke its grants "
+                            "(jitproxy grant revoke)")
+        if request.status is RequestStatus.PENDING:
+            raise StateConflict(f"request {request_id} is pending, not approved: jitproxy request cancel {request_id}")
+        now = self.clock()
+        active = [g for g in self.store.grants(ids=request.grant_ids) if g.active(now)]
+        if request.status is not RequestStatus.APPROVED or not active:
+            raise StateConflict(f"request {request_id} is {self.view(request)['status']}: it grants nothing now")
+        for grant in active:
+            self._end_grant(who, grant, reason, released=True)
+        return self._get(request_id)
 
     def expire_pending(self) -> list[AccessRequest]:
         """Pending requests past their deadline become EXPIRED (called periodically)."""
@@ -214,11 +295,24 @@ class AccessService:
             raise Missing(f"no request {request_id}")  # not "forbidden": ids are not an oracle
         return request
 
-    def list_requests(self, who: Principal, status: RequestStatus | None = None, mine: bool = False) -> list[AccessRequest]:
-        found = self.store.requests(status=status, requester=who.user if mine else None)
-        if mine or self.is_admin(who):
-            return found
-        return [r for r in found if r.requester == who.user or self._may_decide(who, r)]
+    def list_requests(self, who: Principal, status: str | None = None, mine: bool = False) -> list[dict[str, Any]]:
+        """The requests `who` may see (theirs; those they may decide; admins: all), as shown,
+        newest first; `status`: one of proxy.workflow.status.REQUEST_STATUSES."""
+        if status is not None and status not in REQUEST_STATUSES:
+            raise Invalid(f"status {status!r}: one of {', '.join(REQUEST_STATUSES)}")
+        found = self.store.requests(status=_STORED.get(status or ""), requester=who.user if mine else None)
+        if not (mine or self.is_admin(who)):
+            found = [r for r in found if r.requester == who.user or self._may_decide(who, r)]
+        return [v for v in self.views(found) if status is None or v["status"] == status]
+
+    def view(self, request: AccessRequest) -> dict[str, Any]:
+        """`request` as it is shown: its fields with the status its grants and the clock give."""
+        return self.views([request])[0]
+
+    def views(self, requests: Sequence[AccessRequest]) -> list[dict[str, Any]]:
+        grants = self.store.grants(ids=[g for r in requests for g in r.grant_ids]) if requests else []
+        now = self.clock()
+        return [request_fields(r, grants, now) for r in requests]
 
     # -- direct grants ---------------------------------------------------------------------------
 
@@ -233,41 +327,62 @@ class AccessService:
         duration: timedelta | None = None,
         until: datetime | None = None,
         instance: str | None = None,
+        break_glass: bool = False,
     ) -> list[StoredGrant]:
+        """Grants until the end given, within the environment's maximum (its approval
+        policies' max_duration for these privileges) unless `break_glass`, which needs a reason
+        and is audited and notified; never beyond `limits.max_grant_duration`."""
         self._admin(who)
         if not _SUBJECT.match(subject or ""):
             raise Invalid("subject must be user:NAME or group:NAME")
         if not objects:
             raise Invalid("name at least one db.table or db.*")
+        reason = self._reason(reason, "--break-glass needs --reason") if break_glass else (reason or "").strip()
         target = self._instance(instance)
         now = self.clock()
-        span = _span(now, duration, until)
+        span, _ = _span(now, duration, until)
         if span > self.limits.max_grant_duration:
-            raise Invalid(f"direct grants last at most {_human(self.limits.max_grant_duration)}; "
+            raise Invalid(f"direct grants last at most {format_duration(self.limits.max_grant_duration)}; "
                           "put lasting grants in the policy files")
-        privs = tuple(sorted(p.value for p in _privileges(privileges or ["SELECT"])))
+        privs = _privileges(privileges or ["SELECT"])
         targets = [_object(obj) for obj in objects]  # all valid before any is granted
+        limits = [limit for limit in (self._environment_limit(db, privs, target) for db, _ in targets) if limit]
+        over = [(env, most) for env, most in limits if span > most]
+        if over and not break_glass:
+            env, most = over[0]
+            raise Invalid(f"at most {format_duration(most)} in {env} for "
+                          f"{', '.join(sorted(p.value for p in privs))} (its approval policy); for an emergency, "
+                          "--break-glass --reason '...' (audited and notified)")
+        names = tuple(sorted(p.value for p in privs))
         out = []
         for db, table in targets:
             grant = self.store.add_grant(
-                NewGrant(subject, db, table, privs, now + span, who.user, (reason or "").strip(),
-                         instance=target),
+                NewGrant(subject, db, table, names, now + span, who.user, reason, instance=target,
+                         break_glass=break_glass),
                 now,
             )
-            self.audit.emit(EventType.GRANT_ADDED, None, **_actor(who), **grant_fields(grant))
+            self.audit.emit(EventType.GRANT_ADDED, None, **_actor(who), **self._grant_view(grant))
             out.append(grant)
+        if break_glass:
+            self._break_glass(who, out, span, (over or limits or [None])[0])
         return out
 
-    def revoke_grant(self, who: Principal, grant_id: str) -> StoredGrant:
-        self._admin(who)
+    def revoke_grant(self, who: Principal, grant_id: str, reason: str = "") -> StoredGrant:
         try:
-            grant = self.store.revoke_grant(grant_id, who.user, self.clock())
-        except NotFound:
-            raise Missing(f"no grant {grant_id}") from None
-        except Conflict:
-            raise StateConflict(f"grant {grant_id} is already revoked") from None
-        self.audit.emit(EventType.GRANT_REVOKED, None, **_actor(who), **grant_fields(grant))
-        return grant
+            self._admin(who)
+        except Forbidden as e:
+            raise Forbidden(f"{e.message}; to give back your own access: jitproxy access release {grant_id}") from None
+        return self._end_grant(who, self._grant(grant_id), reason, released=False)
+
+    def release_grant(self, who: Principal, grant_id: str, reason: str = "") -> StoredGrant:
+        """The person holding a grant gives it back early (a group's grant is not one member's
+        to give back: an admin revokes it)."""
+        grant = self._grant(grant_id)
+        if grant.subject != f"user:{who.user}":
+            if grant.subject.startswith("group:") and grant.subject in who.subjects:
+                raise Forbidden(f"grant {grant_id} is {grant.subject}'s, not yours alone: an admin can revoke it")
+            raise Missing(f"no grant {grant_id}")  # somebody else's: ids are not an oracle
+        return self._end_grant(who, grant, reason, released=True)
 
     def list_grants(self, who: Principal, everyone: bool = False) -> list[StoredGrant]:
         now = self.clock()
@@ -277,11 +392,36 @@ class AccessService:
         subjects = set(who.subjects)
         return [g for g in self.store.grants(active_at=now) if g.subject in subjects]
 
+    def policy_grants(self, who: Principal, everyone: bool = False) -> list[Grant]:
+        """The policy files' grants in effect now: `who`'s, or (admins) everyone's."""
+        if everyone:
+            self._admin(who)
+        now = self.clock()
+        subjects = set(who.subjects)
+        return [g for g in self.policies().grants if g.active(now) and (everyone or g.subject in subjects)]
+
+    def grant_rows(self, who: Principal, everyone: bool = False) -> list[dict[str, Any]]:
+        """Every grant in effect, each with its source: the policy files' first, then the
+        store's (requests and direct grants), for `jitproxy grant list`."""
+        now = self.clock()
+        return [*(policy_row(g) for g in self.policy_grants(who, everyone)),
+                *(stored_row(g, now) for g in self.list_grants(who, everyone))]
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _admin(self, who: Principal) -> None:
         if not self.is_admin(who):
             raise Forbidden(f"admins only (members of {', '.join(sorted(self.admin_groups)) or 'no group'})")
+
+    def _reason(self, text: str | None, what: str = "a reason is required") -> str:
+        reason = (text or "").strip()
+        least = self.limits.min_reason_chars
+        if not reason:
+            raise Invalid(f"{what}: at least {least} characters (an incident or ticket id, what you need to do)")
+        if len(reason) < least:
+            raise Invalid(f"the reason {reason!r} is too short: at least {least} characters "
+                          "(an incident or ticket id, what you need to do)")
+        return reason
 
     def _instance(self, name: str | None) -> str:
         """The instance a request or grant is for: `name` if it is configured, the only one when
@@ -304,11 +444,26 @@ class AccessService:
         """The instance's configured environment; None: its database's decides."""
         return self.instances.get(instance)
 
+    def _environment_limit(self, db: str, privileges: frozenset[Privilege], instance: str) -> tuple[str, timedelta] | None:
+        """(environment, the longest a request for these privileges may last there); None when
+        no approval policy lets anyone request them (only limits.max_grant_duration applies)."""
+        try:
+            plan = self.policies().plan(db, privileges, self._environment_of(instance))
+        except NoApprovalPolicy:
+            return None
+        return plan.environment, plan.max_duration
+
     def _get(self, request_id: str) -> AccessRequest:
         request = self.store.get_request(request_id)
         if request is None:
             raise Missing(f"no request {request_id}")
         return request
+
+    def _grant(self, grant_id: str) -> StoredGrant:
+        grant = self.store.get_grant(grant_id)
+        if grant is None:
+            raise Missing(f"no grant {grant_id}")
+        return grant
 
     def _plan(self, request: AccessRequest) -> Plan | None:
         try:
@@ -330,10 +485,35 @@ class AccessService:
             raise Forbidden(f"you are not an approver for {request.environment} "
                             f"({plan.describe() if plan else 'no approval policy applies any more'})")
         if request.status is not RequestStatus.PENDING:
-            raise StateConflict(f"request {request_id} is {request.status.value}, not pending")
+            raise StateConflict(f"request {request_id} is {self.view(request)['status']}, not pending")
         if any(a.approver == who.user for a in request.approvals):
             raise StateConflict(f"you already approved request {request_id}")
         return request, plan
+
+    def _pending_like(self, who: Principal, instance: str, db: str, tables: tuple[str, ...],
+                      privileges: tuple[str, ...]) -> AccessRequest | None:
+        """The person's pending request that already asks for all of this, if any."""
+        for r in self.store.requests(status=RequestStatus.PENDING, requester=who.user):
+            if (r.instance == instance and r.db == db and set(privileges) <= set(r.privileges)
+                    and (r.tables == ("*",) or set(tables) <= set(r.tables))):
+                return r
+        return None
+
+    def _refuse_if_held(self, who: Principal, policies: ApprovalPolicies, instance: str, db: str,
+                        tables: tuple[str, ...], privileges: frozenset[Privilege], now: datetime,
+                        until: datetime) -> None:
+        """StateConflict naming the grants (any source) that already give all of it until `until`."""
+        subjects = set(who.subjects)
+        candidates: list[tuple[Grant, dict[str, Any]]] = [
+            (g, policy_row(g)) for g in policies.grants if g.subject in subjects and g.active(now)]
+        candidates += [(to_grant(s), stored_row(s, now)) for s in self.store.grants(active_at=now)
+                       if s.subject in subjects]
+        held = covering([g for g, _ in candidates], instance, db, tables, privileges, until)
+        if held is None:
+            return
+        found = [row for g, row in candidates if any(g is h for h in held)]
+        what = f"{', '.join(sorted(p.value for p in privileges))} on {request_objects(db, tables)}"
+        raise StateConflict(f"you already hold {what}: " + "; ".join(_held_text(r) for r in found), existing=found)
 
     def _conclude(self, request: AccessRequest, decision: Decision, now: datetime) -> AccessRequest:
         try:
@@ -344,15 +524,60 @@ class AccessService:
             raise Missing(f"no request {request.id}") from None
 
     def _grants_for(self, request: AccessRequest, now: datetime, by: str) -> tuple[NewGrant, ...]:
-        until = now + timedelta(seconds=request.duration_s)
+        until = _access_end(request, now)
         return tuple(
             NewGrant(f"user:{request.requester}", request.db, table, request.privileges, until, by,
                      request.reason, request.id, instance=request.instance)
             for table in request.tables
         )
 
+    def _end_grant(self, who: Principal, grant: StoredGrant, reason: str, *, released: bool) -> StoredGrant:
+        """Revoke or release `grant` now; when that ends its request's last grant, the request's
+        own event (request.revoked / request.released) follows the grant's."""
+        try:
+            ended = self.store.revoke_grant(grant.id, who.user, self.clock(), reason=(reason or "").strip() or None,
+                                            released=released)
+        except NotFound:
+            raise Missing(f"no grant {grant.id}") from None
+        except Conflict as e:
+            raise StateConflict(str(e)) from None
+        self.audit.emit(EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED, None, **_actor(who),
+                        **self._grant_view(ended))
+        if ended.request_id is not None:
+            request = self._get(ended.request_id)
+            status = self.view(request)["status"]
+            if status in _ENDED_EARLY:
+                self._event(_ENDED_EARLY[status], who, request)
+        return ended
+
+    def _grant_view(self, grant: StoredGrant) -> dict[str, Any]:
+        return {**grant_fields(grant), **grant_status(grant, self.clock()).fields()}
+
+    def _break_glass(self, who: Principal, grants: list[StoredGrant], span: timedelta,
+                     limit: tuple[str, timedelta] | None) -> None:
+        """One loud event for the audit trail and the notification targets. `limit`: the
+        environment and its maximum that the grants go beyond (or would have been held to)."""
+        first = grants[0]
+        body = {
+            "grant_ids": [g.id for g in grants],
+            "subject": first.subject,
+            "requester": first.subject.partition(":")[2],
+            "instance": first.instance,
+            "db": ",".join(dict.fromkeys(g.db for g in grants)),
+            "tables": [f"{g.db}.{g.table}" for g in grants],
+            "privileges": list(first.privileges),
+            "duration_s": int(span.total_seconds()),
+            "expires_at": first.expires_at.isoformat(),
+            "environment": limit[0] if limit else None,
+            "max_duration_s": int(limit[1].total_seconds()) if limit else None,
+            "reason": first.reason,
+            "status": "active",
+        }
+        self.audit.emit(EventType.GRANT_BREAK_GLASS, None, **_actor(who), **body)
+        self.notify(EventType.GRANT_BREAK_GLASS, {**body, "id": ", ".join(body["grant_ids"]), "actor": who.user})
+
     def _event(self, event_type: str, who: Principal | None, request: AccessRequest, **extra: Any) -> None:
-        body = request_fields(request)
+        body = self.view(request)
         actor = _actor(who) if who is not None else {}
         self.audit.emit(event_type, None, **actor, **body, **extra)
         note = {**body, "actor": who.user if who else extra.get("actor", SYSTEM)}
@@ -364,15 +589,19 @@ class AccessService:
 # -- shapes shared with the API ----------------------------------------------------------------
 
 
-def request_fields(r: AccessRequest) -> dict[str, Any]:
-    return {
+def request_fields(r: AccessRequest, grants: Sequence[StoredGrant] = (), now: datetime | None = None) -> dict[str, Any]:
+    """The request's fields; with its grants and `now`, its status as shown (status, status_by,
+    status_at, status_reason: proxy.workflow.status), else the status the store recorded."""
+    fields = {
         "id": r.id,
         "requester": r.requester,
         "instance": r.instance,
         "db": r.db,
         "tables": list(r.tables),
+        "objects": request_objects(r.db, r.tables),
         "privileges": list(r.privileges),
         "duration_s": r.duration_s,
+        "ends_at": r.ends_at.isoformat() if r.ends_at else None,
         "reason": r.reason,
         "environment": r.environment,
         "status": r.status.value,
@@ -386,22 +615,21 @@ def request_fields(r: AccessRequest) -> dict[str, Any]:
         "grant_ids": list(r.grant_ids),
         "status_by": r.status_by,
     }
+    if now is not None:
+        own = [g for g in grants if g.id in r.grant_ids]
+        fields.update(request_status(r, own, now).fields())
+        fields["grants"] = [{**grant_fields(g), **grant_status(g, now).fields()} for g in own]
+    return fields
 
 
-def grant_fields(g: StoredGrant) -> dict[str, Any]:
-    return {
-        "grant_id": g.id,
-        "subject": g.subject,
-        "instance": g.instance,
-        "object": f"{g.db}.{g.table}",
-        "privileges": list(g.privileges),
-        "expires_at": g.expires_at.isoformat(),
-        "created_by": g.created_by,
-        "reason": g.reason,
-        "request_id": g.request_id,
-        "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None,
-        "revoked_by": g.revoked_by,
-    }
+def _access_end(request: AccessRequest, approved_at: datetime) -> datetime:
+    """The absolute end it asked for, else its duration from the approval."""
+    return request.ends_at or approved_at + timedelta(seconds=request.duration_s)
+
+
+def _held_text(row: Mapping[str, Any]) -> str:
+    until = row["expires_at"] or "no expiry"
+    return f"{row['object']} {','.join(row['privileges'])} until {until} ({row['source']})"
 
 
 def _actor(who: Principal) -> dict[str, Any]:
@@ -413,6 +641,12 @@ def _name(text: str, what: str) -> str:
     if not isinstance(text, str) or not _NAME.match(text):
         raise Invalid(f"{what} name {text!r}: letters, digits, _ $ - only")
     return text
+
+
+def _tables(tables: Iterable[str]) -> tuple[str, ...]:
+    """The tables asked for, once each in the order given; "*" (every table) alone swallows the rest."""
+    names = tuple(dict.fromkeys("*" if t == "*" else _name(t, "table") for t in tables))
+    return ("*",) if "*" in names else names
 
 
 def _object(text: str) -> tuple[str, str]:
@@ -436,23 +670,17 @@ def _privileges(values: list[str]) -> frozenset[Privilege]:
         raise Invalid(str(e)) from None
 
 
-def _span(now: datetime, duration: timedelta | None, until: datetime | None) -> timedelta:
+def _span(now: datetime, duration: timedelta | None, until: datetime | None) -> tuple[timedelta, datetime | None]:
+    """(how long from now, the absolute end or None when a duration was given)."""
     if (duration is None) == (until is None):
         raise Invalid("give a duration (--for 4h) or an end time (--until), not both")
     if until is not None:
-        if until.tzinfo is None:
+        if until.tzinfo is None or until.utcoffset() is None:
             raise Invalid("--until needs a time zone, e.g. 2026-11-21T18:00:00Z")
-        duration = until - now
-    assert duration is not None
-    if duration <= timedelta(0):
-        raise Invalid("the access would end before it starts")
-    return duration
-
-
-def _human(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400}d"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 60}m"
+        span = until - now
+    else:
+        assert duration is not None
+        span = duration
+    if span <= timedelta(0):
+        raise Invalid("the access would end before it starts" + (f" ({until.isoformat()} has passed)" if until else ""))
+    return span, until

@@ -46,6 +46,7 @@ CORPUS = Path(__file__).parent / "corpus"
 _CASE_KEYS = {"name", "why", "sql", "db", "expect", "never_run"}  # never_run: must not reach a real server
 _ALLOW_KEYS = {
     "kind",
+    "rewritten",
     "class",
     "requires",
     "use_db",
@@ -92,8 +93,8 @@ CASES = load_cases()
 
 
 def parse_requirement(text: str) -> Requirement:
-    privilege, name = text.split(" ", 1)
-    return Requirement(parse_table(name), Privilege.parse(privilege))
+    privilege = max((p for p in Privilege if text.startswith(p.value + " ")), key=lambda p: len(p.value))  # CREATE VIEW
+    return Requirement(parse_table(text[len(privilege.value) + 1 :]), privilege)
 
 
 def parse_table(name: str) -> TableRef:
@@ -136,6 +137,7 @@ def check_allowed(result: Analysis, allow: dict[str, Any]) -> None:
     unbounded = frozenset(parse_table(t) for t in allow.get("unbounded_writes", []))
     assert result.unbounded_writes == unbounded
     assert result.prepared_name == allow.get("prepared_name")
+    assert result.rewritten == allow.get("rewritten")
     if "prepared" in allow:
         assert result.prepared_analysis is not None
         check_allowed(result.prepared_analysis, allow["prepared"])

@@ -47,7 +47,7 @@ def scratch(mariadb: LocalMariaDB) -> Iterator[Scratch]:
 
 @pytest.fixture(scope="session")
 def jit(scratch: Scratch) -> Jit:
-    return Jit(scratch.grants, scratch.person.user, scratch.table_columns)
+    return Jit(scratch.grants, scratch.person.user, scratch.table_columns, scratch.view_definitions)
 
 
 @pytest.fixture(scope="session")

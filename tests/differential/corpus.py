@@ -87,3 +87,10 @@ def extra_cases(path: Path = EXTRA_CASES, prefix: str = "extra") -> list[Case]:
 
 def column_cases() -> list[Case]:
     return extra_cases(COLUMN_CASES, "columns")
+
+
+VIEW_CASES = Path(__file__).with_name("view_cases.yaml")
+
+
+def view_cases() -> list[Case]:
+    return extra_cases(VIEW_CASES, "views")

@@ -11,6 +11,8 @@ qualified or not; diff_d's are granted by column. Every table has the columns of
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import strategies as st
 
 # (db, table) pairs; diff_a is the current database. Readable tables come up more often, so that
@@ -324,6 +326,29 @@ def crashes_mariadb(sql: str) -> bool:
             return True
         at = sql.find(" AS (", at + 1)
     return False
+
+
+# SQL SECURITY INVOKER views (scratch.py VIEWS) standing in for tables: MariaDB checks what
+# they read as the person, jitproxy expands them. (DEFINER views, which MariaDB reads wider, are
+# view_cases.yaml's.) Only `table AS alias` items are swapped, so qualifiers still resolve.
+_VIEW_SWAPS = ["diff_c.v_open", "diff_c.v_secret_invoker", "diff_c.v_join", "`diff_c`.`v_open`"]
+_ALIASED_TABLE = re.compile(r"(?<=FROM |JOIN )([A-Za-z_`.]+)(?= AS \w)")
+
+
+def statement_with_views() -> st.SearchStrategy[str]:
+    """Statements of `statement()` in which some aliased tables are read through views."""
+    return st.tuples(statement(), st.lists(st.integers(0, len(_VIEW_SWAPS)), min_size=8, max_size=8)).map(
+        lambda drawn: _swap_views(*drawn)).filter(lambda sql: "v_" in sql)
+
+
+def _swap_views(sql: str, picks: list[int]) -> str:
+    at = iter(picks)
+
+    def swap(match: re.Match[str]) -> str:
+        pick = next(at, 0)
+        return _VIEW_SWAPS[pick - 1] if pick else match.group(1)
+
+    return _ALIASED_TABLE.sub(swap, sql)
 
 
 def statement(column_grants: bool = False) -> st.SearchStrategy[str]:

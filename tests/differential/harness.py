@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 
 import pymysql
 
+from proxy.authz import views
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import Decision, DenyCode, Grant, Principal, StatementKind, TableRef
@@ -164,24 +165,31 @@ class Result:
 
 
 class Jit:
-    """jitproxy's decision for the person, exactly as the session computes it: a `*` read through
-    column-restricted grants is decided on the table's real columns (`table_columns`, read from
-    the server as the session reads them from its upstream; a table that does not exist has no
-    columns, as the session's lookup answers)."""
+    """jitproxy's decision for the person, exactly as the session computes it: the views it names
+    are read as their definitions (`view_definitions`, db → name → definition text, as the
+    session reads them from information_schema.VIEWS), and a `*` read through column-restricted
+    grants is decided on the table's real columns (`table_columns`, read from the server as the
+    session reads them from its upstream; a table that does not exist has no columns, as the
+    session's lookup answers)."""
 
     def __init__(
         self,
         grants: tuple[Grant, ...] | list[Grant],
         user: str,
         table_columns: Mapping[TableRef, frozenset[str]] | None = None,
+        view_definitions: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.grants = GrantSet(grants, version="differential")
         self.principal = Principal(user=user)
         self.now = datetime.now(timezone.utc)
         self.table_columns = dict(table_columns or {})
+        self._views = {db: {name: views.definition_analysis(analyze, db, text) for name, text in found.items()}
+                       for db, found in (view_definitions or {}).items()}
 
     def decide(self, sql: str, db: str | None) -> Decision:
-        analysis = analyze(sql, db)
+        expanded = views.expand(analyze(sql, db), lambda t: self._views.get(t.db, {}).get(t.table or ""))
+        assert not isinstance(expanded, frozenset)  # every database is known (a missing one: no views)
+        analysis = expanded
         tables = stars_needing_schema(analysis, self.principal, self.grants, self.now)
         if not tables:
             return decide(analysis, self.principal, self.grants, self.now)

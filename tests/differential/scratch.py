@@ -6,7 +6,9 @@ Three databases on the session's MariaDB, created here and dropped at the end:
     diff_a  employee, department (SELECT) · title (full DML) · audit (INSERT) · ledger (UPDATE,
             DELETE) · salary, hidden_7c1e (nothing)
     diff_b  bonus, keys (nothing)
-    diff_c  employee, scratch (SELECT on diff_c.*)
+    diff_c  employee, scratch (SELECT on diff_c.*), and views (`VIEWS`) over readable and
+            unreadable tables, some SQL SECURITY DEFINER (MariaDB lets the person read through
+            them what jitproxy, reading a view as its definition, refuses)
     diff_d  column grants only: employee SELECT (emp_no, name) · title SELECT, UPDATE (emp_no,
             note) · department INSERT (emp_no, note) · salary UPDATE (note)
     diff_e  DDL and MariaDB sequences (no canaries: nothing here is secret; only
@@ -84,6 +86,19 @@ TEXT_COLUMNS = ("name", "dept", "title", "note", "bio")
 COLUMN_NAMES = (
     "emp_no", "name", "dept", "title", "note", "amount", "band", "flag", "flags", "manager", "a", "b",
     "c", "hired", "from_date", "to_date", "doc", "bio",
+)
+# Views, made by root: (db, name, SQL SECURITY, definition). Same columns as the tables; those
+# over diff_a.salary name their columns without CANARY_COLUMN: a view's column names are its
+# own, shown to whoever may read the view (DESCRIBE, information_schema.COLUMNS), as MariaDB does.
+_SALARY_COLUMNS = ", ".join(COLUMN_NAMES)
+VIEWS = (
+    ("diff_c", "v_open", "INVOKER", "SELECT * FROM diff_a.employee"),
+    ("diff_c", "v_secret", "DEFINER", f"SELECT {_SALARY_COLUMNS} FROM diff_a.salary"),
+    ("diff_c", "v_secret_invoker", "INVOKER", f"SELECT {_SALARY_COLUMNS} FROM diff_a.salary"),
+    ("diff_c", "v_nested", "DEFINER", "SELECT * FROM diff_c.v_secret"),
+    ("diff_c", "v_columns", "DEFINER", "SELECT * FROM diff_d.employee"),
+    ("diff_c", "v_join", "INVOKER", "SELECT e.* FROM diff_a.employee e JOIN diff_a.department d USING (emp_no)"),
+    ("diff_a", "v_salary", "DEFINER", f"SELECT {_SALARY_COLUMNS} FROM diff_a.salary"),
 )
 # Names that only an unauthorized metadata read can reveal.
 CANARY_TABLE = "hidden_7c1e"
@@ -181,6 +196,8 @@ def schema_statements() -> list[str]:
     # MariaDB answers "doesn't exist" before its privilege checks
     for db in CORPUS_SEQUENCE_DATABASES:
         out.append(f"CREATE SEQUENCE {db}.seq NOCACHE")
+    for db, name, security, definition in VIEWS:
+        out.append(f"CREATE SQL SECURITY {security} VIEW {db}.{name} AS {definition}")
     return out
 
 
@@ -197,6 +214,8 @@ class Scratch:
     # every scratch table's real columns (lower case), as the session reads them from the
     # upstream to expand a `*` read through column grants
     table_columns: dict[TableRef, frozenset[str]] = field(default_factory=dict)
+    # db -> view name -> definition, as information_schema.VIEWS gives them to the session
+    view_definitions: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def create(mariadb: LocalMariaDB) -> Scratch:
@@ -210,7 +229,21 @@ def create(mariadb: LocalMariaDB) -> Scratch:
     mariadb.create_user(UPSTREAM_USER, UPSTREAM_PASSWORD, [f"ALL PRIVILEGES ON {db}.*" for db in DATABASES])
     # EVENT only lets it select the databases as current database; it reads and writes nothing.
     mariadb.create_user(NOBODY_USER, NOBODY_PASSWORD, [f"EVENT ON {db}.*" for db in DATABASES])
-    return Scratch(mariadb, tuple(grants), table_columns=real_columns(mariadb))
+    return Scratch(mariadb, tuple(grants), table_columns=real_columns(mariadb),
+                   view_definitions=view_definitions(mariadb))
+
+
+def view_definitions(mariadb: LocalMariaDB) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {db: {} for db in DATABASES}
+    with mariadb.root_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_schema, table_name, view_definition FROM information_schema.views "
+            f"WHERE table_schema IN ({', '.join(['%s'] * len(DATABASES))})",
+            DATABASES,
+        )
+        for db, name, definition in cur.fetchall():
+            found[db][name] = definition
+    return found
 
 
 def real_columns(mariadb: LocalMariaDB) -> dict[TableRef, frozenset[str]]:
@@ -253,8 +286,8 @@ def fingerprint(mariadb: LocalMariaDB) -> dict[str, object]:
         )
         tables = cur.fetchall()
         # a sequence's row moves with every NEXTVAL / SETVAL (not transactional): its existence
-        # counts, not its current value
-        names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, kind in tables if kind != "SEQUENCE")
+        # counts, not its current value; a view has no rows of its own
+        names = ", ".join(f"{quote(db)}.{quote(t)}" for db, t, kind in tables if kind not in ("SEQUENCE", "VIEW"))
         cur.execute(f"CHECKSUM TABLE {names} EXTENDED")
         checksums = cur.fetchall()
         cur.execute(f"SHOW GRANTS FOR {SUBJECT_USER}@'%'")

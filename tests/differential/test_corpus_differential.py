@@ -8,7 +8,7 @@ import pytest
 
 from tests.differential import scratch as schema
 from tests.differential.canary import CanaryCheck, through_proxy
-from tests.differential.corpus import COLUMN_DATABASE_MAP, column_cases, corpus_cases, extra_cases
+from tests.differential.corpus import COLUMN_DATABASE_MAP, column_cases, corpus_cases, extra_cases, view_cases
 from tests.differential.harness import Case, Direct, Jit, Tally, Verdict, compare
 
 # The bar: false denials below 5% of the statements MariaDB allows (a float is that
@@ -22,7 +22,12 @@ from tests.differential.harness import Case, Direct, Jit, Tally, Verdict, compar
 FALSE_DENIAL_CEILING: dict[str, float | int] = {
     # DESCRIBE / SHOW COLUMNS of a table granted by column now list the granted columns only, as
     # MariaDB does (19 → 13 and 15 → 13); SHOW CREATE TABLE / SHOW INDEX stay refused.
-    "corpus": 0.05, "extra": 13, "columns-corpus": 13, "columns-cases": 13,
+    # columns-corpus 13 → 14: SHOW CREATE VIEW of a view that does not exist (MariaDB says so to
+    # the person; jitproxy asks for SHOW VIEW on it first).
+    "corpus": 0.05, "extra": 13, "columns-corpus": 14, "columns-cases": 13,
+    # views: MariaDB reads a SQL SECURITY DEFINER view with its definer's rights, jitproxy as
+    # its definition (never wider): every read of v_secret / v_nested / v_columns is one
+    "views": 15,
 }
 
 
@@ -57,18 +62,20 @@ def statement_set(label: str) -> tuple[list[Case], int]:
         return corpus_cases(COLUMN_DATABASE_MAP)
     if label == "columns-cases":
         return column_cases(), 0
+    if label == "views":
+        return view_cases(), 0
     return extra_cases(), 0
 
 
-@pytest.mark.parametrize("label", ["corpus", "extra", "columns-corpus", "columns-cases"])
+@pytest.mark.parametrize("label", ["corpus", "extra", "columns-corpus", "columns-cases", "views"])
 def test_differential(label, scratch, jit, direct, report) -> None:
     before = schema.fingerprint(scratch.mariadb)
     cases, skipped = statement_set(label)
     tally = run_set(label, cases, jit, direct)
     tally.skipped = skipped
     report.extend(tally.summary_lines())
-    assert schema.fingerprint(scratch.mariadb) == before, "a statement changed the scratch data for good"
     check_set(tally)
+    assert schema.fingerprint(scratch.mariadb) == before, "a statement changed the scratch data for good"
 
 
 def test_no_canary_through_the_proxy(scratch, jit, via_proxy, markers, report) -> None:
@@ -78,7 +85,7 @@ def test_no_canary_through_the_proxy(scratch, jit, via_proxy, markers, report) -
     check = CanaryCheck(schema.value_canaries(), schema.name_canaries())
     corpus, _ = corpus_cases()
     leaks, bypasses = [], []
-    for case in [*corpus, *extra_cases()]:
+    for case in [*corpus, *extra_cases(), *view_cases()]:
         marker, sql = markers.tag(case.sql)
         result = through_proxy(case, sql, marker, jit, via_proxy, check)
         if result.canaries:
@@ -90,7 +97,7 @@ def test_no_canary_through_the_proxy(scratch, jit, via_proxy, markers, report) -
     log = scratch.mariadb.general_log_text()
     allowed = check.sent - len(check.refused)
     report.append(
-        f"canary[corpus+extra]: {check.sent} statements through the proxy, {allowed} forwarded, "
+        f"canary[corpus+extra+views]: {check.sent} statements through the proxy, {allowed} forwarded, "
         f"{len(check.refused)} refused, {len(leaks)} responses with a canary, "
         f"{sum(1 for m, _ in check.refused if m in log)} refused statements in the general log"
     )

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.differential import scratch as schema
 from tests.differential.canary import CanaryCheck, through_proxy
-from tests.differential.grammar import statement
+from tests.differential.grammar import statement, statement_with_views
 from tests.differential.harness import Case, Tally, Verdict, compare
 
 # JITPROXY_DIFFERENTIAL_EXAMPLES=5000 (with --timeout=0) for a deeper local run; the ceilings
@@ -24,7 +24,8 @@ EXAMPLES = int(os.environ.get("JITPROXY_DIFFERENTIAL_EXAMPLES", "800"))
 # SQL is often wrong in ways MariaDB reports only after its privilege checks (ambiguous or
 # unknown columns: proxy/authz/columns.py counts such a name on every table in reach), so there
 # the bar applies to the statements that ran; both rates are printed.
-RUNS = {"generated": (False, 1.0, 0.05), "generated-columns": (True, 0.4, 0.05)}
+# "generated-views": the same statements with aliased tables read through views.
+RUNS = {"generated": (False, 1.0, 0.05), "generated-columns": (True, 0.4, 0.05), "generated-views": (None, 0.3, 0.05)}
 
 
 @pytest.mark.parametrize("label", list(RUNS))
@@ -43,7 +44,7 @@ def test_generated_sql_against_mariadb_and_through_the_proxy(
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
-    @given(sql=statement(column_grants))
+    @given(sql=statement_with_views() if column_grants is None else statement(column_grants))
     def one(sql: str) -> None:
         case = Case(label, sql, scratch.current_db)
         result = compare(case, jit, direct)

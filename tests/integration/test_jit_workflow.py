@@ -14,7 +14,7 @@ import httpx
 import pymysql
 import pytest
 
-from tests.helpers import api_cli, eventually
+from tests.helpers import api_cli, eventually, run_cli
 from tests.integration.conftest import client_ssl
 
 APPROVALS = """
@@ -126,6 +126,53 @@ def test_revocation_bites_on_the_next_statement(workflow, tls_files, monkeypatch
         cur.execute("SELECT COUNT(*) FROM hr_prod.title")
     assert e.value.args[0] == 1142
     session.close()
+
+
+def test_until_ends_access_exactly_then_and_a_release_bites_at_once(workflow, tls_files, monkeypatch, capsys):
+    """--until is an absolute end however late the approval; `request show` then says expired;
+    a person giving access back loses it on their open session's very next statement."""
+    monkeypatch.setattr(workflow.ctx, "on_token_expiry", "allow_until_idle")
+    proxy = workflow
+
+    def as_(user: str, *argv: str, groups: tuple[str, ...] = ()) -> str:
+        # Tokens that outlive the clock's moves (the API checks them against the proxy's clock).
+        monkeypatch.setenv("JITPROXY_TOKEN", proxy.token(user, groups, ttl=timedelta(hours=6)))
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, out + err
+        return out
+
+    end = (proxy.clock() + timedelta(hours=2)).replace(microsecond=0)
+    out = as_("wfend", "request", "create", "--db", "hr_prod", "--table", "salary", "--until", end.isoformat(),
+              "--reason", "INC-77 exact end")
+    request_id = re.search(r"request (r-[0-9a-f]+)", out).group(1)
+    proxy.clock.advance(timedelta(minutes=30))  # a slow approver
+    as_("olga", "request", "approve", request_id, groups=("project-owner",))
+    session = _session(proxy, tls_files, "wfend")
+    try:
+        cur = session.cursor()
+        proxy.clock.advance(end - proxy.clock() - timedelta(seconds=1))
+        cur.execute("SELECT COUNT(*) FROM hr_prod.salary")  # a second before the end
+        proxy.clock.advance(timedelta(seconds=2))
+        with pytest.raises(pymysql.MySQLError) as e:
+            cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+        assert e.value.args[0] == 1142
+        out = as_("wfend", "request", "show", request_id)
+        assert f"{request_id}  expired" in out and f"ended {end.astimezone().isoformat()}" in out, out
+
+        out = as_("wfend", "request", "create", "--json", "--db", "hr_prod", "--table", "salary", "--for", "1h",
+                  "--reason", "INC-78 one more look")
+        again = json.loads(out)["id"]
+        as_("olga", "request", "approve", again, groups=("project-owner",))
+        cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+        out = as_("wfend", "request", "release", again, "--reason", "done")
+        assert f"request {again}: released" in out, out
+        with pytest.raises(pymysql.MySQLError) as e:
+            cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+        assert e.value.args[0] == 1142
+    finally:
+        session.close()
+    released = [ev for ev in proxy.events if ev.get("id") == again and ev["type"] == "request.released"]
+    assert [(ev["status"], ev["status_by"], ev["status_reason"]) for ev in released] == [("released", "wfend", "done")]
 
 
 async def _sweep(proxy):
