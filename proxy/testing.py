@@ -4,6 +4,7 @@ benchmarks: synchronous MySQL drivers can then connect to it from the calling th
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -38,6 +39,12 @@ def write_keys(directory: Path) -> tuple[Path, Path]:
     return private, public
 
 
+# The integration suite runs both ways in CI (scripts/test.sh): with the fast path (the default)
+# and with JITPROXY_TEST_FAST_PATH=off, every statement on the command loop. Both executors run
+# one plan (proxy/protocol/plan.py): the same tests must pass either way.
+FAST_PATH = os.environ.get("JITPROXY_TEST_FAST_PATH", "on") != "off"
+
+
 def proxy_config(
     directory: Path,
     *,
@@ -60,7 +67,8 @@ def proxy_config(
     instances, each the upstream with these keys changed (name, environment, listen_port...)."""
     private, public = write_keys(directory / "keys")
     raw: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}},
+        "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
+                   "fast_path": FAST_PATH},
         "identity": {
             "issuers": [{"issuer": "jitproxy", "audience": "jitproxy", "public_key_file": str(public)}],
             "signing": {"private_key_file": str(private)},

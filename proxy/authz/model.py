@@ -110,6 +110,12 @@ class Deny:
     detail: str  # for the audit event and the person; never contains policy internals
 
 
+# What the session does besides forwarding, told by the statement's class (Analysis properties
+# below, so the command loop and the fast path read the same facts).
+FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES", "SHOW TABLE STATUS"})  # rows filtered per person
+_SCHEMA_CHANGING = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the schema caches are cleared after it
+
+
 @dataclass(frozen=True)
 class Analysis:
     """What a statement needs, independent of who runs it. Cacheable by (sql, current db)."""
@@ -151,8 +157,11 @@ class Analysis:
     views: frozenset[TableRef] = frozenset()
     view_tables: frozenset[TableRef] = frozenset()
     # The text the session sends instead of the person's (CREATE VIEW: `SQL SECURITY INVOKER`
-    # added); None: the statement is sent as received. Never prepared (prepared._preparable).
+    # added); None: the statement is sent as received. Never prepared (`preparable`).
     rewritten: str | None = None
+    # SET that may change the connection's character set (NAMES, CHARACTER SET, the variables):
+    # the session reads the server's character set again after it.
+    changes_charset: bool = False
     # The audit fingerprint of the statement text (proxy.audit.normalize), set by the analysis
     # cache: statements that share this analysis share their fingerprint too.
     fingerprint: str | None = field(default=None, compare=False)
@@ -160,6 +169,28 @@ class Analysis:
     @property
     def tables(self) -> frozenset[TableRef]:
         return frozenset(r.target for r in self.requirements)
+
+    @property
+    def changes_schema(self) -> bool:
+        """DDL: what the proxy read of the schema (columns, views) is stale after it."""
+        return self.statement_class.startswith(_SCHEMA_CHANGING)
+
+    @property
+    def filtered_show(self) -> bool:
+        """A SHOW whose rows the session filters to what the person holds grants on."""
+        return self.kind is StatementKind.SHOW and self.statement_class in FILTERED_SHOWS
+
+    @property
+    def preparable(self) -> bool:
+        """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a
+        prepared SET NAMES would change the server's charset behind the decoder: plain SETs are
+        re-synced), not USE/KILL (the session acts on them), not the SHOWs whose rows the
+        session filters, not what the session sends rewritten (CREATE VIEW)."""
+        if self.rewritten is not None:
+            return False
+        if self.kind is StatementKind.SHOW:
+            return not self.filtered_show
+        return self.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
 
     # For audit events, computed once per cached analysis (the analysis is immutable).
     @cached_property

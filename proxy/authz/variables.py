@@ -41,6 +41,9 @@ _CHARSET_VARIABLES = frozenset(
     }
 )
 _COLLATION_VARIABLES = frozenset({"collation_connection", "collation_server", "collation_database"})
+# Words of a SET that may change the connection's character set (a user variable named so too:
+# reading the server's character set again is harmless).
+_CHARSET_WORDS = frozenset({"NAMES", "CHARACTER", "CHARSET", "CHARACTER_SET_CLIENT"})
 # Single-byte or UTF-8 charsets only: in gbk, big5, sjis, cp932, gb18030 ... a multibyte
 # character can end in 0x5C (backslash), so the server and this parser would split strings
 # differently.
@@ -93,7 +96,8 @@ def set_statement(
     c = Collector(current_db)
     c.walk(tree)
     cross_check(tree, c)
-    return collected(StatementKind.SET, "SET", c, column_uses=columns.of_set(tree, c.resolved))
+    charset = any(word(t) in _CHARSET_WORDS for t in tokens[1:])
+    return collected(StatementKind.SET, "SET", c, column_uses=columns.of_set(tree, c.resolved), changes_charset=charset)
 
 
 # What SET STATEMENT ... FOR may run: statements that return rows or write them, nothing that

@@ -21,7 +21,7 @@ from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT
 
-from proxy.protocol import auth, wire
+from proxy.protocol import auth, errors, wire
 from proxy.protocol.errors import ClientError, ER
 from proxy.protocol.handshake import HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
 from proxy.protocol.stream import ClientStream, ConnectionClosed
@@ -369,7 +369,7 @@ class ProxyConnection(Connection):
                 return
 
     async def _send_error(self, error: ClientError) -> None:
-        await self.stream.write(wire.make_err(error.code, error.sqlstate, error.message))
+        await self.stream.write(errors.packet(error))
 
     async def _send_error_quietly(self, error: ClientError, seq: int = 0) -> None:
         try:

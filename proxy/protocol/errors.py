@@ -1,8 +1,11 @@
-"""Errors that cross to the client, converted once, with MySQL's codes and SQLSTATEs.
-A raw exception's text never reaches a client: only `ClientError.message`."""
+"""Every error the proxy answers with itself: MySQL's codes and SQLSTATEs, the texts of its
+denials, and the ERR packets they become (`packet`). A raw exception's text never reaches a
+client: only `ClientError.message`. (Errors the database sent are relayed as they are, or
+rewritten by `relabelled`.)"""
 
 from __future__ import annotations
 
+from proxy.authz.model import Decision, DenyCode
 from proxy.protocol.wire import make_err
 
 
@@ -81,15 +84,65 @@ class ClientError(Exception):
         self.keep_connection = keep_connection
 
 
+def packet(error: ClientError) -> bytes:
+    """The ERR payload of `error`."""
+    return make_err(error.code, error.sqlstate, error.message)
+
+
+def relabelled(code: int, sqlstate: str, message: str) -> bytes:
+    """An ERR payload from the database, with a message the proxy rewrote (the shared account
+    named as the person, a statement it cancelled said so)."""
+    return make_err(code, sqlstate, message)
+
+
+UPSTREAM_LOST = ClientError(ER.UPSTREAM_LOST, "Lost connection to the database during query (jitproxy)",
+                            keep_connection=False)
+
+
+def statement_timeout(mariadb: bool, limit_s: float | None, instance: str) -> bytes:
+    """A statement the proxy cancelled at its instance's time limit, as the server's own timeout."""
+    code = ER.STATEMENT_TIMEOUT_MARIADB if mariadb else ER.STATEMENT_TIMEOUT_MYSQL
+    return packet(ClientError(code, f"Query execution was interrupted by jitproxy: the statement ran longer than "
+                                    f"{limit_s or 0:g} s, the limit of instance '{instance}' (statement_timeout_s)"))
+
+
+def denied(decision: Decision, user: str, hint: str) -> ClientError:
+    """What a person is told of a refused statement: MySQL's error for the case (1044, 1142,
+    1064 ...), the reason code, and `hint` (the command that asks for the access)."""
+    if decision.code is DenyCode.DATABASE_ACCESS:
+        db = next(iter(sorted(decision.analysis.database_access)), "?")
+        return ClientError(
+            ER.DBACCESS_DENIED,
+            f"Access denied for user '{user}' to database '{db}' (jitproxy: database_access). {hint}",
+        )
+    if decision.code is DenyCode.MISSING_GRANT and decision.missing:
+        first = decision.missing[0]
+        more = f" and {len(decision.missing) - 1} more" if len(decision.missing) > 1 else ""
+        return ClientError(
+            ER.TABLEACCESS_DENIED,
+            f"{first.privilege.value} command denied to user '{user}' for table "
+            f"'{first.target}'{more} (jitproxy: missing_grant). {hint}",
+        )
+    code = decision.code.value if decision.code else "denied"
+    if decision.code is DenyCode.PARSE_ERROR:
+        # What the server says of SQL it cannot read (drivers raise ProgrammingError): nothing
+        # was sent to it. Valid SQL refused this way is a gap in jitproxy's grammar.
+        return ClientError(
+            ER.PARSE_ERROR,
+            f"You have an error in your SQL syntax, or SQL jitproxy cannot parse (jitproxy: parse_error): "
+            f"{decision.reason}. Nothing was sent to the database.",
+        )
+    return ClientError(ER.TABLEACCESS_DENIED, f"Statement denied by jitproxy ({code}): {decision.reason}")
+
+
 class UpstreamLost(Exception):
     """The pinned upstream connection failed mid-command; the session cannot continue."""
 
 
 def max_rows_error(limit: int) -> bytes:
     """The ERR payload that replaces the first row over a grant's max_rows."""
-    return make_err(
+    return packet(ClientError(
         ER.TOO_BIG_SELECT,
-        "42000",
         f"The result has more than {limit} rows, the limit of your grant (jitproxy: max_rows); "
         "narrow it with WHERE or LIMIT",
-    )
+    ))

@@ -10,12 +10,15 @@ command loop's (max_rows cut, error rewrite, back-pressure: a full client transp
 reading from the database), and the statement's closing event is emitted once its last packet
 has gone to the client. Commands pipelined behind it wait for its answer.
 
-It declines (the bytes go to the command loop, which handles them exactly as before) whenever
-anything would need waiting or more than a forward: a partial or oversized packet, a command
-other than COM_QUERY / COM_STMT_EXECUTE, a statement that changes the session (USE, SET,
-PREPARE, KILL, DDL...), a decision that needs the table's columns from the database or denies,
-masks or column-filtered results, an audit mode that must write before forwarding
-(fail_closed), an upstream connection with unread bytes. `listen.fast_path: false` turns it off.
+The statement's plan is the command loop's (plan.py, `ProxySession.plan`): the fast path runs it
+only when it forwards as is (allowed, complete, no effects). It declines (the bytes go to the
+command loop, which runs the same plan) whenever anything would need waiting or more than a
+forward: a plan that needs the database first (view definitions, a table's columns), denies or
+has effects (USE, SET NAMES, PREPARE, KILL, DDL, masks, filtered rows, rewrites...); and for its
+own reasons as an executor: a partial or oversized packet (or one the analyzer takes off the
+loop), a command other than COM_QUERY / COM_STMT_EXECUTE, an audit mode that must write before
+forwarding (fail_closed), an upstream connection with unread bytes. `listen.fast_path: false`
+turns it off.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from proxy.authz.model import Decision, StatementKind
-from proxy.protocol import wire
-from proxy.protocol.errors import ER, max_rows_error
+from proxy.authz.model import Decision
+from proxy.protocol import errors, wire
+from proxy.protocol.errors import max_rows_error
 from proxy.protocol.prepared import STMT_HEADER_BYTES
 from proxy.protocol.stream import intercept
 from proxy.upstream.relay import Expect, ProtocolViolation, Relay
@@ -39,9 +42,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jitproxy.fastpath")
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # drop_idle tasks started from callbacks
-_FAST_KINDS = (StatementKind.QUERY, StatementKind.TRANSACTION)
 PENDING_LIMIT = 1 << 20  # bytes of pipelined commands held while a statement is in flight
-DDL_CLASSES = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")  # the command loop invalidates the schema cache
 
 
 class _InFlight:
@@ -137,15 +138,11 @@ class FastPathCommands:
             sql = str(memoryview(data)[5:], self.connection.client_codec)
         except UnicodeDecodeError:
             return False
-        analysis = analyze(sql, self.database)
-        if (analysis.kind not in _FAST_KINDS or analysis.metadata_tables or analysis.mariadb_only
-                or analysis.statement_class.startswith(DDL_CLASSES)):
+        plan = self.plan(analyze(sql, self.database))
+        if not plan.forwards_as_is:  # it needs the database first, has effects, or is denied
             return False
-        decision, _ = self._decide_now(analysis)
-        if (decision is None or not decision.allowed or decision.masks
-                or decision.listed_columns is not None):
-            return False
-        self._forward(wire.COM_QUERY, data, sql, decision, started, {}, {}, None)
+        assert plan.decision is not None
+        self._forward(wire.COM_QUERY, data, sql, plan.decision, started, {}, {}, None)
         return True
 
     def _fast_execute(self, data: bytes) -> bool:
@@ -156,12 +153,10 @@ class FastPathCommands:
         stmt = self.prepared.get(stmt_id)
         if stmt is None:
             return False
-        decision, _ = self._decide_now(stmt.analysis)
-        if decision is None:
+        plan = self.execute_plan(stmt)
+        if plan.decision is None or not plan.decision.allowed:  # (an allowed execute has no effects)
             return False
-        decision = self._same_masks(decision, stmt)
-        if not decision.allowed:
-            return False
+        decision = plan.decision
         params = self._params(data[5:], stmt)
         self._forward(wire.COM_STMT_EXECUTE, data, stmt.sql, decision, started,
                       {"stmt_id": stmt_id, **params}, {"stmt_id": stmt_id}, stmt)
@@ -268,8 +263,7 @@ class FastPathCommands:
         task = asyncio.get_running_loop().create_task(self.instance.pool.drop_idle())
         _BACKGROUND.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(_BACKGROUND.discard)
-        self.connection.stream.writer.transport.write(wire.frame(
-            wire.make_err(ER.UPSTREAM_LOST, "HY000", "Lost connection to the database during query (jitproxy)"), 1))
+        self.connection.stream.writer.transport.write(wire.frame(errors.packet(errors.UPSTREAM_LOST), 1))
         self.connection.abort()
 
     def abort_fast(self) -> None:

@@ -21,7 +21,6 @@ from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 log = structlog.get_logger("jitproxy.session")
 
 # SHOW statements whose rows the session filters to what the person is granted.
-FILTERED_SHOWS = frozenset({"SHOW DATABASES", "SHOW TABLES", "SHOW TABLE STATUS"})
 
 
 class MetadataCommands:

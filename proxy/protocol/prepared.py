@@ -15,7 +15,7 @@ from proxy.audit.params import decode_execute_params
 from proxy.authz.model import Analysis, Decision, DenyCode, MaskMethod, StatementKind, TableRef
 from proxy.protocol import wire
 from proxy.protocol.errors import ER, ClientError
-from proxy.protocol.metadata_commands import FILTERED_SHOWS
+from proxy.protocol.plan import Effect, Plan, effects_of
 from proxy.upstream.relay import Expect
 
 _STMT_ID = struct.Struct("<I")
@@ -63,18 +63,6 @@ class Prepared:
     long_data: set[int] = field(default_factory=set)  # parameters sent by COM_STMT_SEND_LONG_DATA
 
 
-def _preparable(analysis: Analysis) -> bool:
-    """What may go through COM_STMT_PREPARE: the server answers it as is. Not SET (a prepared
-    SET NAMES would change the server's charset behind the decoder: plain SETs are re-synced),
-    not USE/KILL (the session acts on them), not the SHOWs whose rows the session filters, not
-    what the session sends rewritten (CREATE VIEW)."""
-    if analysis.rewritten is not None:
-        return False
-    if analysis.kind is StatementKind.SHOW:
-        return analysis.statement_class not in FILTERED_SHOWS
-    return analysis.kind in (StatementKind.QUERY, StatementKind.TRANSACTION)
-
-
 class PreparedStatementCommands:
     """COM_STMT_PREPARE / EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET for ProxySession."""
 
@@ -85,7 +73,7 @@ class PreparedStatementCommands:
         started = time.perf_counter()
         self.last_prepared = None
         sql, analysis = await self._analyze_text(payload)
-        if analysis.kind is not StatementKind.DENIED and not _preparable(analysis):
+        if analysis.kind is not StatementKind.DENIED and not analysis.preparable:
             analysis = Analysis.denied(
                 analysis.statement_class,
                 DenyCode.UNSUPPORTED_STATEMENT,
@@ -152,18 +140,32 @@ class PreparedStatementCommands:
     def _unknown_stmt(self, stmt_id: int, command: str) -> ClientError:
         return ClientError(ER.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({stmt_id}) given to {command}")
 
+    def execute_plan(self, stmt: Prepared) -> Plan:
+        """An execute of a statement prepared through the proxy, decided again now (grants end;
+        the masks must be those it was prepared with). Its effects are its analysis's but the
+        masks, which the text prepared upstream already carries."""
+        decision, _ = self._decide_now(stmt.analysis)
+        if decision is not None:
+            decision = self._same_masks(decision, stmt)
+        return Plan(stmt.analysis, decision, effects_of(stmt.analysis, decision) - {Effect.MASKS})
+
     async def com_stmt_execute(self, payload: bytes) -> bool:
+        """The command loop's executor of an execute's plan."""
         started = time.perf_counter()
         stmt_id, stmt, payload = self._stmt(wire.COM_STMT_EXECUTE, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_execute")
-        decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)  # grants may have ended
+        plan = self.execute_plan(stmt)
+        decision = plan.decision
+        if decision is None:
+            decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
         await self._admit(wire.COM_STMT_EXECUTE, stmt.sql, decision, stmt_id=stmt_id, **self._params(payload, stmt))
         outcome = await self._upstream(wire.COM_STMT_EXECUTE, payload, Expect.RESULT, max_rows=decision.max_rows)
         assert outcome is not None
         stmt.rows_sent = outcome.rows
+        await self._after(stmt.analysis, plan.effects, outcome)
         self._audit_statement(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, outcome, stmt_id=stmt_id)
         return True
 

@@ -31,10 +31,12 @@ from proxy.authz.model import (
 )
 from proxy.identity.tokens import TokenError
 from proxy.protocol import wire
+from proxy.protocol import errors
 from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
-from proxy.protocol.fastpath import DDL_CLASSES, FastPathCommands
+from proxy.protocol.fastpath import FastPathCommands
 from proxy.protocol.masked import MaskingCommands
-from proxy.protocol.metadata_commands import FILTERED_SHOWS, MetadataCommands
+from proxy.protocol.metadata_commands import MetadataCommands
+from proxy.protocol.plan import Effect, Plan, effects_of
 from proxy.protocol.prepared import Prepared, PreparedStatementCommands
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
@@ -47,7 +49,6 @@ log = structlog.get_logger("jitproxy.session")
 
 ANNOUNCE_AFTER_S = 1.0  # best_effort: a statement still running this long gets its statement.allowed
 _MAX_DECISIONS = 512  # remembered allowed decisions per session
-_CHARSET_WORDS = ("names", "character", "charset", "character_set_client")
 
 
 
@@ -251,9 +252,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             # the same endpoint are stale too.
             self._end_in_flight("lost connection to the database during the statement")
             await self.instance.pool.drop_idle()
-            await self._send(
-                wire.make_err(ER.UPSTREAM_LOST, "HY000", "Lost connection to the database during query (jitproxy)")
-            )
+            await self._send(errors.packet(errors.UPSTREAM_LOST))
             return False
         finally:
             if self._in_flight is not None:  # the client left, a KILL, or a bug mid-statement
@@ -334,17 +333,12 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         A statement the proxy cancelled (statement time limit) says so instead of "interrupted"."""
         err = wire.parse_err(payload)
         if self.cancelling == "statement_timeout" and err.code in (ER.QUERY_INTERRUPTED, ER.STATEMENT_TIMEOUT_MARIADB):
-            code = ER.STATEMENT_TIMEOUT_MARIADB if self.instance.is_mariadb else ER.STATEMENT_TIMEOUT_MYSQL
-            return wire.make_err(
-                code, "70100" if code == ER.STATEMENT_TIMEOUT_MARIADB else "HY000",
-                f"Query execution was interrupted by jitproxy: the statement ran longer than "
-                f"{self.instance.statement_timeout_s:g} s, the limit of instance '{self.instance.name}' "
-                "(statement_timeout_s)")
+            return errors.statement_timeout(self.instance.is_mariadb, self.instance.statement_timeout_s,
+                                            self.instance.name)
         pattern = self.instance.shared_account_pattern
         if pattern is None or not pattern.search(err.message):
             return None
-        message = pattern.sub(f"'{self.username or '?'}'", err.message)
-        return wire.make_err(err.code, err.sqlstate, message)
+        return errors.relabelled(err.code, err.sqlstate, pattern.sub(f"'{self.username or '?'}'", err.message))
 
     # -- authorization ---------------------------------------------------------------------
 
@@ -433,34 +427,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
 
     def _deny_error(self, decision: Decision) -> ClientError:
         user = self.username or "?"
-        hint = self.ctx.request_hint(user, decision, self.instance.name)
-        if decision.code is DenyCode.DATABASE_ACCESS:
-            db = next(iter(sorted(decision.analysis.database_access)), "?")
-            return ClientError(
-                ER.DBACCESS_DENIED,
-                f"Access denied for user '{user}' to database '{db}' (jitproxy: database_access). {hint}",
-            )
-        if decision.code is DenyCode.MISSING_GRANT and decision.missing:
-            first = decision.missing[0]
-            more = f" and {len(decision.missing) - 1} more" if len(decision.missing) > 1 else ""
-            return ClientError(
-                ER.TABLEACCESS_DENIED,
-                f"{first.privilege.value} command denied to user '{user}' for table "
-                f"'{first.target}'{more} (jitproxy: missing_grant). {hint}",
-            )
-        code = decision.code.value if decision.code else "denied"
-        if decision.code is DenyCode.PARSE_ERROR:
-            # What the server says of SQL it cannot read (drivers raise ProgrammingError): nothing
-            # was sent to it. Valid SQL refused this way is a gap in jitproxy's grammar.
-            return ClientError(
-                ER.PARSE_ERROR,
-                f"You have an error in your SQL syntax, or SQL jitproxy cannot parse (jitproxy: parse_error): "
-                f"{decision.reason}. Nothing was sent to the database.",
-            )
-        return ClientError(
-            ER.TABLEACCESS_DENIED,
-            f"Statement denied by jitproxy ({code}): {decision.reason}",
-        )
+        return errors.denied(decision, user, self.ctx.request_hint(user, decision, self.instance.name))
 
     def _statement_fields(self, command: int, sql: str, decision: Decision) -> dict[str, Any]:
         analysis = decision.analysis
@@ -627,54 +594,81 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
     # -- COM_QUERY -------------------------------------------------------------------------
 
     async def com_query(self, payload: bytes) -> bool:
+        """The command loop's executor of a query's plan (plan.py): complete it, then carry out
+        its decision and effects."""
         started = time.perf_counter()
         sql, analysis = await self._analyze_text(payload)
-        kind = analysis.kind
-        if kind is StatementKind.SQL_EXECUTE:
-            analysis = self._sql_prepared_analysis(analysis)
-        decision = await self._decide_with_schema(analysis)
+        kind = analysis.kind  # (EXECUTE name: the plan's analysis is the statement it runs)
+        plan = await self._completed_plan(analysis)
+        decision, effects = plan.decision, plan.effects
+        analysis = plan.analysis
+        assert decision is not None
         if not decision.allowed:
             return await self._deny(wire.COM_QUERY, sql, decision, started)
-        if kind is StatementKind.KILL:
+        if Effect.KILL in effects:
             await self._admit(wire.COM_QUERY, sql, decision)
             return await self._kill(sql, decision, started)
-        if decision.masks:
+        if Effect.MASKS in effects:
             payload, denied = await self._masked_payload(sql, kind, decision)
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)
-        elif analysis.metadata_tables:
+        elif Effect.METADATA in effects:
             payload, denied = self._restrict_metadata(sql, analysis)
             if denied is not None:
                 return await self._deny(wire.COM_QUERY, sql, denied, started)
-        elif analysis.rewritten is not None:  # CREATE VIEW made SQL SECURITY INVOKER (authz/views.py)
-            assert self.connection is not None
+        elif Effect.REWRITTEN in effects:  # CREATE VIEW made SQL SECURITY INVOKER (authz/views.py)
+            assert self.connection is not None and analysis.rewritten is not None
             payload = analysis.rewritten.encode(self.connection.client_codec)
 
         await self._admit(wire.COM_QUERY, sql, decision)
-        if kind is StatementKind.SHOW and analysis.statement_class in FILTERED_SHOWS:
+        if Effect.FILTERED_SHOW in effects:
             outcome = await self._filtered_show(payload, analysis)
-        elif decision.listed_columns is not None:  # also EXECUTE of a PREPAREd DESCRIBE
+        elif Effect.LISTED_COLUMNS in effects:  # also EXECUTE of a PREPAREd DESCRIBE
             outcome = await self._listed_columns(payload, decision)
         else:
             outcome = await self._upstream(wire.COM_QUERY, payload, Expect.RESULT, max_rows=decision.max_rows)
         assert outcome is not None
-        if outcome.error is None:
-            if kind is StatementKind.USE:
-                self.database = analysis.use_db
-            elif kind is StatementKind.SET and any(w in sql.lower() for w in _CHARSET_WORDS):
-                await self._sync_charset()
-            elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name and analysis.prepared_analysis:
-                self.sql_prepared[analysis.prepared_name] = analysis.prepared_analysis
-            elif kind is StatementKind.SQL_DEALLOCATE and analysis.prepared_name:
-                self.sql_prepared.pop(analysis.prepared_name, None)
-            if analysis.statement_class.startswith(DDL_CLASSES):
-                self.instance.schema.invalidate()
-                self.instance.views.invalidate()
-        elif kind is StatementKind.SQL_PREPARE and analysis.prepared_name:
-            # MySQL drops a statement of that name before preparing the new text, even if that fails
-            self.sql_prepared.pop(analysis.prepared_name, None)
+        await self._after(analysis, effects, outcome)
         self._audit_statement(wire.COM_QUERY, sql, decision, started, outcome)
         return True
+
+    async def _after(self, analysis: Analysis, effects: frozenset[Effect], outcome: Outcome) -> None:
+        """The effects a statement has once the database has answered it."""
+        prepared_name = analysis.prepared_name
+        if outcome.error is not None:
+            if analysis.kind is StatementKind.SQL_PREPARE and prepared_name:
+                # MySQL drops a statement of that name before preparing the new text, even if that fails
+                self.sql_prepared.pop(prepared_name, None)
+            return
+        if Effect.USE in effects:
+            self.database = analysis.use_db
+        if Effect.CHARSET in effects:
+            await self._sync_charset()
+        if Effect.SQL_PREPARED in effects and prepared_name:
+            if analysis.kind is StatementKind.SQL_PREPARE and analysis.prepared_analysis is not None:
+                self.sql_prepared[prepared_name] = analysis.prepared_analysis
+            else:
+                self.sql_prepared.pop(prepared_name, None)
+        if Effect.SCHEMA in effects:
+            self.instance.schema.invalidate()
+            self.instance.views.invalidate()
+
+    def plan(self, analysis: Analysis) -> Plan:
+        """The statement's plan as far as it can be made without waiting (plan.py): the fast
+        path runs it if it forwards as is; the command loop completes it."""
+        analysis = self._on_this_server(analysis)
+        if analysis.kind is StatementKind.SQL_EXECUTE:
+            analysis = self._sql_prepared_analysis(analysis)
+        decision, _ = self._decide_now(analysis)
+        return Plan(analysis, decision, effects_of(analysis, decision))
+
+    async def _completed_plan(self, analysis: Analysis) -> Plan:
+        """The plan with what the database must say first (views, a table's columns) read."""
+        plan = self.plan(analysis)
+        if plan.decision is not None:
+            return plan
+        decision = await self._decide_with_schema(plan.analysis)
+        return Plan(plan.analysis, decision, effects_of(plan.analysis, decision))
 
     def _sql_prepared_analysis(self, execute: Analysis) -> Analysis:
         """EXECUTE name: authorized as the statement PREPARE name authorized (re-decided now)."""

@@ -30,6 +30,7 @@ REVOCABLE = "grants:\n  - {subject: user:fast, grant: hr_prod.employee, privileg
 
 def _proxy(tmp_path_factory, mariadb, tls_files, credentials, name: str, authz: dict | None = None,
            loop_factory=asyncio.new_event_loop, **listen) -> tuple[RunningProxy, Path]:
+    listen.setdefault("fast_path", True)  # (also when the suite runs with JITPROXY_TEST_FAST_PATH=off)
     policies = tmp_path_factory.mktemp(f"{name}-policies")
     (policies / "grants.yaml").write_text(GRANTS)
     directory = tmp_path_factory.mktemp(name)

@@ -143,6 +143,7 @@ def test_a_view_made_through_the_proxy_is_expanded_by_the_next_statement_of_ever
 
 
 def test_reading_a_view_stays_on_the_fast_path(proxy, mariadb, tls_files, viewer_grants, clean_views):
+    """(When the proxy has one: the suite also runs with JITPROXY_TEST_FAST_PATH=off.)"""
     mariadb.execute_root("CREATE VIEW hr_test.names AS SELECT id, first_name FROM hr_test.employee")
     made_elsewhere(proxy)
     c = connect(proxy, tls_files, "viewer")
@@ -152,5 +153,5 @@ def test_reading_a_view_stays_on_the_fast_path(proxy, mariadb, tls_files, viewer
         for _ in range(3):
             cur.execute("SELECT first_name FROM names WHERE id = 1")
             assert len(cur.fetchall()) == 1
-        assert proxy.ctx.fast_statements == before + 3
+        assert proxy.ctx.fast_statements == before + (3 if proxy.ctx.fast_path else 0)
     c.close()
