@@ -553,7 +553,7 @@ class Measurer:
         from proxy.authz import analyze as analyze_module
         from proxy.authz.decide import GrantSet, decide
         from proxy.authz.model import ALL_PRIVILEGES, Grant, Principal
-        from proxy.authz.tokens import DIALECT
+        from proxy.authz.lexer import DIALECT
 
         self._module = analyze_module
         self._analyze = analyze_module.analyze

@@ -20,13 +20,13 @@ sys.path.insert(0, str(ROOT))
 from proxy.demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
 from proxy.demo.mariadb import Credentials, LocalMariaDB  # noqa: E402
 from proxy.demo.sample import create_proxy_upstream_user  # noqa: E402
-from proxy.identity.tokens import TokenIssuer  # noqa: E402
+from proxy.identity.personal_tokens import TokenIssuer  # noqa: E402
 from proxy.testing import write_keys  # noqa: E402
 
 _SERVE = """
 import asyncio, sys
 from pathlib import Path
-from proxy.cli import LISTENING, configure_logging, serve
+from proxy.serving import LISTENING, configure_logging, serve
 from proxy.config import load_config
 cfg = load_config(Path(sys.argv[1]))
 configure_logging("warning", "console")

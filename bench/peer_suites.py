@@ -79,7 +79,7 @@ import yaml  # noqa: E402
 
 from proxy.demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
 from proxy.demo.mariadb import LocalMariaDB  # noqa: E402
-from proxy.identity.tokens import TokenIssuer  # noqa: E402
+from proxy.identity.personal_tokens import TokenIssuer  # noqa: E402
 from proxy.testing import write_keys  # noqa: E402
 
 CACHE = Path(os.environ.get("JITPROXY_PEER_CACHE", Path.home() / ".cache" / "jitproxy-peer"))

@@ -350,7 +350,7 @@ class Rig:
         from proxy.demo.certs import make_ca_and_server_cert
         from proxy.demo.mariadb import LocalMariaDB
         from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
-        from proxy.identity.tokens import TokenIssuer
+        from proxy.identity.personal_tokens import TokenIssuer
         from proxy.testing import write_keys
 
         self.base = base

@@ -4,124 +4,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import asyncio
-import logging
+import functools
+import json
 import os
-import signal
 import sys
 from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
 
-import structlog
-
 from proxy.authz.model import Principal
 from proxy.authz.policy import PolicyError
-from proxy.cli_api import add_commands as add_api_commands
+from proxy.cli_api import add_client_arguments, add_commands as add_api_commands
 from proxy.config import Config, ConfigError, load_config
+from proxy.serving import configure_logging, run, serve
 from proxy.timespec import parse_duration
 
 DEFAULT_CONFIG = os.environ.get("JITPROXY_CONFIG", "config.yaml")
-LISTENING: dict[str, int] = {}  # the bound port once `serve` listens (port 0 picks one)
-
-
-def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-    logging.getLogger("mysql_mimic").setLevel(logging.WARNING)  # it logs SQL text at DEBUG
-    # StreamReaderProtocol over TLS warns on every client EOF ("returning true from
-    # eof_received() has no effect when using ssl"): harmless, and noise for operators.
-    logging.getLogger("asyncio").addFilter(lambda r: "eof_received()" not in r.getMessage())
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config))
 
 
-# -- serve ---------------------------------------------------------------------------------
-
-
-async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
-                reuse_port: bool = False) -> None:
-    from proxy.server import ProxyServer, build_context
-
-    if hasattr(signal, "SIGHUP"):  # until the server can reload: a SIGHUP during start is ignored
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    ctx = build_context(cfg)
-    server = ProxyServer(cfg, ctx, reuse_port=reuse_port)
-    await server.start()
-    assert server.port is not None
-    LISTENING["port"] = server.port
-    if server.api is not None:
-        LISTENING["api_port"] = server.api.port
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Every signal whose default is to end the process either stops it cleanly (sessions drained,
-    # statements killed upstream, the audit trail flushed and sealed) or is ignored; SIGHUP reloads
-    # the config and the policies and never stops the proxy.
-    handlers = {"SIGINT": stop.set, "SIGTERM": stop.set, "SIGQUIT": stop.set, "SIGHUP": server.reload,
-                "SIGUSR1": _ignored("SIGUSR1"), "SIGUSR2": _ignored("SIGUSR2"), "SIGALRM": _ignored("SIGALRM")}
-    for name, handler in handlers.items():
-        sig = getattr(signal, name, None)
-        if sig is None:
-            continue
-        try:
-            loop.add_signal_handler(sig, handler)
-        except (NotImplementedError, RuntimeError):
-            pass
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-
-
-def _ignored(name: str):
-    def handler() -> None:
-        structlog.get_logger("jitproxy").info("signal ignored", signal=name)
-    return handler
-
-
-def _run(coro) -> None:
-    """uvloop when installed (the `fast` extra: less CPU per statement; bench/sysbench.py
-    --asyncio-loop measures the difference), unless
-    JITPROXY_EVENT_LOOP=asyncio asks for the standard library's loop."""
-    if os.environ.get("JITPROXY_EVENT_LOOP", "").lower() != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(coro)
-            return
-    asyncio.run(coro)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     configure_logging(cfg.log.level, cfg.log.format)
     if args.worker is not None:  # one of `--workers N`'s processes
-        _run(serve(cfg, reuse_port=True))
+        run(serve(cfg, reuse_port=True))
         return 0
     if args.workers > 1:
         from proxy.workers import check_config_for_workers, supervise
 
         check_config_for_workers(cfg)
         return supervise(cfg, args.workers, [sys.executable, "-m", "proxy.cli", "serve", "--config", str(cfg.source)])
-    _run(serve(cfg))
+    run(serve(cfg))
     return 0
 
 
@@ -129,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
-    from proxy.identity.tokens import TokenIssuer
+    from proxy.identity.personal_tokens import TokenIssuer
 
     cfg = _load(args)
     signing = cfg.identity.signing
@@ -147,7 +63,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from proxy.identity.tokens import generate_ed25519_keypair
+    from proxy.identity.personal_tokens import generate_ed25519_keypair
 
     generate_ed25519_keypair(args.private, args.public)
     print(f"wrote {args.private} (keep secret) and {args.public}")
@@ -158,62 +74,77 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from proxy.authz.analyze import analyze  # the SQL parser: only for commands that use it
-    from proxy.authz.decide import decide
-    from proxy.server import PolicyStore
+    """A dry run (proxy.workflow.check): from the config's policy files and state store when
+    this machine can read them (--config, or a readable default config), else asked of the
+    running proxy (POST /v1/check, with your token: your own statements; admins: anyone's),
+    which also reads views as its sessions do. Exit 0: allowed; 1: denied."""
+    from proxy.cli_api import check_through_api
+    from proxy.workflow.check import lines
 
-    cfg = _load(args)
+    config = _check_config(args)
+    report = _check_locally(args, config) if config is not None else check_through_api(args)
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines(report)))
+    return 0 if report["decision"] == "allow" else 1
+
+
+def _check_config(args: argparse.Namespace) -> Path | None:
+    """The config a dry run reads: --config; else the default one when it is readable here,
+    unless --api asks for the proxy's answer; None: ask the proxy."""
+    if args.config is not None:
+        return Path(args.config)
+    default = Path(DEFAULT_CONFIG)
+    return default if args.api is None and os.access(default, os.R_OK) else None
+
+
+def _check_locally(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    from proxy.authz.analyze import analyze  # the SQL parser: only for commands that use it
+    from proxy.cli_api import local_moment
+    from proxy.environments import Environments
+    from proxy.server import PolicyStore, request_hint
+    from proxy.workflow import check
+    from proxy.workflow.approvals import request_plan
+
+    cfg = load_config(path)
     names = [u.name for u in cfg.instances]
     if args.instance is None and len(names) > 1:
         raise SystemExit(f"jitproxy: name the instance with --instance (one of {', '.join(names)})")
     if args.instance is not None and args.instance not in names:
         raise SystemExit(f"jitproxy: no instance {args.instance!r} (configured: {', '.join(names)})")
+    if not args.user:
+        raise SystemExit("jitproxy check: with a config, name the person: --user NAME [--group GROUP ...]")
     instance = args.instance or names[0]
-    grants = PolicyStore(cfg.policies.dirs)().for_instance(instance)
     principal = Principal(user=args.user, groups=tuple(args.group or ()))
+    at = local_moment(args.at, "--at") if args.at else datetime.now(timezone.utc)
+    policies = PolicyStore(cfg.policies.dirs)
+    grants = check.grants_at(policies(), _stored_grants(cfg, principal), at).for_instance(instance)
+    environments = Environments.from_config(cfg)
     analysis = analyze(args.sql, args.db)
-    now = datetime.now(timezone.utc)
-    decision = decide(analysis, principal, grants, now)
-    masked = None
-    if decision.masks:
-        print("masked:     " + ", ".join(f"{t}.{c} ({m.value})" for t, c, m in decision.masks))
-        masked, decision = _masked_text(args, analysis, decision)
-    print(f"decision:   {'ALLOW' if decision.allowed else 'DENY'}")
-    print(f"statement:  {analysis.statement_class} ({analysis.kind.value})")
-    if analysis.requirements:
-        print("requires:   " + "; ".join(str(r) for r in sorted(analysis.requirements)))
-    if analysis.database_access:
-        print("databases:  " + ", ".join(sorted(analysis.database_access)))
-    if decision.allowed:
-        for g in decision.used_grants:
-            until = g.expires_at.isoformat() if g.expires_at else "no expiry"
-            print(f"granted by: {g.subject} {g.db}.{g.table} ({until}) in {g.source}")
-        if decision.max_rows is not None:
-            print(f"max rows:   {decision.max_rows} (a longer result is cut with error 1104)")
-        if masked is not None:
-            print(f"forwarded:  {masked}")
-        if analysis.metadata_tables:
-            from proxy.authz.decide import visibility
-            from proxy.authz.metadata import MetadataError, restrict_metadata
+    plan_of = functools.partial(request_plan, policies.approvals, environments, instance)
+    return check.run(args.sql, args.db, principal, analysis, grants, at, instance=instance,
+                     environment=environments.instances[instance].of_statement(analysis, args.db),
+                     views=check.VIEWS_NOT_READ,
+                     hint=lambda decision: request_hint(args.user, decision, instance if len(names) > 1 else None,
+                                                        plan_of))
 
-            tables = ", ".join(f"information_schema.{t}" for t in sorted(analysis.metadata_tables))
-            print(f"metadata:   {tables} restricted to granted objects")
-            try:
-                rewritten, _ = restrict_metadata(args.sql, args.db, visibility(principal, grants, now))
-                print(f"forwarded:  {rewritten}")
-            except MetadataError as e:
-                print(f"DENY at run time: {e}")
-                return 1
-    else:
-        print(f"reason:     {decision.code.value if decision.code else '?'}: {decision.reason}")
-        if decision.missing:
-            print("missing:    " + "; ".join(str(r) for r in decision.missing))
-        from proxy.server import request_hint
 
-        hint = request_hint(args.user, decision, instance if len(names) > 1 else None)
-        if hint:
-            print(hint)
-    return 0 if decision.allowed else 1
+def _stored_grants(cfg: Config, principal: Principal) -> list[Any]:
+    """The state store's grants of the person or their groups (what the proxy adds to the
+    policy files); none when the SQLite file does not exist yet (a dry run never makes one)."""
+    from proxy.store import StoreError, open_store
+    from proxy.workflow.check import stored_for
+
+    if cfg.store.backend == "sqlite" and not cfg.store.path.exists():
+        return []
+    try:
+        store = open_store(cfg.store.url())
+    except (ValueError, OSError, StoreError) as e:
+        raise SystemExit(f"jitproxy check: cannot read the state store ({e}); without it, approved requests and "
+                         "direct grants would be missed. Ask the proxy instead: jitproxy check --api URL ... "
+                         "(with your token)") from None
+    try:
+        return stored_for(store, principal)
+    finally:
+        store.close()
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -222,8 +153,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     ending unsealed); 1: broken (edited, deleted, reordered events...); 3: no break, but a chain
     ends without a seal (cut, or its proxy crashed or still runs). A segment that ends unsealed
     before a new one of the same proxy_instance (a crash and a restart) is a warning only."""
-    import json
-
     from proxy.audit.chain import verify
 
     torn: list[str] = []
@@ -274,29 +203,35 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _masked_text(args: argparse.Namespace, analysis: Any, decision: Any) -> Any:
-    """The decision with masks applied: the text that would be forwarded, or the denial."""
-    from proxy.authz.analyze import analyze
-    from proxy.authz.masking import Masker, MaskingError, by_table, mask_select
-    from proxy.authz.model import Decision, DenyCode
-
-    try:
-        # No upstream here: a * over a masked table is expanded at run time from the live schema.
-        text = mask_select(args.sql, args.db, analysis, by_table(decision.masks), {}, analyze, Masker("<salt>"))
-        return text, decision
-    except MaskingError as e:
-        if "are not known" in str(e):
-            return "the * expanded from the live schema, masked columns masked", decision
-        return None, Decision(False, analysis, DenyCode.MASKED_COLUMN, str(e), used_grants=decision.used_grants)
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
     from proxy.server import PolicyStore
 
     cfg = _load(args)
-    grants = PolicyStore(cfg.policies.dirs)()
+    policies = PolicyStore(cfg.policies.dirs)
+    grants = policies()
     print(f"{cfg.source}: OK ({len(grants.grants)} grants from {len(cfg.policies.dirs)} policy dir(s))")
+    print("\n".join(_environment_map(cfg, {r.environment for r in policies.approvals.rules})))
     return 0
+
+
+def _environment_map(cfg: Config, approvable: set[str]) -> list[str]:
+    """Each instance, its databases' environments (proxy.environments), the audit mode of its
+    sessions, and the environments no approval policy names (nothing can be requested there)."""
+    from proxy.audit.events import mode_for
+    from proxy.environments import Environments
+
+    out = ["environments (instance: database -> environment):"]
+    for name, envs in Environments.from_config(cfg).instances.items():
+        out.append(f"  {name} (audit mode {mode_for(cfg.audit.mode, envs.possible)}):")
+        listed = [(db, env) for db, env in sorted(envs.databases.items())]
+        other = "every other database" if listed else "every database"
+        for db, env in [*listed, (other, envs.default)]:
+            if env is None:
+                out.append(f"    {db} -> none declared (nothing can be requested there)")
+            else:
+                out.append(f"    {db} -> {env}" + ("" if env in approvable else " (no approval policy: nothing can "
+                                                                                 "be requested there)"))
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -332,11 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public", required=True)
     s.set_defaults(func=cmd_keygen)
 
-    s = with_config(sub.add_parser("check", help="decide a statement for a person without running it"))
-    s.add_argument("--user", required=True)
-    s.add_argument("--group", action="append")
+    s = add_client_arguments(sub.add_parser(
+        "check", help="decide a statement for a person without running it, as the proxy would",
+        description="With a config this machine can read: its policy files and state store. Without (or with "
+                    "--api): asks the running proxy, with your token (admins may name someone else)."))
+    s.add_argument("--config", "-c", help="config file (default: $JITPROXY_CONFIG or config.yaml when readable, "
+                                          "else the API is asked)")
+    s.add_argument("--user", help="the person (required with a config; through the API: you by default)")
+    s.add_argument("--group", action="append", help="their groups (with --user)")
     s.add_argument("--db", help="current database")
     s.add_argument("--instance", help="the upstream instance (required when the config has several)")
+    s.add_argument("--at", help="decide at this moment instead of now: 14:50 (the next one), 2026-11-21T18:00 "
+                                "(your local zone) or 2026-11-21T18:00:00Z")
     s.add_argument("sql")
     s.set_defaults(func=cmd_check)
 

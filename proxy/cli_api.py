@@ -1,4 +1,5 @@
-"""`jitproxy request|grant|access|whoami|audit`: the admin API's command-line client.
+"""`jitproxy request|grant|access|whoami|audit`, and `jitproxy check` when it asks the proxy
+(POST /v1/check, proxy.cli.cmd_check): the admin API's command-line client.
 
 Where the API is and who is asking come from the environment (or flags): JITPROXY_API (default
 https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) and JITPROXY_CA
@@ -6,8 +7,9 @@ https://127.0.0.1:8443), JITPROXY_TOKEN (your personal token; or --token-file) a
 does not trust is answered with which option to set). Tokens go only over HTTPS. Output is a
 readable table, or JSON with --json. Tables show an instance column only when some row is for
 one upstream instance (not "*", every instance). Times are shown in this machine's zone, to the
-second; `--for` and `--until` are read by proxy.timespec (an `--until` without a zone is read in
-this machine's zone, and the command says so on stderr).
+second; `--for`, `--until` and `--at` are read by proxy.timespec (a time without a zone is read
+in this machine's zone, and the command says so on stderr). A pending request is shown with how
+far it has got (its `progress`: "1 of 2 approvals, needs one from group:dba").
 
 `jitproxy audit search` shows audit events as a table (times in your local zone), or as JSON
 lines with --json (one event per line, exactly as written: for a SIEM or jq), or exports them
@@ -103,18 +105,27 @@ def _span(args: argparse.Namespace) -> dict[str, Any]:
     and sent with its zone, so the server never guesses."""
     if bool(args.duration) == bool(args.until):
         raise ApiError("give --for (e.g. 4h) or --until (e.g. 14:50, 2026-11-21T18:00)")
-    try:
-        if args.duration:
+    if args.duration:
+        try:
             parse_duration(args.duration, "--for")
-            return {"duration": args.duration}
-        moment = parse_moment(args.until, datetime.now().astimezone(), None, "--until")
+        except TimeSpecError as e:
+            raise ApiError(f"jitproxy: {e}") from None
+        return {"duration": args.duration}
+    return {"until": local_moment(args.until, "--until").isoformat()}
+
+
+def local_moment(text: str, what: str) -> datetime:
+    """`text` as a moment (proxy.timespec), read in this machine's zone when it names none, which
+    is then said on stderr (so the server never guesses: the zone is sent with it)."""
+    try:
+        moment = parse_moment(text, datetime.now().astimezone(), None, what)
     except TimeSpecError as e:
         raise ApiError(f"jitproxy: {e}") from None
     if moment.assumed_zone:
-        print(f"jitproxy: --until {args.until} read as {moment.at.isoformat()} "
+        print(f"jitproxy: {what} {text} read as {moment.at.isoformat()} "
               f"({_day(moment) + ', ' if moment.clock_time else ''}your local zone, {_zone(moment.at)})",
               file=sys.stderr)
-    return {"until": moment.at.isoformat()}
+    return moment.at
 
 
 def _day(moment: Moment) -> str:
@@ -183,8 +194,10 @@ def _request_state(r: dict[str, Any]) -> str:
 
 
 def _request_line(r: dict[str, Any], width: int = 0) -> str:
+    """One request; a pending one with how far it has got (its approval policy's progress)."""
+    progress = f" ({r['progress']})" if r.get("progress") else ""
     return (f"{r['id']}  {r['status']:9} {r['requester']:16} {_instance_cell(r, width)}{r['environment']:6} "
-            f"{request_objects(r['db'], r['tables'])} {','.join(r['privileges'])} {_request_state(r)}"
+            f"{request_objects(r['db'], r['tables'])} {','.join(r['privileges'])} {_request_state(r)}{progress}"
             f"  — {r['reason'][:60]}")
 
 
@@ -205,6 +218,9 @@ def cmd_request_create(args: argparse.Namespace) -> int:
     body = _with_instance({"db": args.db, "tables": args.table, "privileges": args.privilege or ["SELECT"],
                            "reason": args.reason, **_span(args)}, args)
     r = _call(args, "POST", "/v1/requests", json=body)
+    if args.quiet:  # the id alone, for a shell variable: REQ=$(jitproxy request create ... --quiet)
+        print(r["id"])
+        return 0
     text = f"{_request_ref(r)}: {r['status']}"
     what = f"{','.join(r['privileges'])} on {request_objects(r['db'], r['tables'])}"
     if r.get("existing"):
@@ -242,7 +258,7 @@ def cmd_request_show(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
     r = _call(args, "POST", f"/v1/requests/{args.id}/{verb}", json={"comment": args.comment or ""})
-    return _print(args, r, f"{_request_ref(r)}: {r['status']}")
+    return _print(args, r, f"{_request_ref(r)}: {r['status']}" + (f" ({r['progress']})" if r.get("progress") else ""))
 
 
 def cmd_request_approve(args: argparse.Namespace) -> int:
@@ -271,9 +287,12 @@ def _grant_source(g: dict[str, Any]) -> str:
 
 
 def _grant_line(g: dict[str, Any], width: int = 0) -> str:
-    until = _when(g["expires_at"]) if g.get("expires_at") else "no expiry"
+    if g.get("status", "active") == "active":
+        state = "until " + (_when(g["expires_at"]) if g.get("expires_at") else "no expiry")
+    else:  # a grant just revoked says so, not the end it no longer has
+        state = _grant_state(g)
     return (f"{g.get('grant_id') or 'policy':14}  {g['subject']:24} {_instance_cell(g, width)}"
-            f"{g['object']:30} {','.join(g['privileges']):20} until {until}  {_grant_source(g)}")
+            f"{g['object']:30} {','.join(g['privileges']):20} {state}  {_grant_source(g)}")
 
 
 def _grant_lines(grants: list[dict[str, Any]], prefix: str = "") -> list[str]:
@@ -295,8 +314,27 @@ def cmd_grant_list(args: argparse.Namespace) -> int:
 
 
 def cmd_grant_revoke(args: argparse.Namespace) -> int:
-    g = _call(args, "DELETE", f"/v1/grants/{args.id}", params={"reason": args.reason} if args.reason else {})
-    return _print(args, g, "\n".join(_grant_lines([g], "revoked ")))
+    """End a grant now (g-…), or every grant in effect of a request (r-…): an admin ending a
+    person's request early should not have to look its grants up first."""
+    params = {"reason": args.reason} if args.reason else {}
+    if not args.id.startswith("r-"):
+        g = _call(args, "DELETE", f"/v1/grants/{args.id}", params=params)
+        return _print(args, g, "\n".join(_grant_lines([g], "revoked ")))
+    ended = [_call(args, "DELETE", f"/v1/grants/{grant_id}", params=params)
+             for grant_id in _grants_in_effect(args, args.id)]
+    return _print(args, ended, "\n".join(_grant_lines(ended, "revoked ")))
+
+
+def _grants_in_effect(args: argparse.Namespace, request_id: str) -> list[str]:
+    """The ids of a request's grants still active; refused when there is none, with why."""
+    r = _call(args, "GET", f"/v1/requests/{request_id}")
+    if "grants" in r:
+        ids = [g["grant_id"] for g in r["grants"] if g.get("status", "active") == "active"]
+    else:  # a server that does not say how each grant stands
+        ids = list(r.get("grant_ids") or ())
+    if not ids:
+        raise ApiError(f"{_request_ref(r)} is {r['status']}: no grant of it is in effect, nothing to revoke")
+    return ids
 
 
 def cmd_access(args: argparse.Namespace) -> int:
@@ -445,15 +483,33 @@ def cmd_audit_chain(args: argparse.Namespace) -> int:
         after = events[-1]["seq"]
 
 
+def check_through_api(args: argparse.Namespace) -> dict[str, Any]:
+    """`jitproxy check` asked of the proxy (POST /v1/check): your own statement with your
+    token's groups; admins may name someone else (--user, --group). The report of
+    proxy.workflow.check."""
+    body: dict[str, Any] = _with_instance({"sql": args.sql, "db": args.db}, args)
+    if args.at:
+        body["at"] = local_moment(args.at, "--at").isoformat()
+    if args.user:
+        body.update(user=args.user, groups=args.group or [])
+    elif args.group:
+        raise ApiError("jitproxy check: --group goes with --user (your own groups come from your token)")
+    return _call(args, "POST", "/v1/check", json=body)
+
+
+def add_client_arguments(sp: argparse.ArgumentParser, json_help: str = "machine-readable output") -> argparse.ArgumentParser:
+    """Where the admin API is, who asks, and how to show its answer."""
+    sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
+    sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
+    sp.add_argument("--ca", help="CA bundle for the API's certificate (default: $JITPROXY_CA)")
+    sp.add_argument("--json", action="store_true", help=json_help)
+    return sp
+
+
 def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
     """Add request, grant, access, whoami and audit (search, chain); returns the `audit`
     subcommands, so more can be added to them (verify)."""
-    def client(sp: argparse.ArgumentParser, json_help: str = "machine-readable output") -> argparse.ArgumentParser:
-        sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
-        sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
-        sp.add_argument("--ca", help="CA bundle for the API's certificate (default: $JITPROXY_CA)")
-        sp.add_argument("--json", action="store_true", help=json_help)
-        return sp
+    client = add_client_arguments
 
     def span(sp: argparse.ArgumentParser, what: str) -> None:
         sp.add_argument("--for", dest="duration", help=f"how long{what}: 30s, 15m, 4h, 1d, 1h30m (a unit is required)")
@@ -473,6 +529,8 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, ... (repeatable)")
     span(s, " once approved")
     s.add_argument("--reason", required=True, help="incident or ticket, and what for (at least 3 characters)")
+    s.add_argument("-q", "--quiet", action="store_true",
+                   help="print the request's id only (for scripts: REQ=$(jitproxy request create ... --quiet))")
     s.set_defaults(func=cmd_request_create)
     s = client(rq.add_parser("list", help="requests you made or may decide"))
     s.add_argument("--status", choices=REQUEST_STATUSES)
@@ -510,7 +568,7 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--all", action="store_true")
     s.set_defaults(func=cmd_grant_list)
     s = client(gr.add_parser("revoke", help="end a grant now (every replica, next statement)"))
-    s.add_argument("id")
+    s.add_argument("id", help="g-… (a grant) or r-… (every grant in effect of that request)")
     reason(s)
     s.set_defaults(func=cmd_grant_revoke)
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from proxy.environments import NAME_PATTERN
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -29,6 +31,7 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+EnvironmentName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -151,7 +154,11 @@ class UpstreamConfig(_Strict):
     """One upstream database instance. Clients pick the instance by the port they connect to."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    environment: str | None = None  # e.g. prod / test: approval policies and audit events
+    # The environment of the instance's databases (prod, test ...), and of those in another one
+    # (database -> environment): what statements' audit events, the audit mode, requests,
+    # approval policies and deny hints say of them (proxy.environments).
+    environment: EnvironmentName | None = None
+    environments: dict[Annotated[str, Field(min_length=1, max_length=64)], EnvironmentName] = {}
     listen_port: int | None = Field(None, ge=0, le=65535)  # default: listen.port
     host: str
     port: int = Field(3306, ge=1, le=65535)
@@ -260,7 +267,7 @@ class AuditConfig(_Strict):
     # is forwarded, and statements are refused while one fails. best_effort: statements run;
     # events wait in a bounded queue (max_queue) while a sink fails, then are dropped and
     # counted. off: statement events are not written (denials, sessions and admin events still
-    # are). auto: fail_closed for instances whose environment is prod, best_effort otherwise.
+    # are). auto: fail_closed for instances that hold a prod database, best_effort otherwise.
     # (YAML reads a bare `off` as false: that means "off" here.)
     mode: Annotated[Literal["auto", "fail_closed", "best_effort", "off"],
                     BeforeValidator(lambda v: "off" if v is False else v)] = "auto"

@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,25 +30,29 @@ from proxy.authz.fingerprint import Fingerprint, fingerprint
 from proxy.authz.masking import Masker
 from proxy.store import open_store
 from proxy.store.base import Store
-from proxy.workflow.approvals import ApprovalPolicies, load_approval_policies
+from proxy.workflow import check
+from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan, load_approval_policies
 from proxy.workflow.runtime import ApiServer, EffectiveGrants, Poller
-from proxy.workflow.service import AccessService, Limits
-from proxy.authz.model import Analysis, Decision, Deny, DenyCode, StatementKind
+from proxy.workflow.service import AccessService, Limits, SchemaUnavailable
+from proxy.authz.model import Analysis, Decision, Deny, DenyCode, Principal, Privilege, StatementKind
+from proxy.authz.views import MAX_DEPTH as MAX_VIEW_DEPTH
 from proxy.authz.policy import check_mask_overlaps, check_overlaps, load_policy_dir
 from proxy.config import Config, LimitsConfig, UpstreamConfig
-from proxy.identity.tokens import IssuerConfig, TokenVerifier
+from proxy.environments import Environments, InstanceEnvironments
+from proxy.identity.personal_tokens import IssuerConfig, TokenVerifier
 from proxy.metrics import Stats
 from proxy.protocol.admission import Admission
 from proxy.protocol.connection import ProxyConnection
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.session import ProxySession
 from proxy.protocol.stream import ClientStream
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError, UpstreamTarget, open_connection
 from proxy.upstream.pool import Connector, UpstreamPool
 from proxy.upstream.relay import Expect
-from proxy.protocol.filtering import text_rows
+from proxy.mysql.rows import text_rows
 from proxy.upstream.schema import Rows, SchemaCache, ViewCatalog
+from proxy.timespec import format_duration
 
 if TYPE_CHECKING:
     from proxy.notify.slack import SlackApprovals
@@ -217,27 +221,45 @@ class AnalysisCache:
         table[key] = value
 
 
-def request_hint(user: str, decision: Decision, instance: str | None = None) -> str:
-    """The exact command that asks for what the person was missing (one per database).
-    `instance`: named when the proxy has several (the request must say which)."""
+# The command runs only with these set, and a person denied in a MySQL client has no other
+# place to learn it from: the proxy cannot know their token's file or their API's name.
+_RUN_WITH = ("To request access, with JITPROXY_API, JITPROXY_CA and JITPROXY_TOKEN set (the admin API's URL, "
+             "its CA file, your token), run: ")
+
+
+_HINT_SPAN = timedelta(hours=1)  # what the deny hint asks for, within the environment's maximum
+PlanOf = Callable[[str, frozenset[Privilege]], Plan]  # (db, privileges) -> the approval rules, or NoApprovalPolicy
+
+
+def request_hint(user: str, decision: Decision, instance: str | None = None, plan_of: PlanOf | None = None) -> str:
+    """The exact command that asks for what the person was missing (one per database), for an
+    hour or the most the database's environment allows; where no request can give it (`plan_of`,
+    approvals.request_plan for the instance, raises NoApprovalPolicy), why instead of a command
+    that would be refused. `instance`: named when the proxy has several (the request must say
+    which)."""
     where = f" --instance {_shell_word(instance)}" if instance else ""
+    wanted: dict[str, tuple[set[str], set[Privilege]]] = {}
     if decision.code is DenyCode.MISSING_GRANT and decision.missing:
-        by_db: dict[str, tuple[set[str], set[str]]] = {}
         for r in decision.missing:
-            tables, privileges = by_db.setdefault(r.target.db, (set(), set()))
+            tables, privileges = wanted.setdefault(r.target.db, (set(), set()))
             tables.add(r.target.table if r.target.table is not None else "*")
-            privileges.add(r.privilege.value)
-        commands = []
-        for db, (tables, privileges) in sorted(by_db.items()):
-            args = " ".join(f"--table {_shell_word(t)}" for t in sorted(tables))
-            args += " " + " ".join(f"--privilege {p}" for p in sorted(privileges))
-            commands.append(f"jitproxy request create{where} --db {_shell_word(db)} {args} --for 1h --reason '...'")
-        return "To request access, run: " + " ; ".join(commands)
-    if decision.code is DenyCode.DATABASE_ACCESS:
-        db = sorted(decision.analysis.database_access)[0]
-        return (f"To request access, run: jitproxy request create{where} --db {_shell_word(db)} --table <table> "
-                "--for 1h --reason '...'")
-    return ""
+            privileges.add(r.privilege)
+    elif decision.code is DenyCode.DATABASE_ACCESS:
+        wanted[sorted(decision.analysis.database_access)[0]] = ({"<table>"}, set())
+    commands, refusals = [], []
+    for db, (tables, privileges) in sorted(wanted.items()):
+        try:
+            plan = plan_of(db, frozenset(privileges or {Privilege.SELECT})) if plan_of else None
+        except NoApprovalPolicy as e:
+            refusals.append(f"No request can give {', '.join(sorted(p.value for p in privileges)) or 'access'} on "
+                            f"{db}: {e}; an admin can grant it (jitproxy grant add)")
+            continue
+        span = format_duration(min(_HINT_SPAN, plan.max_duration) if plan else _HINT_SPAN)
+        args = " ".join(f"--table {t if t == '<table>' else _shell_word(t)}" for t in sorted(tables))
+        args += "".join(f" --privilege {p}" for p in sorted(p.value for p in privileges))
+        commands.append(f"jitproxy request create{where} --db {_shell_word(db)} {args} --for {span} --reason '...'")
+    hint = _RUN_WITH + " ; ".join(commands) if commands else ""
+    return " ".join([hint, *refusals]).strip()
 
 
 def _shell_word(text: str) -> str:
@@ -248,11 +270,11 @@ def _shell_word(text: str) -> str:
 @dataclass
 class Instance:
     """One upstream database instance: its pool of shared-identity connections, its schema
-    cache, and what audit events and approval policies say of it."""
+    cache, and the environments of its databases (proxy.environments)."""
 
     name: str
     pool: UpstreamPool
-    environment: str | None = None
+    environments: InstanceEnvironments = field(default_factory=InstanceEnvironments)
     connect_timeout_s: float = 10.0
     schema: SchemaCache = field(default_factory=SchemaCache)
     views: ViewCatalog = field(default_factory=ViewCatalog)
@@ -265,6 +287,22 @@ class Instance:
     @property
     def is_mariadb(self) -> bool:
         return "mariadb" in (self.pool.server_version or "").lower()
+
+    @property
+    def environment(self) -> str | None:
+        """The instance's own environment (a database may be in another: `environments`)."""
+        return self.environments.default
+
+    async def expanded_views(self, analysis: Analysis) -> Analysis | None:
+        """`analysis` with the views it names read as their definitions (proxy.authz.views), the
+        views of its databases read first where not known (a few rounds: nested views may be
+        elsewhere); None if they are still not known. Raises what side_rows raises."""
+        for _ in range(MAX_VIEW_DEPTH + 2):
+            expanded = self.views.expand(analysis)
+            if not isinstance(expanded, frozenset):
+                return expanded
+            await self.views.load(expanded, self.side_rows)
+        return None
 
     async def kill_query(self, thread_id: int, connection: bool = False, port: int | None = None) -> bool:
         """KILL QUERY (or KILL CONNECTION) on a side connection of the same instance, bounded by
@@ -313,6 +351,37 @@ class Instance:
 
 
 _SIDE_PROFILE = ClientProfile(deprecate_eof=False, found_rows=False, multi_results=True, ps_multi_results=True)
+
+
+class LiveSchema:
+    """What the instances' databases hold, read live for the workflow (requests are checked
+    against it: proxy.workflow.service.Schema). The workflow runs in worker threads; each lookup
+    runs on the proxy's event loop, on a side connection (Instance.side_rows, bounded). Nothing
+    is cached: a request is rare, and one for a table created a second ago must be accepted."""
+
+    def __init__(self, instances: Mapping[str, Instance], loop: asyncio.AbstractEventLoop) -> None:
+        self._instances = instances
+        self._loop = loop
+
+    def databases(self, instance: str) -> frozenset[str]:
+        return self._names(instance, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+
+    def tables(self, instance: str, db: str) -> frozenset[str]:
+        quoted = "'" + db.replace("\\", "\\\\").replace("'", "''") + "'"
+        return self._names(instance, f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {quoted}")
+
+    def _names(self, name: str, sql: str) -> frozenset[str]:
+        """The first column of `sql` on the instance ("*", every instance: on each of them)."""
+        found: set[str] = set()
+        for instance in [self._instances[name]] if name in self._instances else list(self._instances.values()):
+            lookup = asyncio.run_coroutine_threadsafe(instance.side_rows(sql), self._loop)
+            try:  # side_rows is bounded; this bound is for a loop that stopped meanwhile
+                rows = lookup.result(timeout=max(instance.health_timeout_s, 1.0) * 2 + 1)
+            except Exception as e:  # noqa: BLE001 - whatever kept the database from answering
+                why = getattr(e, "public", None) or type(e).__name__
+                raise SchemaUnavailable(f"the database of instance {instance.name} did not answer: {why}") from None
+            found.update(row[0] for row in rows if row and row[0] is not None)
+        return frozenset(found)
 
 
 @dataclass
@@ -374,7 +443,35 @@ class ProxyContext:
         return next(iter(self.instances.values())).pool
 
     def request_hint(self, user: str, decision: Decision, instance: str | None = None) -> str:
-        return request_hint(user, decision, instance if len(self.instances) > 1 else None)
+        """The deny hint, for what a request on `instance` (the session's) could give there."""
+        plan_of = None
+        if self.workflow is not None and instance is not None:
+            plan_of = functools.partial(self.workflow.plan_for, instance)
+        return request_hint(user, decision, instance if len(self.instances) > 1 else None, plan_of)
+
+    async def dry_run(self, who: Principal, sql: str, db: str | None, instance: str | None,
+                      at: datetime | None) -> dict[str, Any]:
+        """What a session of `who` on `instance` would decide for `sql` at `at` (None: now), with
+        the grants in effect then and the views read as sessions read them (proxy.workflow.check).
+        ValueError for an instance that is not configured."""
+        target = self._instance_named(instance)
+        at = at or self.now()
+        stored = await asyncio.to_thread(check.stored_for, self.workflow.store, who) if self.workflow else []
+        grants = check.grants_at(self.grants.policies(), stored, at).for_instance(target.name)
+        analysis = await self.analyze.analyze_async(sql, len(sql.encode("utf-8")), db)
+        decided, views = await _with_views(target, analysis)
+        return check.run(sql, db, who, decided, grants, at, instance=target.name,
+                         environment=target.environments.of_statement(analysis, db), views=views,
+                         hint=lambda decision: self.request_hint(who.user, decision, target.name))
+
+    def _instance_named(self, name: str | None) -> Instance:
+        """The instance called `name`; with one instance, also None."""
+        if name is None and len(self.instances) == 1:
+            return next(iter(self.instances.values()))
+        if name not in self.instances:
+            raise ValueError(f"{'no instance ' + repr(name) if name else 'name the instance'}: "
+                             f"one of {', '.join(self.instances)}")
+        return self.instances[name]
 
     def sweep_sessions(self) -> list[int]:
         """on_expiry: disconnect — close the sessions of people who held a grant and now hold
@@ -401,6 +498,22 @@ class ProxyContext:
         if ended:
             log.info("sessions closed: access ended", sessions=len(ended))
         return ended
+
+
+async def _with_views(instance: Instance, analysis: Analysis) -> tuple[Analysis, str]:
+    """(the analysis as a session decides it: its views read as their definitions, what a dry
+    run says of them). A database that cannot say which names are views leaves the analysis as
+    written, and the answer says the live proxy would refuse the statement meanwhile."""
+    try:
+        expanded = await instance.expanded_views(analysis)
+    except Exception as e:  # noqa: BLE001 - reported in the answer, not a failure of the dry run
+        problem = f"the database did not answer ({getattr(e, 'public', None) or type(e).__name__})"
+    else:
+        if expanded is not None:
+            named = ", ".join(sorted(map(str, expanded.views)))
+            return expanded, f"read as their definitions: {named}" if named else "none named"
+        problem = "the database did not say which names are views"
+    return analysis, f"{problem}: decided as tables here; the live proxy refuses a statement whose views it cannot read"
 
 
 def upstream_ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext | None:
@@ -506,10 +619,13 @@ def upstream_connector(upstream: UpstreamConfig, session_factory: Any = None) ->
 
 def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = utc_now,
                   aws_session_factory: Any = None, extra_sinks: list[Sink] | None = None) -> ProxyContext:
+    """Everything the proxy shares, built in its event loop (the workflow reads the live schema
+    on it from worker threads)."""
+    environments = Environments.from_config(cfg)
     instances = {
         u.name: Instance(
             name=u.name,
-            environment=u.environment,
+            environments=environments.instances[u.name],
             connect_timeout_s=u.connect_timeout_s,
             pool=UpstreamPool(
                 upstream_connector(u, aws_session_factory),
@@ -555,8 +671,10 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         notify=_notify_all(notifier, slack),
         limits=Limits(pending_ttl=cfg.api.pending_ttl, max_grant_duration=cfg.api.max_grant_duration),
         # One `upstream:` keeps requests and grants for every instance ("*"): renaming it later
-        # cannot orphan them. Several: each names its instance, whose environment decides.
-        instances={u.name: u.environment for u in cfg.upstreams},
+        # cannot orphan them. Several: each names its instance.
+        instances=[u.name for u in cfg.upstreams],
+        environments=environments,
+        schema=LiveSchema(instances, asyncio.get_running_loop()),
     )
     if slack is not None:
         slack.bind(workflow)  # decisions from Slack go through the same service
@@ -627,6 +745,8 @@ def build_notifier(cfg: Config) -> WebhookNotifier | None:
 def _config_part(cfg: Config, key: str) -> Any:
     if key == "instances":  # what a live pool cannot change: where it connects and as whom
         return [(u.name, u.host, u.port, u.user, u.auth, u.tls, u.listen_port) for u in cfg.instances]
+    if key == "environments":  # sessions, the workflow and the audit mode took them at start
+        return [(u.name, u.environment, u.environments) for u in cfg.instances]
     if key.startswith("listen."):
         return getattr(cfg.listen, key.split(".", 1)[1])
     return getattr(cfg, key)
@@ -704,6 +824,7 @@ class ProxyServer:
             from proxy.metrics import renderer
 
             app = AuditMiddleware(create_app(workflow, self.ctx.verifier, access=self.ctx.grants.held_by,
+                                             check=self.ctx.dry_run,
                                              on_change=lambda: self.ctx.grants.refresh(), health=self.health,
                                              ready=self.ready, metrics=renderer(self),
                                              audit_store=self.ctx.audit_store, slack=self.ctx.slack,
@@ -949,7 +1070,8 @@ class ProxyServer:
             policies.dirs = new.policies.dirs
         if not policies.check(force=True):
             return False
-        restart = [key for key in ("listen.host", "listen.port", "store", "api", "audit", "instances", "slack")
+        restart = [key for key in ("listen.host", "listen.port", "store", "api", "audit", "instances", "environments",
+                                   "slack")
                    if _config_part(self.cfg, key) != _config_part(new, key)]
         self.cfg = _merge_reloadable(self.cfg, new)
         self.tls = tls

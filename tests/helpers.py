@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from proxy.cli import main
+from proxy.environments import Environments, InstanceEnvironments
 
 T = TypeVar("T")
 
@@ -39,6 +40,16 @@ def api_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         monkeypatch.setenv("JITPROXY_CA", str(ca))
     code, out, err = run_cli(capsys, *argv)
     return code, out + err
+
+
+def environments(databases: dict[str, str] | None = None, default: str | None = None,
+                 instance: str = "default") -> Environments:
+    """One instance's environments, as `upstream: {environment: DEFAULT, environments: DATABASES}`
+    makes them (proxy.environments)."""
+    return Environments({instance: InstanceEnvironments(default, dict(databases or {}))})
+
+
+HR_ENVIRONMENTS = {"hr_prod": "prod", "hr_test": "test"}  # the demo's (and most tests'): upstream.environments
 
 
 def eventually(condition: Callable[[], T], timeout_s: float = 10.0, step_s: float = 0.01) -> T:

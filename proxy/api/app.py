@@ -7,6 +7,9 @@ client of it, so nobody needs credentials for the state store.
 Workflow calls are synchronous store transactions: they run in a worker thread so the proxy's
 event loop keeps relaying statements meanwhile.
 
+POST /v1/check is the proxy's dry run (ProxyContext.dry_run, proxy.workflow.check): a person may
+ask about their own statement (with their token's groups), an admin about anyone's.
+
 The audit trail, when the proxy keeps it where it can read it (an `audit_store`: the `store`
 sink's state store, or else the `file` sink's JSON lines, proxy.audit.file_trail), is searchable
 at GET /v1/audit and readable in chain order at GET /v1/audit/chain, by admins and members of
@@ -30,8 +33,9 @@ from pydantic import BaseModel, Field
 from proxy.audit.file_trail import FileTrail, TrailUnreadable
 from proxy.audit.search import SearchError, build_query, chain_params
 from proxy.authz.model import Principal
-from proxy.identity.tokens import TokenError, TokenVerifier
-from proxy.store.base import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, Store, StoreError
+from proxy.identity.personal_tokens import TokenError, TokenVerifier
+from proxy.audit.query import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT
+from proxy.store.base import Store, StoreError
 from proxy.timespec import TimeSpecError, parse_duration, parse_moment
 from proxy.workflow.grants import stored_row
 from proxy.workflow.service import AccessService, WorkflowError
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
     from proxy.notify.slack import SlackApprovals
 
 _bearer = HTTPBearer(auto_error=False)
+# (person, sql, current db, instance, at) -> the dry run's report (proxy.workflow.check)
+DryRun = Callable[[Principal, str, "str | None", "str | None", "datetime | None"], Awaitable[dict[str, Any]]]
 _INSTANCE_HELP = ("the upstream instance (its configured name); may be left out when the proxy "
                   "has one instance")
 # The statuses a request is shown with (an unknown one is FastAPI's 422, like any bad parameter).
@@ -58,6 +64,17 @@ class RequestIn(BaseModel):
     duration: str | None = Field(default=None, max_length=40, description=_DURATION_HELP)
     until: str | None = Field(default=None, max_length=64, description=_UNTIL_HELP)
     instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
+
+
+class CheckIn(BaseModel):
+    sql: str = Field(min_length=1, max_length=65536, description="the statement, as the client would send it")
+    db: str | None = Field(default=None, max_length=64, description="the session's current database")
+    instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
+    at: str | None = Field(default=None, max_length=64, description=(
+        "when (default: now): ISO 8601 (without a zone: UTC) or HH:MM (UTC, the next one)"))
+    user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._@-]{1,80}$",
+                             description="someone else (admins only); default: you, with your token's groups")
+    groups: list[str] = Field(default=[], max_length=50, description="that person's groups (with `user`)")
 
 
 class DecisionIn(BaseModel):
@@ -110,15 +127,28 @@ def _duration(text: str | None) -> timedelta | None:
         raise HTTPException(400, str(e)) from None
 
 
-def _until(text: str | None) -> datetime | None:
+def _until(text: str | None, what: str = "until") -> datetime | None:
     """The API has no caller's zone to assume: a time without one is UTC (the CLI always sends
     the zone it read the time in)."""
     if text is None:
         return None
     try:
-        return parse_moment(text, datetime.now(UTC), UTC, "until").at
+        return parse_moment(text, datetime.now(UTC), UTC, what).at
     except TimeSpecError as e:
         raise HTTPException(400, str(e)) from None
+
+
+def _checked_person(who: Principal, body: CheckIn, is_admin: bool) -> Principal:
+    """Whose statement a dry run decides: the caller's own, with their token's groups; another
+    person's (with the groups the admin names) only for admins."""
+    if body.user is None or body.user == who.user:
+        if body.groups:
+            raise HTTPException(400, "your groups come from your token: leave out `groups` (or name another `user`)")
+        return who
+    if not is_admin:
+        raise HTTPException(403, f"a dry run for someone else ({body.user}) is for admins; leave out `user` to "
+                                 "check your own statement")
+    return Principal(body.user, tuple(body.groups))
 
 
 def create_app(
@@ -126,6 +156,7 @@ def create_app(
     verifier: TokenVerifier,
     *,
     access: Callable[[Principal], list[dict[str, Any]]] | None = None,
+    check: DryRun | None = None,
     on_change: Callable[[], Awaitable[None]] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
     ready: Callable[[], dict[str, Any]] | None = None,
@@ -135,7 +166,8 @@ def create_app(
     slack: SlackApprovals | None = None,
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
-    GET /v1/access. `on_change`: awaited after each write (the proxy refreshes its grants).
+    GET /v1/access. `check(principal, sql, db, instance, at)`: the proxy's dry run
+    (ProxyContext.dry_run), for POST /v1/check. `on_change`: awaited after each write (the proxy refreshes its grants).
     `health()`: the upstream instances' and the store's state, for GET /healthz (no token:
     load balancers and monitors ask it; it names no host, user or credential).
     `audit_store`: a store object on the state store the `store` audit sink writes to, for
@@ -219,7 +251,10 @@ def create_app(
     async def create_request(body: RequestIn, who: Who) -> Any:
         """201 with the new request; 200 with the person's pending request (`existing`: true)
         when it already asks for all of this; 409 with `existing` (the grants) when they already
-        hold it all until the end asked for."""
+        hold it all until the end asked for; 400 for a database or table the instance does not
+        hold (naming the closest); 403 when no approval policy lets anyone ask for it (also `*`,
+        every table, where the policy does not allow it); 503 when the instance's database cannot
+        say what it holds (nothing is stored)."""
         r, created = await run(service.submit_request, who, body.db, body.tables, body.privileges, body.reason,
                                duration=_duration(body.duration), until=_until(body.until), instance=body.instance,
                                write=True)
@@ -282,12 +317,25 @@ def create_app(
     async def my_access(who: Who) -> list[dict[str, Any]]:
         return access(who) if access is not None else []
 
+    @app.post("/v1/check", summary="What the proxy would decide for a statement (a dry run; nothing runs)")
+    async def dry_run(body: CheckIn, who: Who) -> dict[str, Any]:
+        """Your own statement (or, for admins, someone else's), decided as a session would at
+        `at`: with the grants in effect then (policy files and store), the instance's views
+        read as sessions read them; the grants that decide are named with their source."""
+        if check is None:
+            raise HTTPException(404, "dry runs are answered by a running proxy")
+        person = _checked_person(who, body, service.is_admin(who))
+        try:
+            return await check(person, body.sql, body.db, body.instance, _until(body.at, "at"))
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+
     @app.get("/v1/audit", summary="Search the audit trail (admins and auditors)")
     async def audit_search(
         who: Who,
         user: Annotated[str | None, Query(description="the person (token subject)")] = None,
-        since: Annotated[str | None, Query(description="from: 1h, 30m, 2d (ago) or an ISO-8601 time; "
-                                                       "a time without a zone is UTC")] = None,
+        since: Annotated[str | None, Query(description="from: 1h, 30m, 2d (ago), a day, HH:MM (the last one) or "
+                                                       "an ISO-8601 time; without a zone: UTC")] = None,
         until: Annotated[str | None, Query(description="before: same forms as since")] = None,
         table: Annotated[str | None, Query(description="db.table (or db.*): events naming it")] = None,
         decision: Annotated[str | None, Query(description="allow or deny")] = None,

@@ -27,6 +27,7 @@ import structlog
 from proxy.audit.chain import GENESIS, canonical, seal
 from proxy.audit.normalize import fingerprint, normalize
 from proxy.audit.sinks import FileSink, MemorySink, Record, Sink, SinkWriter, StreamSink
+from proxy.environments import PROD
 
 log = structlog.get_logger("jitproxy.audit")
 
@@ -159,6 +160,15 @@ class AuditUnavailable(Exception):
 MODES = ("fail_closed", "best_effort", "off")
 
 
+def mode_for(configured: str, environments: Iterable[str | None]) -> str:
+    """The audit mode for statements that may be in any of `environments` (a session's: every
+    environment of its instance, proxy.environments): `audit.mode`, where "auto" is fail_closed
+    if one of them is prod, else best_effort."""
+    if configured == "auto":
+        return "fail_closed" if PROD in environments else "best_effort"
+    return configured
+
+
 EXIT_CLOSE_TIMEOUT_S = 3.0  # the atexit seal waits this long, at most, for every sink
 
 
@@ -168,8 +178,8 @@ class AuditEmitter:
     `emit` is cheap and thread-safe (the API's worker threads emit too): it seals the event
     under a lock and hands it to each sink's writer thread. `emit_durable` also waits, on the
     event loop, until every required sink has the event: what fail_closed statements do before
-    they are forwarded. `mode_for(environment)`: `audit.mode` per environment ("auto": prod is
-    fail_closed, the rest best_effort).
+    they are forwarded. `mode_for(*environments)`: `audit.mode` for statements in those
+    environments ("auto": fail_closed if one is prod, else best_effort).
 
     The chain segment an emitter writes (seq 1, 2, ... of its `proxy_instance`) is closed by
     `close()` with an `audit.sealed` event, so that `audit verify` can tell a whole trail from a
@@ -240,10 +250,8 @@ class AuditEmitter:
 
     # -- modes ------------------------------------------------------------------------------
 
-    def mode_for(self, environment: str | None) -> str:
-        if self.mode == "auto":
-            return "fail_closed" if environment == "prod" else "best_effort"
-        return self.mode
+    def mode_for(self, *environments: str | None) -> str:
+        return mode_for(self.mode, environments)
 
     # -- emit -------------------------------------------------------------------------------
 

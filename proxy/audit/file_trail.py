@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.store.base import AUDIT_MAX_LIMIT, AuditQuery
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery
 
 __all__ = ["FileTrail", "TrailUnreadable", "matches", "tables_of", "trail_of_sinks"]
 

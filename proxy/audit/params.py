@@ -58,7 +58,7 @@ from typing import Any
 
 from pymysql.constants import FIELD_TYPE
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 
 __all__ = ["UNDECODABLE", "UNKNOWN", "decode_execute_params"]
 

@@ -1,9 +1,11 @@
 """Audit search parameters, as people type them (CLI flags, API query parameters), checked and
-turned into a `proxy.store.base.AuditQuery`. Pure: the caller passes `now`.
+turned into a `proxy.audit.query.AuditQuery`. Pure: the caller passes `now`.
 
-    since / until   1h, 30m, 2d, 1w, 1h30m, 90s (that long before now), "now", or an ISO-8601
-                    time or date (2026-11-21T16:00:00Z, 2026-11-21 = its midnight); a time
-                    without a zone is read in `naive_tz` (UTC unless the caller says otherwise)
+    since / until   what proxy.timespec.parse_past reads, like every other time a command
+                    takes: 1h, 30m, 2d, 1w, 1h30m, 90s (that long before now), "now", a day
+                    (2026-11-21 = its midnight), a clock time (14:50: the last one), or an
+                    ISO-8601 time (2026-11-21T16:00:00Z); a time or day without a zone is read
+                    in `naive_tz` (UTC unless the caller says otherwise)
     table           db.table or db.* (backquotes are dropped: `hr_prod`.`salary` works)
     decision        allow | deny
     type            an event type (statement.denied), or a prefix: statement. / statement.*;
@@ -17,17 +19,15 @@ would be right; the API answers it with 400, the CLI prints it.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from proxy.store.base import AUDIT_DECISIONS, AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, AuditQuery
+from proxy.audit.query import AUDIT_DECISIONS, AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, AuditQuery
+from proxy.timespec import TimeSpecError, parse_past
 
 __all__ = ["SearchError", "build_query", "chain_params", "parse_since", "parse_time", "parse_until"]
 
 MAX_NAME_CHARS = 256
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"(?:\d+[smhdw])+")
-_RELATIVE_PART = re.compile(r"(\d+)([smhdw])")
 _TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*(?:\.|\.\*|\*)?")
 _IDENTIFIER_MAX = 64  # MySQL's limit for database and table names
 
@@ -37,37 +37,13 @@ class SearchError(ValueError):
 
 
 def parse_time(text: str, now: datetime, *, what: str = "since", naive_tz: tzinfo = UTC) -> datetime:
-    """`text` as an aware datetime: a relative span ("1h": an hour before `now`), "now", or an
-    ISO-8601 time or date."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
-    value = text.strip() if isinstance(text, str) else ""
-    if not value:
+    """`text` as an aware datetime (proxy.timespec.parse_past); SearchError if it is none."""
+    if not _given(text):
         raise SearchError(f"{what}: give a time, e.g. 1h, 30m, 2d or 2026-11-21T16:00:00Z")
-    lowered = value.lower()
-    if lowered == "now":
-        return now
-    if _RELATIVE.fullmatch(lowered):
-        seconds = sum(int(n) * _UNITS[unit] for n, unit in _RELATIVE_PART.findall(lowered))
-        try:
-            return now - timedelta(seconds=seconds)
-        except OverflowError:
-            raise SearchError(f"{what}: {value!r} reaches back before year 1") from None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None:
-        try:
-            moment = datetime.combine(date.fromisoformat(value), time())
-        except ValueError:
-            raise SearchError(
-                f"{what}: {value!r} is neither a span (1h, 30m, 2d, 1w, 1h30m) nor an ISO-8601 time "
-                "(2026-11-21T16:00:00Z, 2026-11-21)"
-            ) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=naive_tz)
-    return moment
+        return parse_past(text, now, naive_tz, what).at
+    except TimeSpecError as e:
+        raise SearchError(str(e)) from None
 
 
 def parse_since(text: str, now: datetime, *, naive_tz: tzinfo = UTC) -> datetime:

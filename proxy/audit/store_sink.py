@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxy.store.base import Store
+if TYPE_CHECKING:
+    from proxy.store.base import Store
 
 
 class StoreSink:

@@ -28,7 +28,7 @@ from proxy.authz import (
     ddl,
     dml,
     explain,
-    prepared,
+    sql_prepare,
     routines,
     show,
     transactions,
@@ -39,7 +39,7 @@ from proxy.authz import (
 from proxy.authz.model import Analysis, DenyCode
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied, denied, parse_error_detail
-from proxy.authz.tokens import T_LPAREN, tokenize, unwrap_executable_comment, word
+from proxy.authz.lexer import T_LPAREN, tokenize, unwrap_executable_comment, word
 
 # Re-exported: the session variable rules live in variables.py.
 SAFE_SQL_MODES = variables.SAFE_SQL_MODES
@@ -148,9 +148,9 @@ _HANDLERS: dict[str, _Handler] = {
     "REPLACE": dml.replace_statement,
     "DO": dml.do_statement,
     "CALL": routines.call,
-    "PREPARE": partial(prepared.prepare, analyze),
-    "EXECUTE": prepared.execute,
-    "DEALLOCATE": prepared.deallocate,
+    "PREPARE": partial(sql_prepare.prepare, analyze),
+    "EXECUTE": sql_prepare.execute,
+    "DEALLOCATE": sql_prepare.deallocate,
     "RENAME": ddl.rename_statement,
     "SAVEPOINT": transactions.savepoint,
     "RELEASE": transactions.release,
@@ -166,7 +166,7 @@ _HANDLERS: dict[str, _Handler] = {
 
 # (keyword, next word) -> (handler, statement class), where the second word picks the class.
 _TWO_WORD_HANDLERS: dict[tuple[str, str | None], tuple[_Handler | None, str]] = {
-    ("DROP", "PREPARE"): (prepared.deallocate, "DEALLOCATE PREPARE"),
+    ("DROP", "PREPARE"): (sql_prepare.deallocate, "DEALLOCATE PREPARE"),
 }
 _TWO_WORD_KEYWORDS = frozenset(k for k, _ in _TWO_WORD_HANDLERS)
 

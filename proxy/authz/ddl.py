@@ -28,7 +28,7 @@ from proxy.authz import partitions, schema_objects, views
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
-from proxy.authz.tokens import Cursor, leading_words, word
+from proxy.authz.lexer import Cursor, leading_words, word
 from proxy.authz.walk import (
     ALIAS,
     WRITE,

@@ -25,7 +25,7 @@ from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, Statem
 from proxy.authz.names import canonical_db
 from proxy.authz.outcome import Denied
 from proxy.authz.parse import main_keyword_after_with, parse_one, prepare, split_returning
-from proxy.authz.tokens import T_LPAREN, retyped, word
+from proxy.authz.lexer import T_LPAREN, retyped, word
 from proxy.authz.walk import (
     ALIAS,
     WRITE,

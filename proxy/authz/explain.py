@@ -10,7 +10,7 @@ from proxy.authz.dml import parsed_statement, replace_statement
 from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
 from proxy.authz.show import describe_requirements, show_result
-from proxy.authz.tokens import T_INTO, T_LPAREN, Cursor, word
+from proxy.authz.lexer import T_INTO, T_LPAREN, Cursor, word
 from proxy.authz.walk import resolve_named
 
 

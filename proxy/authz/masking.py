@@ -28,7 +28,7 @@ from proxy.authz.model import Analysis, MaskMethod, Privilege, TableRef
 from proxy.authz.names import canonical_table
 from proxy.authz.outcome import Denied
 from proxy.authz.parse import parse_one, prepare
-from proxy.authz.tokens import tokenize
+from proxy.authz.lexer import tokenize
 
 Masks = Mapping[TableRef, Mapping[str, MaskMethod]]
 REDACTED = "****"

@@ -16,7 +16,7 @@ from sqlglot import exp
 
 from proxy.authz.outcome import Denied
 from proxy.authz.parse import parse_one, prepare
-from proxy.authz.tokens import tokenize
+from proxy.authz.lexer import tokenize
 
 INFORMATION_SCHEMA = "information_schema"
 

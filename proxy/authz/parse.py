@@ -36,7 +36,7 @@ from sqlglot.tokens import Token, TokenType
 from proxy.authz import functions
 from proxy.authz.model import DenyCode
 from proxy.authz.outcome import Denied
-from proxy.authz.tokens import (
+from proxy.authz.lexer import (
     top_level,
     DIALECT,
     retyped,

@@ -19,7 +19,7 @@ from proxy.authz import functions
 from proxy.authz.model import DenyCode
 from proxy.authz.outcome import Denied
 from proxy.authz.schema_objects import Reader
-from proxy.authz.tokens import NOT_WORD_IDS, STRINGISH_IDS, T_IDENT, T_LPAREN, T_RPAREN, top_level, word
+from proxy.authz.lexer import NOT_WORD_IDS, STRINGISH_IDS, T_IDENT, T_LPAREN, T_RPAREN, top_level, word
 
 _WHAT = "CREATE TABLE"  # the statement class of a denial
 # Words that never belong in a partitioning expression.

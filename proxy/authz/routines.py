@@ -18,7 +18,7 @@ from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, Statem
 from proxy.authz.names import canonical_routine
 from proxy.authz.outcome import Denied
 from proxy.authz.parse import parse_one, prepare
-from proxy.authz.tokens import T_LPAREN, T_RPAREN, Cursor, retyped
+from proxy.authz.lexer import T_LPAREN, T_RPAREN, Cursor, retyped
 from proxy.authz.walk import Collector, check_args, collected, cross_check, table_ref
 
 

@@ -22,7 +22,7 @@ from sqlglot.tokens import Token, TokenType
 
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.outcome import Denied, result
-from proxy.authz.tokens import DIGITS, T_LPAREN, T_RPAREN, Cursor
+from proxy.authz.lexer import DIGITS, T_LPAREN, T_RPAREN, Cursor
 from proxy.authz.walk import resolve_named
 
 

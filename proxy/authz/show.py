@@ -15,7 +15,7 @@ from proxy.authz import infoschema
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import INFORMATION_SCHEMA
 from proxy.authz.outcome import Denied, result
-from proxy.authz.tokens import T_LPAREN, T_RPAREN, Cursor, word
+from proxy.authz.lexer import T_LPAREN, T_RPAREN, Cursor, word
 from proxy.authz.walk import resolve_named, table_ref
 
 

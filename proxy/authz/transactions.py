@@ -18,7 +18,7 @@ from sqlglot.tokens import Token, TokenType
 from proxy.authz.model import Analysis, DenyCode, Privilege, Requirement, StatementKind
 from proxy.authz.names import INFORMATION_SCHEMA
 from proxy.authz.outcome import Denied, result
-from proxy.authz.tokens import DIGITS, Cursor, leading_words, word
+from proxy.authz.lexer import DIGITS, Cursor, leading_words, word
 from proxy.authz.walk import resolve_named
 
 

@@ -14,7 +14,7 @@ from sqlglot.tokens import Token
 
 from proxy.authz.model import Analysis, DenyCode
 from proxy.authz.outcome import Denied
-from proxy.authz.tokens import leading_words
+from proxy.authz.lexer import leading_words
 
 _ADMIN = "server administration is not available through jitproxy"
 _REPLICATION = "replication is not available through jitproxy"

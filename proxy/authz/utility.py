@@ -8,7 +8,7 @@ from sqlglot.tokens import Token, TokenType
 
 from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
-from proxy.authz.tokens import DIGITS, Cursor, leading_words
+from proxy.authz.lexer import DIGITS, Cursor, leading_words
 from proxy.authz.walk import table_ref
 
 

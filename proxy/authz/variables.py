@@ -17,7 +17,7 @@ from proxy.authz import columns
 from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
 from proxy.authz.parse import parse_one, prepare
-from proxy.authz.tokens import Cursor, leading_words, word
+from proxy.authz.lexer import Cursor, leading_words, word
 from proxy.authz.walk import Collector, check_args, collected, cross_check
 
 # SET: session variables a client may change (names compare case-insensitively, as in MySQL).

@@ -39,7 +39,7 @@ from sqlglot.tokens import Token, TokenType
 from proxy.authz.model import COLUMN_PRIVILEGES, Analysis, DenyCode, Privilege, Requirement, StatementKind, TableRef
 from proxy.authz.names import INFORMATION_SCHEMA
 from proxy.authz.outcome import Denied, denied, result
-from proxy.authz.tokens import Cursor, word
+from proxy.authz.lexer import Cursor, word
 from proxy.authz.walk import resolve_named
 
 Dispatch = Callable[[str, list[Token], "str | None"], Analysis]

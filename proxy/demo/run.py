@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import shutil
 import sys
 from datetime import timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 from proxy.demo.certs import make_ca_and_server_cert
 from proxy.demo.mariadb import LocalMariaDB
 from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from proxy.testing import write_keys
 
 DEMO_POLICY = """\
@@ -32,7 +33,7 @@ grants:
     allow_unbounded_writes: true # UPDATE/DELETE without WHERE (refused by default)
 
 # Just-in-time access: who approves requests, per environment (jitproxy request create ...).
-environments: {hr_prod: prod, hr_test: test}
+# Which database is in which environment: config.yaml, upstream.environments.
 approval_policies:
   - environment: prod            # reading prod: one approval from an owner (admin is one)
     privileges: [SELECT]
@@ -50,6 +51,9 @@ approval_policies:
     auto_approve: true
     max_duration: 1d
 """
+
+
+DEMO_ENVIRONMENTS = {"hr_prod": "prod", "hr_test": "test"}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -105,7 +109,9 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
                 "issuers": [{"issuer": "jitproxy", "audience": "jitproxy", "public_key_file": "keys/token-signing.pub"}],
                 "signing": {"private_key_file": "keys/token-signing.key"},
             },
-            "upstream": upstream,
+            # One environment model (proxy/environments.py): statements, requests, approvals and
+            # the audit mode (fail_closed for prod) all read the database's environment here.
+            "upstream": {**upstream, "environments": DEMO_ENVIRONMENTS},
             "policies": {"dirs": ["policies"]},
             "store": {"path": "state/jitproxy.db"},
             "api": {"port": api_port, "admin_groups": ["dba"]},
@@ -149,7 +155,7 @@ def _iam_upstream(directory: Path, db: LocalMariaDB) -> dict:
 
 
 def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False) -> int:
-    from proxy.cli import configure_logging, serve
+    from proxy.serving import configure_logging, serve
 
     directory = directory.resolve()
     configure_logging("info", "console")
@@ -174,7 +180,7 @@ def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False
                 waiter.cancel()
                 await task  # raises what went wrong
                 return
-            from proxy.cli import LISTENING
+            from proxy.serving import LISTENING
 
             actual = LISTENING.get("port", port)
             _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port), iam)
@@ -190,32 +196,53 @@ def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False
 
 
 def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False) -> None:
-    d = directory
+    """What to paste, in a fresh shell, exactly as printed: every path absolute, jitproxy found
+    through the PATH line, the API and its CA set, tokens read from their files (never printed)."""
     upstream = (f"MariaDB as {IAM_USER} with a fresh AWS RDS IAM token per connection (PAM-verified, TLS only)"
                 if iam else "MariaDB as jitproxy with a password")
+    ca, config = shlex.quote(str(directory / "ca.pem")), shlex.quote(str(directory / "config.yaml"))
     lines = [
         f"jitproxy demo ready on 127.0.0.1:{port} (upstream: {upstream})",
         "",
         "Connect as dev (may read hr_prod.employee and hr_prod.title only):",
-        f'  mariadb -h 127.0.0.1 -P {port} -u dev --password="$(cat {d}/dev.token)" '
-        f"--ssl-ca={d}/ca.pem --ssl-verify-server-cert hr_prod",
+        "  " + _mariadb_command(directory, port, "dev"),
         "",
         "Connect as admin (may do anything):",
-        f'  mariadb -h 127.0.0.1 -P {port} -u admin --password="$(cat {d}/admin.token)" '
-        f"--ssl-ca={d}/ca.pem --ssl-verify-server-cert hr_prod",
+        "  " + _mariadb_command(directory, port, "admin"),
         "",
         "Try as dev:  SELECT * FROM employee LIMIT 3;   SELECT * FROM salary;   SHOW TABLES;",
-        f"Audit trail: tail -f {d}/audit.jsonl",
-        f"Dry run:     jitproxy check --config {d}/config.yaml --user dev --db hr_prod \"SELECT * FROM salary\"",
+        f"Audit trail: tail -f {shlex.quote(str(directory / 'audit.jsonl'))}",
         "",
-        "Just-in-time access (in another shell):",
-        f"  export JITPROXY_API=https://127.0.0.1:{api_port} JITPROXY_CA={d}/ca.pem",
-        f'  JITPROXY_TOKEN="$(cat {d}/dev.token)" jitproxy request create --db hr_prod --table salary '
-        "--for 1h --reason 'INC-1234'",
-        f'  JITPROXY_TOKEN="$(cat {d}/admin.token)" jitproxy request list --status pending',
-        f'  JITPROXY_TOKEN="$(cat {d}/admin.token)" jitproxy request approve <request id>',
-        "  ... and dev's next SELECT * FROM salary works, in the same session, for an hour.",
+        "Just-in-time access: paste these lines, in order, into another shell:",
+        f"  export {_path_setting()}JITPROXY_API=https://127.0.0.1:{api_port} JITPROXY_CA={ca}",
+        f'  jitproxy check --config {config} --user dev --db hr_prod "SELECT * FROM salary"   # why dev is denied',
+        f"  REQ=$({_as(directory, 'dev')} jitproxy request create --db hr_prod --table salary "
+        "--until \"$(date -d '+1 hour' +%H:%M)\" --reason 'INC-1234 payroll check' --quiet)",
+        f'  {_as(directory, "dev")} jitproxy request show "$REQ"      # pending, and until when',
+        f'  {_as(directory, "admin")} jitproxy request approve "$REQ"',
+        "  # ... dev's next SELECT * FROM salary works, in the same session, until then; and to give it back early:",
+        f'  {_as(directory, "dev")} jitproxy request release "$REQ"',
+        f"  {_as(directory, 'admin')} jitproxy audit search --table hr_prod.salary --oldest-first",
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)
     sys.stdout.flush()
+
+
+def _mariadb_command(directory: Path, port: int, user: str) -> str:
+    ca, token = shlex.quote(str(directory / "ca.pem")), shlex.quote(str(directory / f"{user}.token"))
+    return (f'mariadb -h 127.0.0.1 -P {port} -u {user} --password="$(cat {token})" '
+            f"--ssl-ca={ca} --ssl-verify-server-cert hr_prod")
+
+
+def _as(directory: Path, user: str) -> str:
+    """The token of `user` for one command, read from its file: a token is never printed."""
+    return f'JITPROXY_TOKEN="$(cat {shlex.quote(str(directory / f"{user}.token"))})"'
+
+
+def _path_setting() -> str:
+    """`PATH=<dir>:"$PATH" ` for the directory of the jitproxy command (the one beside this
+    interpreter first: a virtualenv's bin, which a fresh shell does not have on its PATH)."""
+    beside = Path(sys.executable).parent / "jitproxy"
+    found = str(beside) if beside.exists() else shutil.which("jitproxy")
+    return f'PATH={shlex.quote(str(Path(found).parent))}:"$PATH" ' if found else ""

@@ -54,13 +54,12 @@ from slack_sdk.signature import SignatureVerifier
 from proxy.authz.model import Principal
 # The webhook's Slack blocks (escaped fields, reason, decisions): one look for both kinds of message.
 from proxy.notify.webhook import _approvals, _fields, _listing, _mrkdwn, _reason, escape_mrkdwn
-from proxy.store.base import AccessRequest, Approval, RequestStatus
+from proxy.store.base import RequestStatus
 from proxy.workflow.status import SYSTEM
 from proxy.workflow.service import WorkflowError
 
 if TYPE_CHECKING:
     from proxy.config import SlackConfig
-    from proxy.workflow.approvals import Plan
     from proxy.workflow.service import AccessService
 
 log = structlog.get_logger("jitproxy.slack")
@@ -208,7 +207,7 @@ class SlackApprovals:
         request = self._require_service().store.get_request(request_id)
         if request is None:
             return
-        text, blocks = render(self._require_service().view(request), self._progress(request))
+        text, blocks = render(self._require_service().view(request))
         where = self._message_of(request_id)
         if where is not None:
             self._client.chat_update(channel=where[0], ts=where[1], text=text, blocks=blocks)
@@ -217,13 +216,6 @@ class SlackApprovals:
             response = self._client.chat_postMessage(channel=self._channel, text=text, blocks=blocks)
             self._remember(request_id, str(response["channel"]), str(response["ts"]))
             self.stats.posted += 1
-
-    def _progress(self, request: AccessRequest) -> str:
-        if request.status is not RequestStatus.PENDING:
-            return ""
-        # The service's own plan for the request (the rules it decides with): shown, not re-decided.
-        plan = self._require_service()._plan(request)
-        return progress(plan, request.approvals, request.requester) if plan is not None else ""
 
     def _remember(self, request_id: str, channel: str, ts: str) -> None:
         with self._lock:
@@ -360,31 +352,12 @@ def _confirmed_email(user: Mapping[str, Any], team_id: str | None) -> str | None
 # -- what the message says -------------------------------------------------------------------------
 
 
-def progress(plan: Plan, approvals: tuple[Approval, ...] | list[Approval], requester: str) -> str:
-    """How far a pending request has got, rule by rule: "1 of 2 approvals, needs one from
-    group:dba". For people to read: the service decides with the plan itself."""
-    rules = [r for r in plan.rules if not r.auto_approve]
-    valid = [a for a in approvals if a.decision == "approve" and a.approver != requester]
-    parts = []
-    for rule in rules:
-        people = {a.approver for a in valid if rule.approvers & _subjects(a)}
-        text = f"{min(len(people), rule.approvals)} of {rule.approvals} approval{'s' * (rule.approvals != 1)}"
-        if rule.require and not any(rule.require & _subjects(a) for a in valid):
-            text += f", needs one from {' or '.join(sorted(rule.require))}"
-        if len(rules) > 1:
-            text = f"{','.join(sorted(p.value for p in rule.privileges))}: {text}"
-        parts.append(text)
-    return "; ".join(parts)
-
-
-def _subjects(a: Approval) -> set[str]:
-    return {f"user:{a.approver}"} | {f"group:{g}" for g in a.roles}
-
-
-def render(request: Mapping[str, Any], progress_text: str = "") -> tuple[str, list[dict[str, Any]]]:
-    """The message for a request in its current state: (notification text, blocks). Buttons
-    only while it is pending. Every value people typed is escaped (webhook.escape_mrkdwn)."""
+def render(request: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The message for a request as the service shows it (AccessService.view): (notification
+    text, blocks), with how far a pending one has got (its `progress`). Buttons only while it is
+    pending. Every value people typed is escaped (webhook.escape_mrkdwn)."""
     status = str(request.get("status", "?"))
+    progress_text = str(request.get("progress") or "")
     headline = f"*Access request {_mrkdwn(request.get('id', '?'))}: {_mrkdwn(status)}*"
     if progress_text:
         headline += f"\n{_mrkdwn(progress_text)}"
@@ -459,4 +432,4 @@ def slack_from_config(cfg: SlackConfig, environ: Mapping[str, str] = os.environ)
     return SlackApprovals(client, cfg.channel, secret, people, team_id=cfg.team_id)
 
 
-__all__ = ["APPROVE", "DENY", "Answer", "Person", "SlackApprovals", "progress", "render", "slack_from_config"]
+__all__ = ["APPROVE", "DENY", "Answer", "Person", "SlackApprovals", "render", "slack_from_config"]

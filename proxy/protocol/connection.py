@@ -21,7 +21,8 @@ from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT
 
-from proxy.protocol import auth, errors, wire
+from proxy.protocol import auth, errors
+from proxy.mysql import wire
 from proxy.protocol.errors import ClientError, ER
 from proxy.protocol.handshake import HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
 from proxy.protocol.stream import ClientStream, ConnectionClosed

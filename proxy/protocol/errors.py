@@ -6,7 +6,7 @@ rewritten by `relabelled`.)"""
 from __future__ import annotations
 
 from proxy.authz.model import Decision, DenyCode
-from proxy.protocol.wire import make_err
+from proxy.mysql.wire import make_err
 
 
 class ER:

@@ -30,14 +30,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from proxy.authz.model import Decision
-from proxy.protocol import errors, wire
+from proxy.protocol import errors
+from proxy.mysql import wire
 from proxy.protocol.errors import max_rows_error
-from proxy.protocol.prepared import STMT_HEADER_BYTES
-from proxy.protocol.stream import intercept
+from proxy.protocol.stmt_commands import STMT_HEADER_BYTES
+from proxy.mysql.transport import intercept
 from proxy.upstream.relay import Expect, ProtocolViolation, Relay
 
 if TYPE_CHECKING:
-    from proxy.protocol.prepared import Prepared
+    from proxy.protocol.stmt_commands import Prepared
 
 log = structlog.get_logger("jitproxy.fastpath")
 

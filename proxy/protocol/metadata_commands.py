@@ -13,9 +13,9 @@ from proxy.authz.analyze import analyze
 from proxy.authz.decide import databases_visible, tables_visible, visibility
 from proxy.authz.metadata import MetadataError, restrict_metadata
 from proxy.authz.model import Analysis, Decision, DenyCode
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.protocol.errors import UpstreamLost
-from proxy.protocol.filtering import filter_rows_by_first_column
+from proxy.mysql.rows import filter_rows_by_first_column
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 
 log = structlog.get_logger("jitproxy.session")

@@ -17,7 +17,6 @@ from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.audit.events import AuditUnavailable, EventType, SessionInfo
-from proxy.authz import views
 from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import (
     Analysis,
@@ -29,15 +28,15 @@ from proxy.authz.model import (
     StatementKind,
     TableRef,
 )
-from proxy.identity.tokens import TokenError
-from proxy.protocol import wire
+from proxy.identity.personal_tokens import TokenError
+from proxy.mysql import wire
 from proxy.protocol import errors
 from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
 from proxy.protocol.fastpath import FastPathCommands
 from proxy.protocol.masked import MaskingCommands
 from proxy.protocol.metadata_commands import MetadataCommands
 from proxy.protocol.plan import Effect, Plan, effects_of
-from proxy.protocol.prepared import Prepared, PreparedStatementCommands
+from proxy.protocol.stmt_commands import Prepared, PreparedStatementCommands
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 
@@ -75,7 +74,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.statements = 0
         self.denied = 0
         self.held_grant = False  # held one at some point (on_expiry: disconnect closes it after)
-        self.audit_mode = ctx.audit.mode_for(instance.environment)
+        # Any statement may name any database of the instance: the strictest mode of them all.
+        self.audit_mode = ctx.audit.mode_for(*instance.environments.possible)
         self._statement_n = 0
         self._in_flight: dict[str, Any] | None = None  # the admitted statement's audit fields, until it ends
         self._in_flight_since = 0.0
@@ -399,20 +399,16 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         return decide(expanded, self.principal, self._grants(), self.ctx.now(), table_columns=columns)
 
     async def _expand_views(self, analysis: Analysis) -> Analysis | Decision:
-        """The analysis with its views expanded, reading the views of the databases it names
-        first when they are not known (a few rounds: nested views may be elsewhere, and a load
-        that crossed a DDL is read again). Refused if they cannot be read: fail closed."""
-        catalog = self.instance.views
-        for _ in range(views.MAX_DEPTH + 2):
-            expanded = catalog.expand(analysis)
-            if not isinstance(expanded, frozenset):
-                return expanded
-            try:
-                await catalog.load(expanded, self.instance.side_rows)
-            except (OSError, ProtocolViolation, asyncio.IncompleteReadError, UpstreamError, TimeoutError) as e:
-                log.warning("view definitions unreadable", instance=self.instance.name, error=type(e).__name__,
-                            session=self.info.session_id)
-                break
+        """The analysis with its views expanded (Instance.expanded_views reads what is not known
+        yet); refused if they cannot be read: fail closed."""
+        try:
+            expanded = await self.instance.expanded_views(analysis)
+        except (OSError, ProtocolViolation, asyncio.IncompleteReadError, UpstreamError, TimeoutError) as e:
+            log.warning("view definitions unreadable", instance=self.instance.name, error=type(e).__name__,
+                        session=self.info.session_id)
+            expanded = None
+        if expanded is not None:
+            return expanded
         return Decision(False, analysis, DenyCode.UNACCOUNTED_TABLE,
                         "the definitions of the views this statement may read could not be read from the "
                         "database; nothing was sent to it. Try again shortly")
@@ -437,6 +433,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             "fingerprint": analysis.fingerprint,
             "statement_class": analysis.statement_class,
             "db": self.database,
+            "environment": self.instance.environments.of_statement(analysis, self.database),
             "tables": analysis.audit_tables,
             "privileges": analysis.audit_privileges,
         }

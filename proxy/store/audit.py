@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from proxy.audit.chain import canonical_bytes
-from proxy.store import utc
-from proxy.store.base import AUDIT_MAX_LIMIT, AuditQuery
+from proxy.store.common import utc
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery
 
 MAX_COLUMN_CHARS = 256
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery  # what an audit search is: the store answers it
+
 
 # A grant or request for every upstream instance; also what rows written before instances
 # existed read as (schema version 2 added the column with this default).
@@ -143,55 +145,6 @@ class Decision:
     access_until: datetime | None = None
     grants: tuple[NewGrant, ...] = field(default=())  # created with the status change
     by: str | None = None  # status_by when there is no approval (the requester cancelling, "system")
-
-
-# search_audit / audit_chain return at most this many events per call.
-AUDIT_DEFAULT_LIMIT = 100
-AUDIT_MAX_LIMIT = 10_000
-AUDIT_DECISIONS = ("allow", "deny")
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    """What `search_audit` looks for; every filter given must match (None: any).
-
-    `since` <= time < `until` (aware datetimes). `table` is "db.table" (also "db.*"): events
-    that name it, in `tables` (statements; a request's table names are qualified with its `db`)
-    or as `object` (grants). `type` is one event type ("statement.denied"), or a prefix when it
-    ends with "." or "*" ("statement." and "statement.*" match every statement event).
-    Results are newest first (time, then insertion order), or oldest first."""
-
-    user: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    table: str | None = None
-    decision: str | None = None  # "allow" or "deny"
-    type: str | None = None
-    instance: str | None = None  # the upstream instance (its configured name)
-    session_id: str | None = None
-    proxy_instance: str | None = None  # the proxy process (host:pid) that wrote the event
-    limit: int = AUDIT_DEFAULT_LIMIT
-    oldest_first: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= AUDIT_MAX_LIMIT:
-            raise ValueError(f"limit must be 1..{AUDIT_MAX_LIMIT}, got {self.limit!r}")
-        for name in ("since", "until"):
-            moment = getattr(self, name)
-            if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
-                raise ValueError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
-        if self.decision is not None and self.decision not in AUDIT_DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(AUDIT_DECISIONS)}, got {self.decision!r}")
-        if self.type is not None and self.type in ("", "*", "."):
-            raise ValueError("type must name an event type or a prefix such as statement.")
-
-    def type_filter(self) -> tuple[str, bool] | None:
-        """(text, is_prefix) for `type`, None when any type matches."""
-        if self.type is None:
-            return None
-        if self.type.endswith("*"):
-            return self.type[:-1], True
-        return self.type, self.type.endswith(".")
 
 
 class Store(Protocol):

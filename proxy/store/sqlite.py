@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from proxy.store import check_decision, new_grant_id, new_request_id, status_by, utc
+from proxy.store.common import check_decision, new_grant_id, new_request_id, status_by, utc
 from proxy.store.audit import INSERT_COLUMNS, audit_rows, chain_sql, parse_body, row_values, search_sql, table_pairs
 from proxy.store.base import (
     AUDIT_MAX_LIMIT,

@@ -15,8 +15,8 @@ from aiomysql.connection import Connection as _AioConnection
 from pymysql.constants import CLIENT
 from pymysql.err import OperationalError
 
-from proxy.protocol import wire
-from proxy.protocol.stream import intercept
+from proxy.mysql import wire
+from proxy.mysql.transport import intercept
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation, ResponseParser, relay_response
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
 from proxy.upstream.relay import Expect
 

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.protocol.wire import (
+from proxy.mysql.wire import (
     MAX_PAYLOAD,
     frame,
     SERVER_MORE_RESULTS_EXISTS,

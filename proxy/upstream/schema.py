@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from proxy.authz import views
 from proxy.authz.analyze import analyze
 from proxy.authz.model import Analysis, TableRef
-from proxy.protocol import wire
-from proxy.protocol.filtering import first_column_values
+from proxy.mysql import wire
+from proxy.mysql.rows import first_column_values
 from proxy.upstream.connection import UpstreamConnection
 
 DEFAULT_TTL_S = 10.0

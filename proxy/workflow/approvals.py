@@ -2,10 +2,6 @@
 
 In the policy files (GitOps, next to the grants):
 
-    environments:                  # database -> environment; "*" for every other database
-      hr_prod: prod
-      hr_test: test
-      "*": prod
     approval_policies:
       - environment: prod
         privileges: [SELECT]
@@ -22,12 +18,20 @@ In the policy files (GitOps, next to the grants):
         privileges: ALL
         auto_approve: true
         max_duration: 24h
+        wildcard_tables: true      # may ask for every table of a database (--table '*')
 
 Every privilege a request asks for must be covered by a policy of its environment (otherwise
 it cannot be requested: fail closed); every policy that covers one of them must be satisfied;
 the shortest `max_duration` applies. A request is auto-approved only when all of them say so.
-A database with no environment and no "*" entry is `prod`. A request for an upstream instance
-whose configuration names an `environment` is in that environment, whatever its database.
+
+Which environment a request is in is not said here: it is its database's on its instance, from
+the configuration (proxy.environments), the same answer its statements' audit events give. An
+`environments:` map in a policy file is refused with where it belongs now.
+
+`wildcard_tables`: whether a request may name `*` (every table of the database, also the ones
+created later) instead of its tables. Default: not in prod (an approver should see which tables
+a prod request reaches), allowed elsewhere; a request needs every policy that covers it to
+allow it.
 """
 
 from __future__ import annotations
@@ -44,12 +48,15 @@ import yaml
 from proxy.authz.model import Grant, Principal, Privilege
 from proxy.authz.policy import PolicyError, grants_from_document, parse_privileges
 from proxy.config import parse_duration
-from proxy.store.base import Approval
+from proxy.environments import NAME_PATTERN, PROD, Environments
+from proxy.store.base import ANY_INSTANCE, Approval
 
-DEFAULT_ENVIRONMENT = "prod"
 _PRINCIPAL = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
-_ENVIRONMENT = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_KEYS = {"environment", "privileges", "approvals", "approvers", "require", "max_duration", "auto_approve"}
+_ENVIRONMENT = re.compile(NAME_PATTERN)
+_KEYS = {"environment", "privileges", "approvals", "approvers", "require", "max_duration", "auto_approve",
+         "wildcard_tables"}
+
+
 @dataclass(frozen=True)
 class ApprovalRule:
     environment: str
@@ -60,6 +67,7 @@ class ApprovalRule:
     max_duration: timedelta
     auto_approve: bool
     source: str
+    wildcard_tables: bool = False
 
     def counts(self, approver: Principal) -> bool:
         return bool(self.approvers & set(approver.subjects))
@@ -97,6 +105,28 @@ class Plan:
     def satisfied(self, approvals: Sequence[Approval], requester: str) -> bool:
         return all(r.satisfied(approvals, requester) for r in self.rules)
 
+    @property
+    def wildcard_tables(self) -> bool:
+        """Whether a request may ask for every table of its database (`*`)."""
+        return all(r.wildcard_tables for r in self.rules)
+
+    def progress(self, approvals: Sequence[Approval], requester: str) -> str:
+        """How far a pending request has got, rule by rule: "1 of 2 approvals, needs one from
+        group:dba" (empty when no rule waits for people). For people to read, wherever a
+        request is shown (CLI, API, Slack); `satisfied` decides."""
+        rules = [r for r in self.rules if not r.auto_approve]
+        valid = [a for a in approvals if a.decision == "approve" and a.approver != requester]
+        parts = []
+        for rule in rules:
+            people = {a.approver for a in valid if rule.approvers & _subjects(a)}
+            text = f"{min(len(people), rule.approvals)} of {rule.approvals} approval{'s' * (rule.approvals != 1)}"
+            if rule.require and not any(rule.require & _subjects(a) for a in valid):
+                text += f", needs one from {' or '.join(sorted(rule.require))}"
+            if len(rules) > 1:
+                text = f"{','.join(sorted(p.value for p in rule.privileges))}: {text}"
+            parts.append(text)
+        return "; ".join(parts)
+
     def describe(self) -> str:
         parts = []
         for r in self.rules:
@@ -122,24 +152,30 @@ class ApprovalPolicies:
     person already holds and show admins every grant with its source (sessions decide with the
     proxy's own GrantSet of the same files)."""
 
-    environments: dict[str, str]
     rules: tuple[ApprovalRule, ...]
     grants: tuple[Grant, ...] = ()
 
-    def environment_of(self, db: str) -> str:
-        return self.environments.get(db) or self.environments.get("*") or DEFAULT_ENVIRONMENT
-
-    def plan(self, db: str, privileges: Iterable[Privilege], environment: str | None = None) -> Plan:
-        """The rules for `privileges` on `db` in `environment` (the upstream instance's, when it
-        has one), else in the database's environment."""
-        env = environment or self.environment_of(db)
+    def plan(self, environment: str | None, privileges: Iterable[Privilege], where: str = "this database") -> Plan:
+        """The rules for `privileges` in `environment` (proxy.environments says which; None:
+        `where` declares none, so nothing can be requested there)."""
+        if environment is None:
+            raise NoApprovalPolicy(f"{where} is in no environment, so no approval policy applies (the config "
+                                   "declares one: upstream.environment or upstream.environments)")
         wanted = frozenset(privileges)
-        rules = tuple(r for r in self.rules if r.environment == env and r.privileges & wanted)
+        rules = tuple(r for r in self.rules if r.environment == environment and r.privileges & wanted)
         uncovered = wanted - frozenset().union(*(r.privileges for r in rules)) if rules else wanted
         if uncovered:
             names = ", ".join(sorted(p.value for p in uncovered))
-            raise NoApprovalPolicy(f"no approval policy lets anyone request {names} in environment {env}")
-        return Plan(env, rules)
+            raise NoApprovalPolicy(f"no approval policy lets anyone request {names} in environment {environment}")
+        return Plan(environment, rules)
+
+
+def request_plan(policies: ApprovalPolicies, environments: Environments, instance: str, db: str,
+                 privileges: Iterable[Privilege]) -> Plan:
+    """The rules for requesting `privileges` on `db` on `instance`, in the database's
+    environment there: what a request is decided with, and what the deny hint suggests."""
+    where = db if instance == ANY_INSTANCE else f"{db} on {instance}"
+    return policies.plan(environments.of(instance, db), privileges, where)
 
 
 def _principals(value: Any, where: str, key: str) -> frozenset[str]:
@@ -150,14 +186,13 @@ def _principals(value: Any, where: str, key: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def rules_from_document(doc: Any, source: str) -> tuple[dict[str, str], list[ApprovalRule]]:
+def rules_from_document(doc: Any, source: str) -> list[ApprovalRule]:
     if not isinstance(doc, dict):
-        return {}, []
-    envs = doc.get("environments") or {}
-    if not isinstance(envs, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _ENVIRONMENT.match(v) for k, v in envs.items()
-    ):
-        raise PolicyError(f"{source}: environments must map database names (or \"*\") to environment names")
+        return []
+    if "environments" in doc:
+        raise PolicyError(f"{source}: environments: a database's environment is set in the config now, per "
+                          "instance: upstream.environment (its databases) and upstream.environments (a database "
+                          "in another one; upstreams[] alike). Move this map there (see `jitproxy config check`)")
     rules: list[ApprovalRule] = []
     for i, entry in enumerate(doc.get("approval_policies") or []):
         where = f"{source}: approval_policies[{i}]"
@@ -167,8 +202,9 @@ def rules_from_document(doc: Any, source: str) -> tuple[dict[str, str], list[App
         if not isinstance(env, str) or not _ENVIRONMENT.match(env):
             raise PolicyError(f"{where}: environment must be a lower-case name")
         auto = entry.get("auto_approve", False)
-        if not isinstance(auto, bool):
-            raise PolicyError(f"{where}: auto_approve must be true or false")
+        wildcards = entry.get("wildcard_tables", env != PROD)
+        if not isinstance(auto, bool) or not isinstance(wildcards, bool):
+            raise PolicyError(f"{where}: auto_approve and wildcard_tables must be true or false")
         approvals = entry.get("approvals", 0 if auto else 1)
         if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < (0 if auto else 1):
             raise PolicyError(f"{where}: approvals must be a positive integer")
@@ -184,13 +220,12 @@ def rules_from_document(doc: Any, source: str) -> tuple[dict[str, str], list[App
         privileges = parse_privileges(entry.get("privileges", "ALL"), where)
         rules.append(ApprovalRule(
             env, privileges, approvals, approvers, _principals(entry.get("require"), where, "require"),
-            max_duration, auto, source,
+            max_duration, auto, source, wildcards,
         ))
-    return dict(envs), rules
+    return rules
 
 
 def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
-    environments: dict[str, str] = {}
     rules: list[ApprovalRule] = []
     grants: list[Grant] = []
     for d in dirs:
@@ -199,13 +234,8 @@ def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
                 doc = yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as e:
                 raise PolicyError(f"{path}: invalid YAML: {e}") from None
-            envs, found = rules_from_document(doc, str(path))
-            for db, env in envs.items():
-                if environments.get(db, env) != env:
-                    raise PolicyError(f"{path}: database {db} is given two environments")
-                environments[db] = env
-            rules.extend(found)
+            rules.extend(rules_from_document(doc, str(path)))
             grants.extend(grants_from_document(doc, str(path)))
-    return ApprovalPolicies(environments, tuple(rules), tuple(grants))
+    return ApprovalPolicies(tuple(rules), tuple(grants))
 
 

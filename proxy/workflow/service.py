@@ -17,33 +17,37 @@ it can no longer be approved). Direct grants end within their environment's maxi
 approval policies' `max_duration`) unless an admin breaks glass: a stated reason, audited
 (`grant.break_glass`) and notified.
 
-Requests are checked before they are stored: one asking again for what a pending request of
-the same person already asks is answered with that request; one for access the person already
-holds until at least the end asked for (policy files, requests, direct grants) is refused with
-what they hold.
+Requests are checked before they are stored: the database and the tables must exist on the
+instance (read live through `schema`, proxy.server.LiveSchema; a name that does not is refused
+with the closest ones; a database that cannot be asked refuses the request with 503 rather than
+storing what nobody could check); `*` (every table) only where the approval policy allows it
+(`wildcard_tables`); one asking again for what a pending request of the same person already
+asks is answered with that request; one for access the person already holds until at least the
+end asked for (policy files, requests, direct grants) is refused with what they hold.
 
 Statuses are those of proxy.workflow.status: `view(request)` is a request as it is shown
 (derived from its grants and the clock), in the API and in every audit event.
 
-Upstream instances: with `instances` configured (name -> environment), every request and direct
+Upstream instances: with `instances` named (the config's `upstreams`), every request and direct
 grant is for one of them (named, or implied when there is only one), and the grants it makes
-apply on that instance only. The request's environment is its instance's, when the instance has
-one, else its database's (the approval policies' `environments`). Without `instances` (no names
-configured) everything is for "*", every instance, as before instances existed.
+apply on that instance only. Without (one `upstream:`), everything is for "*", every instance,
+as before instances existed. A request's environment, and so its approval policy, is its
+database's on its instance (`environments`, proxy.environments): what its statements say too.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.audit.events import AuditEmitter, EventType
 from proxy.authz.model import Grant, Principal, Privilege
 from proxy.authz.policy import PolicyError, split_object
+from proxy.environments import Environments
 from proxy.store.base import (
     ANY_INSTANCE,
     AccessRequest,
@@ -58,7 +62,7 @@ from proxy.store.base import (
     StoredGrant,
 )
 from proxy.timespec import format_duration
-from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan
+from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan, request_plan
 from proxy.workflow.grants import covering, grant_fields, policy_row, stored_row, to_grant
 from proxy.workflow.status import (
     RELEASED,
@@ -70,12 +74,11 @@ from proxy.workflow.status import (
     request_status,
 )
 
-__all__ = ["AccessService", "Forbidden", "Invalid", "Limits", "Missing", "StateConflict", "WorkflowError",
-           "grant_fields", "request_fields"]
+__all__ = ["AccessService", "Forbidden", "Invalid", "Limits", "Missing", "Schema", "SchemaUnavailable",
+           "StateConflict", "Unavailable", "WorkflowError", "grant_fields", "request_fields"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
-_NO_INSTANCES: Mapping[str, str | None] = MappingProxyType({})
 # Statuses the store records as such; the others are derived from an approved request's grants.
 _STORED = {status.value: status for status in (RequestStatus.PENDING, RequestStatus.DENIED, RequestStatus.CANCELLED)}
 # A request whose access ended early, by its status: the event that says so.
@@ -108,6 +111,24 @@ class StateConflict(WorkflowError):
     status = 409
 
 
+class Unavailable(WorkflowError):
+    status = 503
+
+
+class SchemaUnavailable(Exception):
+    """The instance's database could not say what it holds (the message says why, naming no
+    host or credential)."""
+
+
+class Schema(Protocol):
+    """What an instance's database holds, read live ("*": on every instance). Raises
+    SchemaUnavailable."""
+
+    def databases(self, instance: str) -> frozenset[str]: ...
+
+    def tables(self, instance: str, db: str) -> frozenset[str]: ...
+
+
 @dataclass(frozen=True)
 class Limits:
     pending_ttl: timedelta = timedelta(hours=24)  # a request nobody decides expires
@@ -126,10 +147,13 @@ class AccessService:
         admin_groups: frozenset[str] = frozenset(),
         notify: Callable[[str, dict[str, Any]], None] = lambda event, body: None,
         limits: Limits = Limits(),
-        instances: Mapping[str, str | None] = _NO_INSTANCES,
+        instances: Sequence[str] = (),
+        environments: Environments = Environments(),
+        schema: Schema | None = None,
     ) -> None:
-        """`instances`: the upstream instances by name (configuration order) -> environment
-        (None when the instance names none). Empty: no instances, everything is for "*"."""
+        """`instances`: the names requests and grants must be for (configuration order); empty:
+        everything is for "*". `environments`: every instance's (proxy.environments).
+        `schema`: the live schema requests are checked against (None: not checked)."""
         self.store = store
         self.policies = policies
         self.audit = audit
@@ -137,7 +161,9 @@ class AccessService:
         self.admin_groups = admin_groups
         self.notify = notify
         self.limits = limits
-        self.instances: Mapping[str, str | None] = MappingProxyType(dict(instances))
+        self.instances = tuple(instances)
+        self.environments = environments
+        self.schema = schema
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -185,14 +211,18 @@ class AccessService:
         privs = _privileges(privileges or ["SELECT"])
         target = self._instance(instance)
         span, ends_at = _span(now, duration, until)
+        self._check_schema(target, db, names)  # first: what does not exist has no environment either
         policies = self.policies()
         try:
-            plan = policies.plan(db, privs, self._environment_of(target))
+            plan = self.plan_for(target, db, privs, policies)
         except NoApprovalPolicy as e:
             raise Forbidden(str(e)) from None
         if span > plan.max_duration:
             raise Invalid(f"at most {format_duration(plan.max_duration)} in {plan.environment} for "
                           f"{', '.join(sorted(p.value for p in privs))}; ask for less")
+        if names == ("*",) and not plan.wildcard_tables:
+            raise Forbidden(f"every table of {db} (--table '*') cannot be requested in {plan.environment}: name the "
+                            "tables you need (its approval policy would allow it with wildcard_tables: true)")
         asked = tuple(sorted(p.value for p in privs))
         pending = self._pending_like(who, target, db, names, asked)
         if pending is not None:
@@ -312,7 +342,13 @@ class AccessService:
     def views(self, requests: Sequence[AccessRequest]) -> list[dict[str, Any]]:
         grants = self.store.grants(ids=[g for r in requests for g in r.grant_ids]) if requests else []
         now = self.clock()
-        return [request_fields(r, grants, now) for r in requests]
+        return [{**request_fields(r, grants, now), "progress": self._progress(r)} for r in requests]
+
+    def plan_for(self, instance: str, db: str, privileges: Iterable[Privilege],
+                 policies: ApprovalPolicies | None = None) -> Plan:
+        """The approval rules for `privileges` on `db` on `instance` (approvals.request_plan);
+        NoApprovalPolicy when nobody can request them."""
+        return request_plan(policies or self.policies(), self.environments, instance, db, privileges)
 
     # -- direct grants ---------------------------------------------------------------------------
 
@@ -440,18 +476,40 @@ class AccessService:
             raise Invalid(f"unknown instance {name[:80]!r}: --instance <one of {', '.join(known)}>")
         return name
 
-    def _environment_of(self, instance: str) -> str | None:
-        """The instance's configured environment; None: its database's decides."""
-        return self.instances.get(instance)
-
     def _environment_limit(self, db: str, privileges: frozenset[Privilege], instance: str) -> tuple[str, timedelta] | None:
         """(environment, the longest a request for these privileges may last there); None when
         no approval policy lets anyone request them (only limits.max_grant_duration applies)."""
         try:
-            plan = self.policies().plan(db, privileges, self._environment_of(instance))
+            plan = self.plan_for(instance, db, privileges)
         except NoApprovalPolicy:
             return None
         return plan.environment, plan.max_duration
+
+    def _check_schema(self, instance: str, db: str, tables: tuple[str, ...]) -> None:
+        """Invalid when `db` or one of `tables` does not exist on the instance, naming the
+        closest names; Unavailable when its database cannot say."""
+        if self.schema is None:
+            return
+        where = "" if instance == ANY_INSTANCE else f" on {instance}"
+        try:
+            databases = self.schema.databases(instance)
+            if db not in databases:
+                raise Invalid(f"no database {db!r}{where}{_closest(db, databases)}")
+            if tables == ("*",):
+                return
+            present = self.schema.tables(instance, db)
+        except SchemaUnavailable as e:
+            raise Unavailable(f"the request was not stored: it could not be checked against the database{where} "
+                              f"({e}); try again shortly") from None
+        for table in tables:
+            if table not in present:
+                raise Invalid(f"no table {table!r} in {db}{where}{_closest(table, present)}")
+
+    def _progress(self, request: AccessRequest) -> str | None:
+        """How far a pending request has got (Plan.progress); None once it is decided, or when
+        no person's approval is waited for."""
+        plan = self._plan(request) if request.status is RequestStatus.PENDING else None
+        return (plan.progress(request.approvals, request.requester) or None) if plan is not None else None
 
     def _get(self, request_id: str) -> AccessRequest:
         request = self.store.get_request(request_id)
@@ -467,8 +525,7 @@ class AccessService:
 
     def _plan(self, request: AccessRequest) -> Plan | None:
         try:
-            return self.policies().plan(request.db, [Privilege.parse(p) for p in request.privileges],
-                                        self._environment_of(request.instance))
+            return self.plan_for(request.instance, request.db, [Privilege.parse(p) for p in request.privileges])
         except NoApprovalPolicy:
             return None
 
@@ -625,6 +682,13 @@ def request_fields(r: AccessRequest, grants: Sequence[StoredGrant] = (), now: da
 def _access_end(request: AccessRequest, approved_at: datetime) -> datetime:
     """The absolute end it asked for, else its duration from the approval."""
     return request.ends_at or approved_at + timedelta(seconds=request.duration_s)
+
+
+def _closest(name: str, names: Iterable[str]) -> str:
+    """": did you mean salary, salaries?" (by likeness, case aside), or "" when none is close."""
+    by_lower = {n.lower(): n for n in sorted(names)}
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(by_lower[f] for f in found)}?" if found else ""
 
 
 def _held_text(row: Mapping[str, Any]) -> str:

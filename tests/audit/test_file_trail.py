@@ -24,7 +24,8 @@ from proxy.audit.search import build_query
 from proxy.audit.store_sink import StoreSink
 from proxy.config import AuditSinkConfig
 from proxy.store import open_store
-from proxy.store.base import AuditQuery, Store
+from proxy.audit.query import AuditQuery
+from proxy.store.base import Store
 from tests.audit import test_search_api as store_tests
 from tests.audit.test_search_api import ADMIN, NOW, Api, Verifier, _service
 

@@ -21,7 +21,7 @@ from pymysql.constants import FIELD_TYPE as T
 
 from proxy.audit import params as params_module
 from proxy.audit.params import UNDECODABLE, UNKNOWN, decode_execute_params
-from proxy.protocol.wire import COM_STMT_EXECUTE, lenenc_int
+from proxy.mysql.wire import COM_STMT_EXECUTE, lenenc_int
 
 U = 0x80  # the unsigned flag
 

@@ -17,12 +17,13 @@ from proxy.api.app import create_app
 from proxy.api.audit_middleware import AuditMiddleware
 from proxy.audit.chain import verify
 from proxy.audit.events import AuditEmitter, EventType, MemorySink, SessionInfo
-from proxy.audit.search import parse_since
+from proxy.audit.search import SearchError, build_query, parse_since
 from proxy.audit.store_sink import StoreSink
 from proxy.authz.model import Principal
-from proxy.identity.tokens import TokenError
+from proxy.identity.personal_tokens import TokenError
 from proxy.store import open_store
-from proxy.store.base import AuditQuery, Store
+from proxy.audit.query import AuditQuery
+from proxy.store.base import Store
 from proxy.workflow.approvals import ApprovalPolicies
 from proxy.workflow.service import AccessService
 
@@ -99,7 +100,7 @@ def store(tmp_path) -> Iterator[Store]:
 
 def _service(store: Store) -> AccessService:
     audit = AuditEmitter([MemorySink()], instance="api")
-    return AccessService(store, lambda: ApprovalPolicies({}, ()), audit, lambda: datetime.now(UTC),
+    return AccessService(store, lambda: ApprovalPolicies(()), audit, lambda: datetime.now(UTC),
                          admin_groups=frozenset({"dba"}))
 
 
@@ -303,3 +304,13 @@ def test_parse_since_forms() -> None:
     assert parse_since("2030-01-01", now) == datetime(2030, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="before year 1"):
         parse_since("99999999999999d", now)
+
+
+def test_search_times_are_read_by_the_one_time_parser() -> None:
+    """proxy.timespec.parse_past, like every other time a command takes: a clock time is the
+    last one, a bare number is refused with the unit hint --for gives."""
+    now = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_since("14:00", now) == datetime(2030, 1, 1, 14, 0, tzinfo=UTC)
+    assert build_query(now=now, since="08:30", until="11:00").since == datetime(2030, 1, 2, 8, 30, tzinfo=UTC)
+    with pytest.raises(SearchError, match="'90' has no unit: add one, e.g. 90m for minutes"):
+        parse_since("90", now)

@@ -15,7 +15,8 @@ from proxy.audit.chain import verify
 from proxy.audit.events import AuditEmitter, AuditUnavailable, EventType, MemorySink, SessionInfo
 from proxy.audit.sinks import Record
 from proxy.audit.store_sink import StoreSink
-from proxy.store.base import AuditQuery, Store, StoreError
+from proxy.audit.query import AuditQuery
+from proxy.store.base import Store, StoreError
 from tests.store import conftest as store_fixtures
 
 # The store tests' fixtures (each test runs on SQLite and on a private PostgreSQL).

@@ -18,7 +18,7 @@ from proxy.authz.names import (
     table_ref,
 )
 from proxy.authz.outcome import Denied
-from proxy.authz.prepared import literal_text
+from proxy.authz.sql_prepare import literal_text
 
 
 @pytest.mark.parametrize(

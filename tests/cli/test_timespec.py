@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from proxy.timespec import TimeSpecError, format_duration, parse_duration, parse_moment
+from proxy.timespec import TimeSpecError, format_duration, parse_duration, parse_moment, parse_past
 
 INDIA = timezone(timedelta(hours=5, minutes=30))
 
@@ -94,3 +94,38 @@ def test_what_is_not_a_time_is_refused(text: str, message: str) -> None:
 def test_now_must_be_aware() -> None:
     with pytest.raises(ValueError, match="aware"):
         parse_moment("14:50", datetime(2026, 12, 7))
+
+
+# -- what a search looks back to (the audit search's times: proxy.audit.search) -------------------------
+
+
+def test_a_past_moment_is_a_span_ago_now_a_day_a_clock_time_or_a_time(local_zone: None) -> None:
+    now = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)  # 11:30 in the local zone
+    assert parse_past("1h30m", now).at == now - timedelta(minutes=90)
+    assert parse_past("1w", now).at == now - timedelta(weeks=1)
+    assert parse_past("now", now).at == now
+    day = parse_past("2026-12-01", now)
+    assert day.at == datetime(2026, 12, 1, tzinfo=INDIA) and day.assumed_zone
+    assert parse_past("2026-12-01T08:00:00Z", now).at == datetime(2026, 12, 1, 8, tzinfo=UTC)
+    assert parse_past("2026-12-01T08:00", now, UTC).at == datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+
+def test_a_clock_time_looked_back_to_is_the_last_one(local_zone: None) -> None:
+    now = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)  # 11:30 in the local zone
+    earlier = parse_past("09:15", now)
+    assert earlier.clock_time and earlier.at == datetime(2026, 12, 7, 9, 15, tzinfo=INDIA)  # today's
+    assert parse_past("14:50", now).at == datetime(2026, 12, 6, 14, 50, tzinfo=INDIA)  # yesterday's
+    assert parse_past("11:30", now).at == datetime(2026, 12, 7, 11, 30, tzinfo=INDIA)  # now is not "still to come"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("90", "since: '90' has no unit: add one, e.g. 90m for minutes or 90s for seconds"),
+    ("yesterday", "since: 'yesterday' is neither a span nor a time"),
+    ("25:00", "not a time of day"),
+    ("2026-02-30", "not a day of the calendar"),
+    ("99999999999999d", "reaches back before year 1"),
+])
+def test_what_no_search_could_look_back_to_is_refused(text: str, message: str) -> None:
+    with pytest.raises(TimeSpecError, match=message):
+        parse_past(text, datetime(2026, 12, 7, tzinfo=UTC), UTC, "since")
+

@@ -36,13 +36,15 @@ from proxy.workflow.runtime import EffectiveGrants
 from proxy.workflow.service import AccessService
 from tests.audit.test_audit_cli import RunningApi
 from tests.audit.test_search_api import Verifier
-from tests.helpers import run_cli
+from tests.helpers import HR_ENVIRONMENTS, environments, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """
-environments: {hr_prod: prod, hr_test: test}
 approval_policies:
-  - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:owner"], max_duration: 8h}
+  - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:owner"], max_duration: 8h,
+     wildcard_tables: true}
+  - {environment: prod, privileges: [UPDATE], approvals: 2, approvers: ["group:owner", "group:dba"],
+     require: ["group:dba"], max_duration: 2h}
   - {environment: test, privileges: ALL, auto_approve: true, max_duration: 1d}
 grants:
   - {subject: user:dev, grant: hr_prod.employee, privileges: [SELECT]}
@@ -74,7 +76,8 @@ def workflow(tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatc
     clock, sink = MutableClock(), MemorySink()
     notes: list[tuple[str, dict[str, Any]]] = []
     service = AccessService(store, lambda: approvals, AuditEmitter([sink], instance="test"), clock,
-                            admin_groups=frozenset({"dba"}), notify=lambda event, body: notes.append((event, body)))
+                            admin_groups=frozenset({"dba"}), notify=lambda event, body: notes.append((event, body)),
+                            environments=environments(HR_ENVIRONMENTS))
     grants = EffectiveGrants(lambda: policy_grants, store, clock)
     app = create_app(service, Verifier(), access=grants.held_by,  # type: ignore[arg-type]
                      on_change=lambda: grants.refresh(force=True))
@@ -366,6 +369,24 @@ def test_every_table_is_shown_as_written(workflow: Workflow, monkeypatch, capsys
     assert " hr_prod.* SELECT for 1h " in listed and "{" not in listed
 
 
+def test_approvers_are_told_how_far_a_multi_approver_request_has_got(workflow: Workflow, monkeypatch,
+                                                                    capsys) -> None:
+    """Plan.progress, the line Slack shows, in the CLI (approve, show, list) and the API's view."""
+    request_id = json.loads(ok(monkeypatch, capsys, DEV, "request", "create", "--db", "hr_prod", "--table", "salary",
+                               "--privilege", "UPDATE", "--for", "1h", "--reason", "INC-9 fix a salary", "--json"))["id"]
+    assert shown(monkeypatch, capsys, request_id)["progress"] == "0 of 2 approvals, needs one from group:dba"
+    out = ok(monkeypatch, capsys, OWNER, "request", "approve", request_id)
+    assert out.strip() == f"request {request_id}: pending (1 of 2 approvals, needs one from group:dba)"
+    first = ok(monkeypatch, capsys, OWNER, "request", "show", request_id).splitlines()[0]
+    assert "UPDATE for 1h (1 of 2 approvals, needs one from group:dba)  — INC-9" in first
+    listed = ok(monkeypatch, capsys, ADMIN, "request", "list", "--status", "pending")
+    assert f"{request_id}  pending" in listed and "(1 of 2 approvals, needs one from group:dba)" in listed
+    assert shown(monkeypatch, capsys, request_id)["progress"] == "1 of 2 approvals, needs one from group:dba"
+    out = ok(monkeypatch, capsys, ADMIN, "request", "approve", request_id)
+    assert out.strip() == f"request {request_id}: approved"
+    assert shown(monkeypatch, capsys, request_id)["progress"] is None
+
+
 @pytest.mark.parametrize(("reason", "message"), [
     ("ab", "the reason 'ab' is too short: at least 3 characters"),
     ("   ", "a reason is required: at least 3 characters"),
@@ -415,3 +436,33 @@ def test_the_openapi_ui_is_at_docs(workflow: Workflow, tls_files: TlsFiles) -> N
         spec = c.get("/openapi.json").json()
     assert page.status_code == 200 and "swagger-ui" in page.text and "/openapi.json" in page.text
     assert {"/v1/requests/{request_id}/release", "/v1/grants/{grant_id}/release", "/v1/whoami"} <= set(spec["paths"])
+
+
+# -- commands that paste: one command's id for the next ----------------------------------------------
+
+
+def test_quiet_prints_the_request_id_alone_for_the_next_command(workflow: Workflow, monkeypatch, capsys) -> None:
+    """REQ=$(jitproxy request create ... --quiet): what the demo and the README paste."""
+    argv = ("request", "create", "--db", "hr_prod", "--table", "salary", "--for", "1h", "--reason", "INC-1 payroll")
+    out = ok(monkeypatch, capsys, DEV, *argv, "--quiet")
+    assert re.fullmatch(r"r-[0-9a-f]+\n", out), out
+    assert shown(monkeypatch, capsys, out.strip())["status"] == "pending"
+    assert ok(monkeypatch, capsys, DEV, *argv, "-q") == out  # asked again: the same request
+
+
+def test_grant_revoke_takes_a_request_id_and_says_how_the_grant_ended(workflow: Workflow, monkeypatch,
+                                                                       capsys) -> None:
+    request_id = approved(monkeypatch, capsys, "--for", "1h")
+    (grant_id,) = shown(monkeypatch, capsys, request_id)["grant_ids"]
+    out = ok(monkeypatch, capsys, ADMIN, "grant", "revoke", request_id, "--reason", "INC-1 closed")
+    assert out.startswith(f"revoked {grant_id}"), out
+    assert re.search(r"hr_prod\.salary +SELECT +revoked \S+ by ada: INC-1 closed", out), out
+    assert " until " not in out  # not the end it no longer has
+    r = shown(monkeypatch, capsys, request_id)
+    assert (r["status"], r["status_by"], r["status_reason"]) == ("revoked", "ada", "INC-1 closed")
+    code, out, err = cli(monkeypatch, capsys, ADMIN, "grant", "revoke", request_id)
+    assert code == 1 and f"request {request_id} is revoked: no grant of it is in effect, nothing to revoke" in err
+    request_id = approved(monkeypatch, capsys, "--for", "1h")
+    code, out, err = cli(monkeypatch, capsys, DEV, "grant", "revoke", request_id)  # an admin's command
+    assert code == 1 and "refused (403)" in err and "jitproxy access release" in err
+    assert shown(monkeypatch, capsys, request_id)["status"] == "approved"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from tests.deploy.conftest import DOCKER
 
 CERTS = {"ca.pem", "jitproxy.pem", "mariadb.pem", "token-signing.pub"}

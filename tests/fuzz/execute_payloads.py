@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import strategies as st
 from pymysql.constants import FIELD_TYPE
 
-from proxy.protocol.wire import lenenc_int
+from proxy.mysql.wire import lenenc_int
 
 # Every type the decoder has a reading for, signed and unsigned (0x80 in the flags byte).
 KNOWN_TYPES = sorted(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 from tests.fuzz.oracle import assert_no_internal_errors
 from tests.fuzz.wire_client import FuzzClient
 

@@ -24,8 +24,8 @@ from pymysql.constants.CLIENT import (
     SSL as CLIENT_SSL,
 )
 from proxy.protocol.handshake import HandshakeError, parse_handshake_response
-from proxy.protocol.prepared import STMT_HEADER_BYTES, parse_stmt_id
-from proxy.protocol.wire import read_lenenc
+from proxy.protocol.stmt_commands import STMT_HEADER_BYTES, parse_stmt_id
+from proxy.mysql.wire import read_lenenc
 from tests.fuzz import prepared_model
 from tests.fuzz.oracle import Watch, assert_no_internal_errors
 from tests.fuzz.wire_client import FuzzClient, err_code, packet

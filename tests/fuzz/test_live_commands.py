@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 from tests.fuzz.oracle import Watch, assert_no_internal_errors
 from tests.fuzz.settings import fuzz
 from tests.fuzz.wire_client import Exchange, FuzzClient

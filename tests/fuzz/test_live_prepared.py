@@ -12,9 +12,9 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.protocol.errors import ER
-from proxy.protocol.prepared import LAST_STMT_ID
+from proxy.protocol.stmt_commands import LAST_STMT_ID
 from tests.fuzz import prepared_model
 from tests.fuzz.execute_payloads import executes, header, hostile_executes, lenenc_bytes
 from tests.fuzz.oracle import Watch, assert_no_internal_errors

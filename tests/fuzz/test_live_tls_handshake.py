@@ -23,7 +23,7 @@ from pymysql.constants.CLIENT import (
     SSL as CLIENT_SSL,
 )
 from proxy.protocol.handshake import MAX_AUTH_BYTES
-from proxy.protocol.wire import lenenc_int
+from proxy.mysql.wire import lenenc_int
 from tests.fuzz.oracle import Watch, assert_no_internal_errors
 from tests.fuzz.settings import fuzz
 from tests.fuzz.wire_client import FuzzClient

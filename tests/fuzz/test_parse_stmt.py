@@ -1,5 +1,5 @@
 """The statement-id read of COM_STMT_EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET
-(proxy/protocol/prepared.py) is total: an id, or ClientError 1835 for a payload shorter than the
+(proxy/protocol/stmt_commands.py) is total: an id, or ClientError 1835 for a payload shorter than the
 command's fixed part. Before, a short payload answered 1043 "Malformed packet" (the handshake's
 code) and an EXECUTE or FETCH of 4 to 8 bytes was relayed to the database."""
 
@@ -10,9 +10,9 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.protocol.errors import ER, ClientError
-from proxy.protocol.prepared import LAST_STMT_ID, STMT_HEADER_BYTES, parse_stmt_id
+from proxy.protocol.stmt_commands import LAST_STMT_ID, STMT_HEADER_BYTES, parse_stmt_id
 from tests.fuzz.settings import fuzz
 
 COMMANDS = sorted(STMT_HEADER_BYTES)

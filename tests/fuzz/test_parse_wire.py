@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from proxy.protocol.wire import lenenc_int, parse_eof, parse_err, parse_ok, read_lenenc
+from proxy.mysql.wire import lenenc_int, parse_eof, parse_err, parse_ok, read_lenenc
 from tests.fuzz.settings import fuzz
 
 _WIDTH = {0xFC: 3, 0xFD: 4, 0xFE: 9}

@@ -27,7 +27,7 @@ from proxy.config import UpstreamConfig
 from proxy.demo.certs import TlsFiles
 from proxy.demo.iam import AwsKey, IamAuthSetup
 from proxy.demo.mariadb import LocalMariaDB
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from proxy.server import upstream_connector
 from proxy.testing import RunningProxy, proxy_config
 from proxy.upstream.connection import ClientProfile, UpstreamError

@@ -19,7 +19,7 @@ import pytest
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
 from proxy.demo.postgres import LocalPostgres
-from proxy.store.base import AuditQuery
+from proxy.audit.query import AuditQuery
 from proxy.testing import RunningProxy
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config

@@ -21,7 +21,7 @@ from proxy.audit.sinks import StreamSink
 from proxy.cli import main
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.store.base import AuditQuery
+from proxy.audit.query import AuditQuery
 from proxy.testing import RunningProxy
 from tests.helpers import api_cli
 from tests.integration.conftest import client_ssl, local_proxy_config

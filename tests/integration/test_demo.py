@@ -1,4 +1,5 @@
-"""The README's main job: `jitproxy demo` brings everything up and the printed commands work."""
+"""The README's main job: `jitproxy demo` brings everything up and the printed commands work,
+pasted exactly as printed into a fresh shell (no virtualenv on its PATH, nothing set)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 import re
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pymysql
+
+from tests.shell import Shell, fresh_env
 
 
 JITPROXY = Path(sys.executable).parent / "jitproxy"
@@ -58,9 +64,34 @@ def _run(command: str, sql: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+def _jit_lines(lines: list[str]) -> list[str]:
+    """The printed just-in-time lines, as a person pastes them (without the two-space indent)."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("Just-in-time access"))
+    block = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        block.append(line[2:].rstrip("\n"))
+    return block
+
+
+def _dev_session(directory: Path, port: int) -> pymysql.Connection:
+    return pymysql.connect(host="127.0.0.1", port=port, user="dev", password=(directory / "dev.token").read_text().strip(),
+                           database="hr_prod", ssl=ssl.create_default_context(cafile=str(directory / "ca.pem")))
+
+
+def _salary_rows(session: pymysql.Connection) -> int | str:
+    """The rows of hr_prod.salary through `session`, or the error's code when denied."""
+    try:
+        with session.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM salary")
+            return int(cur.fetchone()[0])
+    except pymysql.MySQLError as e:
+        return f"error {e.args[0]}"
+
+
 def test_demo_end_to_end(tmp_path: Path) -> None:
     directory = tmp_path / "demo"
-    cmd = CMD
     proc, lines = _start_demo(directory)
     try:
         text = "".join(lines)
@@ -75,32 +106,65 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         denied = run(dev_cmd, "SELECT * FROM salary")
         assert denied.returncode != 0 and "ERROR 1142" in denied.stderr
         assert "jitproxy request create --db hr_prod --table salary" in denied.stderr
-        # The printed just-in-time flow, as a new user would paste it.
-        export = next(l.strip() for l in lines if l.strip().startswith("export JITPROXY_API="))
-        create = next(l.strip() for l in lines if "jitproxy request create" in l)
-        approve = next(l.strip() for l in lines if "jitproxy request approve" in l)
-        bin_dir = shlex.quote(str(Path(cmd[0]).parent)) if cmd[0].endswith("jitproxy") else ""
-        env = f"{export}; export PATH={bin_dir}:$PATH; " if bin_dir else f"{export}; "
-        created = subprocess.run(["bash", "-c", env + create], capture_output=True, text=True, timeout=60)
-        assert created.returncode == 0 and "pending" in created.stdout, created.stderr + created.stdout
-        request_id = re.search(r"request (r-[0-9a-f]+)", created.stdout).group(1)
-        self_approve = subprocess.run(["bash", "-c", env + create.split(" jitproxy ")[0] + f" jitproxy request approve {request_id}"],
-                                      capture_output=True, text=True, timeout=60)
-        assert self_approve.returncode != 0 and "their own request" in self_approve.stderr
-        approved = subprocess.run(["bash", "-c", env + approve.replace("<request id>", request_id)],
-                                  capture_output=True, text=True, timeout=60)
-        assert approved.returncode == 0 and "approved" in approved.stdout, approved.stderr
-        now_ok = run(dev_cmd, "SELECT COUNT(*) FROM salary")
-        assert now_ok.returncode == 0 and now_ok.stdout.split() == ["COUNT(*)", "600"], now_ok.stderr
+        assert "with JITPROXY_API, JITPROXY_CA and JITPROXY_TOKEN set" in denied.stderr  # what it needs to run
+        port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", text).group(1))
+        session = _dev_session(directory, port)  # open all along: access bites on its next statement
+        shell = Shell(tmp_path, fresh_env())  # no venv on PATH, no JITPROXY_*: the printed lines set them
+        try:
+            outputs = _paste_jit_flow(shell, _jit_lines(lines), session)
+        finally:
+            shell.close()
+            session.close()
         admin = run(admin_cmd, "SELECT COUNT(*) FROM salary")
         assert admin.returncode == 0 and admin.stdout.split() == ["COUNT(*)", "600"], admin.stderr
         token = (directory / "dev.token").read_text().strip()
         audit = (directory / "audit.jsonl").read_text()
         assert '"user":"dev"' in audit and '"statement.denied"' in audit
-        assert token not in audit and token not in text
+        # One environment model (config: upstream.environments): dev's statements on hr_prod and
+        # the request that gave access to it say the same environment.
+        events = [json.loads(line) for line in audit.splitlines()]
+        said = {e["environment"] for e in events if e.get("user") == "dev" and e["type"].startswith(("statement.",
+                                                                                                     "request."))}
+        assert said == {"prod"}, said
+        assert token not in audit and token not in text and token not in outputs
     finally:
         _, err = _stop_demo(proc)
     assert token not in err
+
+
+def _paste_jit_flow(shell: Shell, pasted: list[str], session: pymysql.Connection) -> str:
+    """Every printed just-in-time line, pasted in order into one fresh shell, exactly as printed;
+    the open session checked between them. All the output, for the caller's checks."""
+    assert pasted[0].startswith("export PATH=") and all("<" not in line for line in pasted), pasted
+    assert _salary_rows(session) == "error 1142"
+    seen = []
+    for line in pasted:
+        code, output = shell.run(line)
+        seen.append(output)
+        if " check " in line:
+            assert code == 1 and "decision:   DENY" in output, output
+            continue
+        assert code == 0, f"{line}\n{output}"
+        if "request create" in line:
+            request_id, end = shell.value("REQ"), re.search(r"read as (\S+)", output).group(1)
+            assert re.fullmatch(r"r-[0-9a-f]+", request_id), output
+        elif "request show" in line:
+            assert f"{request_id}  pending" in output and f"until {end}" in output, output
+        elif "request approve" in line:
+            assert f"request {request_id}: approved" in output
+            mine = line.replace("admin.token", "dev.token")  # nobody approves their own request
+            code, refused = shell.run(mine)
+            assert code == 1 and "nobody approves or denies their own request" in refused, refused
+            assert _salary_rows(session) == 600  # the same session, no reconnect
+        elif "request release" in line:
+            assert re.search(rf"request {request_id}: released \S+ by dev", output), output
+            assert _salary_rows(session) == "error 1142"
+        elif "audit search" in line:
+            for kind in ("statement.denied", "statement.completed", "request.created", "request.approved",
+                         "request.released"):
+                assert kind in output, output
+    assert any("audit search" in line for line in pasted)
+    return "".join(seen)
 
 
 def test_demo_in_iam_mode(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The tutorial flow end to end, through the real CLI, API, proxy and MariaDB: denied → request
 → approved by someone else → the *same open session's* next statement works → the access
 expires → the next statement is denied. Self-approval refused; prod and test policies differ;
-revocation bites on the next statement."""
+revocation bites on the next statement. One proxy of its own: its databases have environments
+(upstream.environments), as the demo's do."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import httpx
 import pymysql
 import pytest
 
-from tests.helpers import api_cli, eventually, run_cli
-from tests.integration.conftest import client_ssl
+from proxy.testing import RunningProxy
+from tests.helpers import HR_ENVIRONMENTS, api_cli, eventually, run_cli
+from tests.integration.conftest import POLICY, client_ssl, local_proxy_config
 
 APPROVALS = """
-environments: {hr_prod: prod, hr_test: test}
 approval_policies:
   - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:project-owner"], max_duration: 8h}
   - {environment: prod, privileges: [INSERT, UPDATE, DELETE], approvals: 2,
@@ -27,17 +28,25 @@ approval_policies:
 """
 
 
+@pytest.fixture(scope="module")
+def jit_proxy(tmp_path_factory, mariadb, tls_files, upstream_credentials):
+    policies = tmp_path_factory.mktemp("jit-policies")
+    (policies / "base.yaml").write_text(POLICY)
+    (policies / "approvals.yaml").write_text(APPROVALS)
+    cfg = local_proxy_config(tmp_path_factory.mktemp("jit-proxy"), mariadb, tls_files, upstream_credentials, policies,
+                             extra={"upstream": {"environments": HR_ENVIRONMENTS}})
+    running = RunningProxy(cfg)
+    yield running
+    running.stop()
+
+
 @pytest.fixture
-def workflow(proxy, policies_dir, tls_files, monkeypatch):
-    (policies_dir / "approvals.yaml").write_text(APPROVALS)
-    proxy.ctx.grants.reload()
-    monkeypatch.setenv("JITPROXY_API", f"https://127.0.0.1:{proxy.server.api.port}")
+def workflow(jit_proxy, tls_files, monkeypatch):
+    monkeypatch.setenv("JITPROXY_API", f"https://127.0.0.1:{jit_proxy.server.api.port}")
     monkeypatch.setenv("JITPROXY_CA", str(tls_files.ca_cert))
-    offset = proxy.clock.offset
-    yield proxy
-    proxy.clock.offset = offset
-    (policies_dir / "approvals.yaml").unlink()
-    proxy.ctx.grants.reload()
+    offset = jit_proxy.clock.offset
+    yield jit_proxy
+    jit_proxy.clock.offset = offset
 
 
 def cli(monkeypatch, capsys, proxy, user: str, groups: tuple[str, ...], *argv: str) -> tuple[int, str]:

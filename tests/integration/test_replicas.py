@@ -22,12 +22,11 @@ import pytest
 import yaml
 
 from proxy.demo.postgres import LocalPostgres
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from proxy.testing import proxy_config
 from tests.integration.conftest import client_ssl
 
 POLICY = """
-environments: {hr_prod: prod}
 approval_policies:
   - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:project-owner"], max_duration: 8h}
 """
@@ -80,7 +79,8 @@ def replicas(tmp_path, mariadb, tls_files, upstream_credentials):
             upstream_user=upstream_credentials.user, upstream_password=upstream_credentials.password,
             cert_file=tls_files.server_cert, key_file=tls_files.server_key, upstream_ca=tls_files.ca_cert,
             policies_dir=policies,
-            extra={"store": {"backend": "postgres", "dsn_env": "JITPROXY_TEST_STORE_DSN"}},
+            extra={"store": {"backend": "postgres", "dsn_env": "JITPROXY_TEST_STORE_DSN"},
+                   "upstream": {"environments": {"hr_prod": "prod"}}},
         )
         raw = cfg.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
         env = {**os.environ, "JITPROXY_TEST_STORE_DSN": dsn}

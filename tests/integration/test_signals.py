@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from proxy.config import load_config
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl
 from tests.integration.test_workers import ROOT, _config

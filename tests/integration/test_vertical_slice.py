@@ -101,11 +101,17 @@ def test_allowed_statement_does_reach_mariadb(connect, mariadb):
 
 
 def test_deny_message_tells_how_to_get_access(connect):
+    """This proxy declares no environment, so no request could give access (the demo's does:
+    test_demo.py, test_jit_workflow.py): the message says why and who can, not a command that
+    would be refused."""
     c = connect("dev", "hr_prod")
     with pytest.raises(DbError) as e:
         c.query("SELECT * FROM salary")
     assert "SELECT command denied to user 'dev' for table 'hr_prod.salary'" in e.value.message
-    assert "jitproxy request create --db hr_prod --table salary --privilege SELECT --for 1h" in e.value.message
+    assert ("No request can give SELECT on hr_prod: hr_prod on default is in no environment, so no approval "
+            "policy applies") in e.value.message
+    assert "an admin can grant it (jitproxy grant add)" in e.value.message
+    assert "jitproxy request create" not in e.value.message
 
 
 def test_show_lists_only_granted_objects(proxy, tls_files):

@@ -21,7 +21,6 @@ from tests.integration.conftest import local_proxy_config
 from tests.notify.test_webhook import SECRET_PATH, Receiver
 
 APPROVALS = """
-environments: {hr_prod: prod}
 approval_policies:
   - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:project-owner"], max_duration: 8h}
 """
@@ -52,7 +51,7 @@ def notifying_proxy(
         mp.delenv(name, raising=False)
     cfg = local_proxy_config(
         tmp_path_factory.mktemp("webhook-proxy"), mariadb, tls_files, upstream_credentials, policies,
-        extra={"notify": {"webhooks": [
+        extra={"upstream": {"environments": {"hr_prod": "prod"}}, "notify": {"webhooks": [
             {"name": "approvers-slack", "url_env": "E2E_SLACK_URL", "format": "slack"},
             {"name": "siem", "url_env": "E2E_JSON_URL", "format": "json", "secret_env": "E2E_JSON_SECRET"},
         ]}},

@@ -20,7 +20,7 @@ import yaml
 from proxy.audit.chain import verify
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.identity.tokens import TokenIssuer
+from proxy.identity.personal_tokens import TokenIssuer
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config
 

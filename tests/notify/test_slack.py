@@ -1,4 +1,5 @@
-"""proxy.notify.slack without a proxy: the progress line, the message, the signature checks at
+"""proxy.notify.slack without a proxy: the message (with how far a request has got:
+proxy.workflow.approvals.Plan.progress, tested there), the signature checks at
 their edges, the configuration, and a Slack that fails (against the loopback fake Web API, with
 a real AccessService on SQLite). End to end through a running proxy: test_slack_e2e.py."""
 
@@ -15,55 +16,30 @@ import yaml
 from slack_sdk import WebClient
 
 from proxy.audit.events import AuditEmitter, MemorySink
-from proxy.authz.model import Principal, Privilege
+from proxy.authz.model import Principal
 from proxy.config import SlackConfig
-from proxy.notify.slack import Person, SlackApprovals, progress, render, slack_from_config
+from proxy.notify.slack import Person, SlackApprovals, render, slack_from_config
 from proxy.store import open_store
-from proxy.store.base import Approval
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.service import AccessService
-from tests.helpers import eventually
+from tests.helpers import environments, eventually
 from tests.notify.fake_slack import FakeSlack, click_payload, signed
 
 SECRET = "unit-signing-secret"
 POLICY = {
-    "environments": {"hr_prod": "prod"},
     "approval_policies": [
         {"environment": "prod", "privileges": ["SELECT"], "approvals": 1, "approvers": ["group:owner"]},
         {"environment": "prod", "privileges": ["UPDATE"], "approvals": 2, "approvers": ["group:owner", "group:dba"],
          "require": ["group:dba"]},
     ],
 }
-NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def _policies() -> ApprovalPolicies:
-    envs, rules = rules_from_document(POLICY, "test")
-    return ApprovalPolicies(envs, tuple(rules))
+    return ApprovalPolicies(tuple(rules_from_document(POLICY, "test")))
 
 
-def _approval(who: str, *groups: str, decision: str = "approve") -> Approval:
-    return Approval(who, groups, decision, "", NOW)
-
-
-# -- the progress line and the message ---------------------------------------------------------------
-
-
-def test_progress_counts_distinct_approvers_and_names_the_required_group() -> None:
-    plan = _policies().plan("hr_prod", [Privilege.UPDATE])
-    assert progress(plan, [], "dev") == "0 of 2 approvals, needs one from group:dba"
-    assert progress(plan, [_approval("olga", "owner")], "dev") == "1 of 2 approvals, needs one from group:dba"
-    assert progress(plan, [_approval("olga", "owner"), _approval("olga", "owner")], "dev") == (
-        "1 of 2 approvals, needs one from group:dba")
-    assert progress(plan, [_approval("dana", "dba")], "dev") == "1 of 2 approvals"
-    assert progress(plan, [_approval("dev", "dba")], "dev") == "0 of 2 approvals, needs one from group:dba"
-    assert progress(plan, [_approval("eve", "owner", decision="deny")], "dev").startswith("0 of 2")
-
-
-def test_progress_of_a_request_under_two_rules_names_each() -> None:
-    plan = _policies().plan("hr_prod", [Privilege.SELECT, Privilege.UPDATE])
-    assert progress(plan, [_approval("olga", "owner")], "dev") == (
-        "SELECT: 1 of 1 approval; UPDATE: 1 of 2 approvals, needs one from group:dba")
+# -- the message ---------------------------------------------------------------------------------------
 
 
 def _request(**changes: object) -> dict[str, object]:
@@ -76,7 +52,7 @@ def _request(**changes: object) -> dict[str, object]:
 
 
 def test_a_pending_message_has_buttons_and_escapes_what_people_typed() -> None:
-    text, blocks = render(_request(), "0 of 1 approval")
+    text, blocks = render(_request(progress="0 of 1 approval"))
     assert text == "[prod] r-1: dev requests SELECT on hr_prod (salary): pending (0 of 1 approval)"
     (actions,) = [b for b in blocks if b["type"] == "actions"]
     assert [(e["action_id"], e["value"]) for e in actions["elements"]] == [
@@ -130,7 +106,8 @@ def wired(fake: FakeSlack, tmp_path: Path, clock: Clock) -> Iterator[tuple[Slack
                            {"U0OWNER": Person("olga", ("owner",))}, clock=clock)
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     audit = AuditEmitter([MemorySink()], instance="t")
-    service = AccessService(store, _policies, audit, lambda: datetime.now(UTC), notify=slack.notify)
+    service = AccessService(store, _policies, audit, lambda: datetime.now(UTC), notify=slack.notify,
+                            environments=environments({"hr_prod": "prod"}))
     slack.bind(service)
     slack.start()
     yield slack, service

@@ -25,7 +25,6 @@ from tests.integration.conftest import client_ssl, local_proxy_config
 from tests.notify.fake_slack import FakeSlack, click_payload, signed
 
 APPROVALS = """
-environments: {hr_prod: prod}
 approval_policies:
   - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:project-owner"], max_duration: 8h}
   - {environment: prod, privileges: [INSERT, UPDATE, DELETE], approvals: 2,
@@ -68,7 +67,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, mariadb: LocalMariaDB, tls_f
         mp.delenv(name, raising=False)
     cfg = local_proxy_config(
         tmp_path_factory.mktemp("slack-proxy"), mariadb, tls_files, upstream_credentials, policies,
-        extra={"slack": {"channel": "#db-approvals", "bot_token_env": "E2E_SLACK_BOT_TOKEN",
+        extra={"upstream": {"environments": {"hr_prod": "prod"}},
+               "slack": {"channel": "#db-approvals", "bot_token_env": "E2E_SLACK_BOT_TOKEN",
                          "signing_secret_env": "E2E_SLACK_SIGNING_SECRET", "team_id": "T0JITPROXY",
                          "api_url": slack.url, "people": PEOPLE}},
     )

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from proxy.store.base import AUDIT_MAX_LIMIT, AuditQuery, Store
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery
+from proxy.store.base import Store
 from tests.store.conftest import run_sql
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

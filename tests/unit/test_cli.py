@@ -18,12 +18,13 @@ def config(tmp_path: Path) -> Path:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "base.yaml").write_text(
         "grants:\n  - {subject: user:dev, grant: hr_prod.employee, privileges: [SELECT]}\n"
+        "approval_policies:\n  - {environment: prod, privileges: [SELECT], approvers: [group:owner], max_duration: 8h}\n"
     )
     raw = {
         "listen": {"tls": {"cert_file": "cert.pem", "key_file": "key.pem"}},
         "identity": {"issuers": [{"issuer": "jitproxy", "public_key_file": str(public)}],
                      "signing": {"private_key_file": str(private)}},
-        "upstream": {"host": "127.0.0.1", "user": "jitproxy", "password": "x"},
+        "upstream": {"host": "127.0.0.1", "user": "jitproxy", "password": "x", "environment": "prod"},
         "policies": {"dirs": ["policies"]},
     }
     path = tmp_path / "config.yaml"
@@ -108,7 +109,8 @@ def test_check_with_several_instances_names_the_instance(config, capsys):
     raw["upstreams"] = [{**one, "name": "hr-prod", "listen_port": 3307}, {**one, "name": "hr-test", "listen_port": 3308}]
     config.write_text(yaml.safe_dump(raw))
     (config.parent / "policies" / "base.yaml").write_text(
-        "grants:\n  - {subject: user:dev, grant: hr_prod.employee, privileges: [SELECT], instance: hr-test}\n")
+        "grants:\n  - {subject: user:dev, grant: hr_prod.employee, privileges: [SELECT], instance: hr-test}\n"
+        "approval_policies:\n  - {environment: prod, privileges: [SELECT], approvers: [group:owner]}\n")
     sql = "SELECT * FROM hr_prod.employee"
     with pytest.raises(SystemExit, match="one of hr-prod, hr-test"):
         main(["check", "--config", str(config), "--user", "dev", sql])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from proxy.protocol.connection import SERVER_CAPABILITIES
-from proxy.protocol.wire import lenenc_int
+from proxy.mysql.wire import lenenc_int
 from pymysql.constants.CLIENT import (
     CONNECT_ATTRS as CLIENT_CONNECT_ATTRS,
     CONNECT_WITH_DB as CLIENT_CONNECT_WITH_DB,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import proxy.upstream.pool as pool_module
-from proxy.protocol import wire
-from proxy.protocol.wire import ErrInfo
+from proxy.mysql import wire
+from proxy.mysql.wire import ErrInfo
 from proxy.upstream.connection import ClientProfile, UpstreamError
 from proxy.upstream.pool import STALE_CONNECTION, UpstreamPool
 from proxy.upstream.relay import Expect, Outcome

@@ -3,7 +3,7 @@ never anything else (which would surface as an internal error)."""
 
 from hypothesis import given, settings, strategies as st
 
-from proxy.protocol.wire import frame
+from proxy.mysql.wire import frame
 from proxy.upstream.relay import Expect, ProtocolViolation, ResponseParser
 
 payloads = st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=12)

@@ -3,7 +3,7 @@ either hang a client or mix two responses, so every shape is covered, fed whole 
 
 import pytest
 
-from proxy.protocol.wire import frame, lenenc_int
+from proxy.mysql.wire import frame, lenenc_int
 from proxy.upstream.relay import Expect, ProtocolViolation, ResponseParser
 
 OK = b"\x00\x01\x05\x02\x00\x00\x00"  # affected 1, last id 5, autocommit, no warnings

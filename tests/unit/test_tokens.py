@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.identity.tokens import (
+from proxy.identity.personal_tokens import (
     MAX_TOKEN_CHARS,
     PUBLIC_MESSAGE,
     IssuerConfig,

@@ -1,4 +1,5 @@
-"""Approval policies, pure: which rules apply, who counts, what satisfies them."""
+"""Approval policies, pure: which rules apply, who counts, what satisfies them, how far a request
+has got, where `*` may be asked for."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, rules_f
 
 AT = datetime(2026, 11, 21, tzinfo=timezone.utc)
 DOC = {
-    "environments": {"hr_prod": "prod", "hr_test": "test", "*": "prod"},
     "approval_policies": [
         {"environment": "prod", "privileges": ["SELECT"], "approvals": 1,
          "approvers": ["group:project-owner", "group:dba"], "max_duration": "8h"},
@@ -26,8 +26,7 @@ S, U = Privilege.SELECT, Privilege.UPDATE
 
 
 def _policies() -> ApprovalPolicies:
-    envs, rules = rules_from_document(DOC, "a.yaml")
-    return ApprovalPolicies(envs, tuple(rules))
+    return ApprovalPolicies(tuple(rules_from_document(DOC, "a.yaml")))
 
 
 def _ok(who: str, *groups: str) -> Approval:
@@ -35,7 +34,7 @@ def _ok(who: str, *groups: str) -> Approval:
 
 
 def test_prod_select_needs_one_owner_and_never_the_requester():
-    plan = _policies().plan("hr_prod", [S])
+    plan = _policies().plan("prod", [S])
     assert plan.environment == "prod" and not plan.auto_approve and plan.max_duration == timedelta(hours=8)
     assert not plan.satisfied([_ok("dev", "project-owner")], requester="dev")  # self-approval
     assert not plan.satisfied([_ok("eve", "developers")], requester="dev")  # not an approver
@@ -45,7 +44,7 @@ def test_prod_select_needs_one_owner_and_never_the_requester():
 
 
 def test_prod_writes_need_two_people_one_of_them_a_dba_and_the_shortest_duration():
-    plan = _policies().plan("hr_prod", [S, U])
+    plan = _policies().plan("prod", [S, U])
     assert len(plan.rules) == 2 and plan.max_duration == timedelta(hours=2)
     owners = [_ok("olga", "project-owner"), _ok("otto", "project-owner")]
     assert not plan.satisfied(owners, "dev")  # two people, no dba
@@ -54,16 +53,49 @@ def test_prod_writes_need_two_people_one_of_them_a_dba_and_the_shortest_duration
     assert plan.satisfied([_ok("olga", "project-owner"), _ok("dana", "dba")], "dev")
 
 
-def test_test_environment_auto_approves_and_unknown_databases_are_prod():
-    assert _policies().plan("hr_test", [U]).auto_approve
-    assert _policies().plan("billing", [S]).environment == "prod"
+def test_test_environment_auto_approves_and_no_environment_has_no_policy():
+    assert _policies().plan("test", [U]).auto_approve
+    with pytest.raises(NoApprovalPolicy, match="billing on hr-prod is in no environment, so no approval policy"):
+        _policies().plan(None, [S], "billing on hr-prod")  # undeclared: never taken for some environment
+
+
+def test_an_environments_map_in_a_policy_file_says_where_it_belongs_now():
+    with pytest.raises(PolicyError, match="environment is set in the config now.*upstream.environments"):
+        rules_from_document({"environments": {"hr_prod": "prod"}, **DOC}, "a.yaml")
+
+
+def test_every_table_may_be_asked_for_only_outside_prod_unless_the_policy_says():
+    assert not _policies().plan("prod", [S]).wildcard_tables
+    assert _policies().plan("test", [S]).wildcard_tables
+    opened = [{**DOC["approval_policies"][0], "wildcard_tables": True}]
+    assert ApprovalPolicies(tuple(rules_from_document({"approval_policies": opened}, "a.yaml"))).plan(
+        "prod", [S]).wildcard_tables
+    # a request under two rules needs both to allow it
+    assert not _policies().plan("prod", [S, U]).wildcard_tables
+
+
+def test_progress_counts_distinct_approvers_and_names_the_required_group():
+    plan = _policies().plan("prod", [U])
+    assert plan.progress([], "dev") == "0 of 2 approvals, needs one from group:dba"
+    assert plan.progress([_ok("olga", "project-owner")], "dev") == "1 of 2 approvals, needs one from group:dba"
+    assert plan.progress([_ok("olga", "project-owner")] * 2, "dev") == "1 of 2 approvals, needs one from group:dba"
+    assert plan.progress([_ok("dana", "dba")], "dev") == "1 of 2 approvals"
+    assert plan.progress([_ok("dev", "dba")], "dev") == "0 of 2 approvals, needs one from group:dba"  # self
+    assert plan.progress([Approval("eve", ("project-owner",), "deny", "", AT)], "dev").startswith("0 of 2")
+    assert _policies().plan("test", [U]).progress([], "dev") == ""  # nobody is waited for
+
+
+def test_progress_of_a_request_under_two_rules_names_each():
+    plan = _policies().plan("prod", [S, U])
+    assert plan.progress([_ok("olga", "project-owner")], "dev") == (
+        "SELECT: 1 of 1 approval; DELETE,INSERT,UPDATE: 1 of 2 approvals, needs one from group:dba")
 
 
 def test_a_privilege_no_policy_covers_cannot_be_requested():
     with pytest.raises(NoApprovalPolicy, match="DROP"):
-        _policies().plan("hr_prod", [S, Privilege.DROP])
+        _policies().plan("prod", [S, Privilege.DROP])
     with pytest.raises(NoApprovalPolicy):
-        ApprovalPolicies({}, ()).plan("hr_prod", [S])
+        ApprovalPolicies(()).plan("prod", [S])
 
 
 @pytest.mark.parametrize(("entry", "message"), [

@@ -1,6 +1,7 @@
 """Upstream instances in the workflow: which instance a request or direct grant is for, the
-environment (and so the approval policy) it gets from its instance, and the grants approval
-creates applying on that instance only. Also the admin API and the CLI carrying `instance`."""
+environment (and so the approval policy) it gets from its database on its instance
+(proxy.environments), and the grants approval creates applying on that instance only. Also the
+admin API and the CLI carrying `instance`."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from proxy.audit.events import AuditEmitter, MemorySink
 from proxy.authz.model import Principal
 from proxy.store import open_store
 from proxy.store.base import RequestStatus
+from proxy.environments import Environments, InstanceEnvironments
 from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
-from proxy.workflow.service import AccessService, Invalid, grant_fields, request_fields
+from proxy.workflow.service import AccessService, Forbidden, Invalid, grant_fields, request_fields
+from tests.helpers import HR_ENVIRONMENTS, environments
 
 DOC = {
-    # By database: hr_prod is prod, hr_test is test; an instance's own environment wins.
-    "environments": {"hr_prod": "prod", "hr_test": "test"},
     "approval_policies": [
         {"environment": "prod", "privileges": ["SELECT"], "approvers": ["group:owner"], "max_duration": "8h"},
         {"environment": "test", "privileges": ["SELECT"], "auto_approve": True, "max_duration": "1d"},
@@ -37,15 +38,20 @@ HOUR = timedelta(hours=1)
 
 
 class Harness:
-    def __init__(self, tmp_path, instances: Mapping[str, str | None]) -> None:
-        envs, rules = rules_from_document(DOC, "a.yaml")
+    def __init__(self, tmp_path, instances: Mapping[str, str | None | InstanceEnvironments]) -> None:
+        """`instances`: named instances (`upstreams:`), each its environment or its environments;
+        none: one `upstream:` whose databases are hr_prod (prod) and hr_test (test)."""
+        rules = rules_from_document(DOC, "a.yaml")
         self.sink = MemorySink()
         self.notes: list[tuple[str, dict[str, Any]]] = []
         self.store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+        envs = Environments({name: env if isinstance(env, InstanceEnvironments) else InstanceEnvironments(env)
+                             for name, env in instances.items()}) if instances else environments(HR_ENVIRONMENTS)
         self.service = AccessService(
-            self.store, lambda: ApprovalPolicies(envs, tuple(rules)), AuditEmitter([self.sink], instance="test"),
+            self.store, lambda: ApprovalPolicies(tuple(rules)), AuditEmitter([self.sink], instance="test"),
             MutableClock(), admin_groups=frozenset({"dba"}),
-            notify=lambda event, body: self.notes.append((event, body)), instances=instances,
+            notify=lambda event, body: self.notes.append((event, body)), instances=list(instances),
+            environments=envs,
         )
 
     def request(self, db: str = "hr_prod", instance: str | None = None, who: Principal = DEV):
@@ -61,7 +67,7 @@ class Harness:
 def make(tmp_path):
     made: list[Harness] = []
 
-    def build(instances: Mapping[str, str | None]) -> Harness:
+    def build(instances: Mapping[str, str | None | InstanceEnvironments]) -> Harness:
         made.append(Harness(tmp_path / str(len(made)), instances))
         return made[-1]
 
@@ -134,12 +140,12 @@ def test_a_bad_object_among_several_grants_none(make):
 # -- environment ---------------------------------------------------------------------------------
 
 
-def test_the_instance_environment_overrides_the_database_mapping(make):
+def test_a_database_is_in_its_instances_environment(make):
     h = make(TWO)
-    # hr_prod is "prod" by database, but on the test instance it is test data: auto-approved.
+    # hr_prod is called "prod", but on the test instance it is test data: auto-approved.
     on_test = h.request(db="hr_prod", instance="hr-test")
     assert (on_test.environment, on_test.status) == ("test", RequestStatus.APPROVED)
-    # hr_test is "test" by database, but on the prod instance it needs an owner.
+    # hr_test is called "test", but on the prod instance it needs an owner.
     on_prod = h.request(db="hr_test", instance="hr-prod")
     assert (on_prod.environment, on_prod.status) == ("prod", RequestStatus.PENDING)
     with pytest.raises(Exception, match="not an approver for prod"):
@@ -147,8 +153,17 @@ def test_the_instance_environment_overrides_the_database_mapping(make):
     assert h.service.approve(OWNER, on_prod.id).status is RequestStatus.APPROVED
 
 
-def test_an_instance_without_environment_falls_back_to_the_database(make):
-    h = make({"hr-a": None, "hr-b": None})
+def test_a_database_listed_in_its_instances_environments_is_in_that_one(make):
+    h = make({"hr-prod": InstanceEnvironments("prod", {"hr_test": "test"})})
+    assert h.request(db="hr_prod").environment == "prod"
+    on_test = h.request(db="hr_test")
+    assert (on_test.environment, on_test.status) == ("test", RequestStatus.APPROVED)
+
+
+def test_an_instance_without_environment_has_its_databases_environments_only(make):
+    h = make({"hr-a": InstanceEnvironments(None, HR_ENVIRONMENTS), "hr-b": InstanceEnvironments(None, HR_ENVIRONMENTS)})
+    with pytest.raises(Forbidden, match="billing on hr-a is in no environment"):
+        h.request(db="billing", instance="hr-a")  # never some environment by default
     assert h.request(db="hr_prod", instance="hr-a").environment == "prod"
     auto = h.request(db="hr_test", instance="hr-b")
     assert (auto.environment, auto.status) == ("test", RequestStatus.APPROVED)
@@ -264,7 +279,7 @@ def test_the_api_takes_and_returns_the_instance(make):
 
 
 def test_the_api_without_instance_in_a_one_instance_proxy(make):
-    h = make({"default": None})
+    h = make({"default": InstanceEnvironments(None, HR_ENVIRONMENTS)})
     created = _client(h.service, "dev").post(
         "/v1/requests", json={"db": "hr_test", "tables": ["salary"], "reason": "INC-1 check", "duration": "1h"})
     assert created.status_code == 201 and created.json()["instance"] == "default"

@@ -17,9 +17,9 @@ from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.runtime import EffectiveGrants, Poller
 from proxy.workflow.service import AccessService, Forbidden, Invalid, Missing, StateConflict
+from tests.helpers import HR_ENVIRONMENTS, environments
 
 DOC = {
-    "environments": {"hr_prod": "prod", "hr_test": "test"},
     "approval_policies": [
         {"environment": "prod", "privileges": ["SELECT"], "approvers": ["group:owner"], "max_duration": "8h"},
         {"environment": "test", "privileges": ["SELECT"], "auto_approve": True, "max_duration": "1d"},
@@ -35,11 +35,11 @@ def clock() -> MutableClock:
 
 @pytest.fixture
 def service(tmp_path, clock) -> AccessService:
-    envs, rules = rules_from_document(DOC, "a.yaml")
+    rules = rules_from_document(DOC, "a.yaml")
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     audit = AuditEmitter([MemorySink()], instance="test")
-    return AccessService(store, lambda: ApprovalPolicies(envs, tuple(rules)), audit, clock,
-                         admin_groups=frozenset({"dba"}))
+    return AccessService(store, lambda: ApprovalPolicies(tuple(rules)), audit, clock,
+                         admin_groups=frozenset({"dba"}), environments=environments(HR_ENVIRONMENTS))
 
 
 def _request(service: AccessService, db: str = "hr_prod", **kw):

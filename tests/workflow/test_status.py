@@ -14,9 +14,9 @@ from proxy.store import open_store
 from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.service import AccessService, StateConflict
+from tests.helpers import HR_ENVIRONMENTS, environments
 
 DOC = {
-    "environments": {"hr_prod": "prod", "hr_test": "test"},
     "approval_policies": [
         {"environment": "prod", "privileges": ["SELECT"], "approvers": ["group:owner"], "max_duration": "8h"},
         {"environment": "test", "privileges": ["SELECT"], "auto_approve": True, "max_duration": "1d"},
@@ -33,10 +33,10 @@ def clock() -> MutableClock:
 
 @pytest.fixture
 def service(tmp_path, clock):
-    envs, rules = rules_from_document(DOC, "a.yaml")
+    rules = rules_from_document(DOC, "a.yaml")
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    yield AccessService(store, lambda: ApprovalPolicies(envs, tuple(rules)), AuditEmitter([MemorySink()], instance="test"), clock,
-                        admin_groups=frozenset({"dba"}))
+    yield AccessService(store, lambda: ApprovalPolicies(tuple(rules)), AuditEmitter([MemorySink()], instance="test"), clock,
+                        admin_groups=frozenset({"dba"}), environments=environments(HR_ENVIRONMENTS))
     store.close()
 
 

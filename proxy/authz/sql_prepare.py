@@ -22,7 +22,7 @@ from sqlglot.tokens import Token, TokenType
 
 from proxy.authz.model import Analysis, DenyCode, StatementKind
 from proxy.authz.outcome import Denied, result
-from proxy.authz.tokens import T_IDENT, Cursor, leading_words, word
+from proxy.authz.lexer import T_IDENT, Cursor, leading_words, word
 
 _PREPARABLE = frozenset({StatementKind.QUERY, StatementKind.TRANSACTION})
 # MySQL's backslash escapes (string literals, sql_mode without NO_BACKSLASH_ESCAPES, which the

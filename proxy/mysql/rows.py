@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.protocol.wire import read_lenenc
+from proxy.mysql.wire import read_lenenc
 
 
 def filter_rows_by_first_column(

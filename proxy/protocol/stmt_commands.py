@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from proxy.audit.params import decode_execute_params
 from proxy.authz.model import Analysis, Decision, DenyCode, MaskMethod, StatementKind, TableRef
-from proxy.protocol import wire
+from proxy.mysql import wire
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.plan import Effect, Plan, effects_of
 from proxy.upstream.relay import Expect
