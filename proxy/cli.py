@@ -100,7 +100,8 @@ def _check_locally(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     from proxy.authz.analyze import analyze  # the SQL parser: only for commands that use it
     from proxy.cli_api import local_moment
     from proxy.environments import Environments
-    from proxy.server import PolicyStore, request_hint
+    from proxy.workflow.policy_files import PolicyFiles
+    from proxy.workflow.hints import request_hint
     from proxy.workflow import check
     from proxy.workflow.approvals import request_plan
 
@@ -115,7 +116,7 @@ def _check_locally(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     instance = args.instance or names[0]
     principal = Principal(user=args.user, groups=tuple(args.group or ()))
     at = local_moment(args.at, "--at") if args.at else datetime.now(timezone.utc)
-    policies = PolicyStore(cfg.policies.dirs)
+    policies = PolicyFiles(cfg.policies.dirs)
     grants = check.grants_at(policies(), _stored_grants(cfg, principal), at).for_instance(instance)
     environments = Environments.from_config(cfg)
     analysis = analyze(args.sql, args.db)
@@ -204,10 +205,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from proxy.server import PolicyStore
+    from proxy.workflow.policy_files import PolicyFiles
 
     cfg = _load(args)
-    policies = PolicyStore(cfg.policies.dirs)
+    policies = PolicyFiles(cfg.policies.dirs)
     grants = policies()
     print(f"{cfg.source}: OK ({len(grants.grants)} grants from {len(cfg.policies.dirs)} policy dir(s))")
     print("\n".join(_environment_map(cfg, {r.environment for r in policies.approvals.rules})))

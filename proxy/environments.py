@@ -19,7 +19,7 @@ The answer is used for:
   database at all (any statement may name any database of its instance, also through a view or
   a routine, so the session is held to the strictest mode among them);
 - a request or direct grant: its environment, and so its approval policy and maximum duration;
-- the deny hint's suggested request (proxy.server.request_hint).
+- the deny hint's suggested request (proxy.workflow.hints.request_hint).
 
 Undeclared (an instance with no `environment` and a database its map does not name): None. Such
 statements are audited as the audit mode says of no environment (auto: best_effort), and nobody

@@ -39,7 +39,8 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
                 reuse_port: bool = False) -> None:
-    from proxy.server import ProxyServer, build_context
+    from proxy.server import ProxyServer
+    from proxy.wiring import build_context
 
     if hasattr(signal, "SIGHUP"):  # until the server can reload: a SIGHUP during start is ignored
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

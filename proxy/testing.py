@@ -15,7 +15,9 @@ from typing import Any
 from proxy.audit.events import MemorySink, Sink
 from proxy.config import Config, config_from_dict
 from proxy.identity.personal_tokens import TokenIssuer, generate_ed25519_keypair
-from proxy.server import ProxyContext, ProxyServer, build_context
+from proxy.context import ProxyContext
+from proxy.server import ProxyServer
+from proxy.wiring import build_context
 
 
 class MutableClock:

@@ -11,7 +11,7 @@ safe to normalize:
 - one statement whose first keyword is SELECT, WITH, INSERT, UPDATE or DELETE: statements where
   a literal decides what happens (SET sql_mode = '...', KILL 5, PREPARE s FROM '...') never get
   one.
-Only analyses of kind QUERY are cached under a fingerprint (see proxy.server.AnalysisCache)."""
+Only analyses of kind QUERY are cached under a fingerprint (see proxy.authz.cache.AnalysisCache)."""
 
 from __future__ import annotations
 

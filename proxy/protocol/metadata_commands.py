@@ -30,7 +30,7 @@ class MetadataCommands:
         """information_schema shows only granted objects: rewrite, prove the rewrite reads the
         same real tables, and return the bytes to forward (or the denial)."""
         assert self.principal is not None and self.connection is not None
-        vis = visibility(self.principal, self._grants(), self.ctx.now())
+        vis = visibility(self.principal, self.decider.grants(), self.ctx.now())
         try:
             rewritten, found = restrict_metadata(sql, self.database, vis)
             forward = rewritten.encode(self.connection.client_codec)
@@ -51,7 +51,7 @@ class MetadataCommands:
     async def _filtered_show(self, payload: bytes, analysis: Analysis) -> Outcome:
         """SHOW DATABASES / SHOW TABLES: only what the person holds grants on."""
         assert self.principal is not None and self.upstream is not None
-        now, grants = self.ctx.now(), self._grants()
+        now, grants = self.ctx.now(), self.decider.grants()
         if analysis.statement_class == "SHOW DATABASES":
             visible = databases_visible(self.principal, grants, now)
             if visible is not None:

@@ -16,8 +16,7 @@ import structlog
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from proxy.audit.events import AuditUnavailable, EventType, SessionInfo
-from proxy.authz.decide import GrantSet, decide, stars_needing_schema
+from proxy.audit.events import EventType, SessionInfo
 from proxy.authz.model import (
     Analysis,
     Decision,
@@ -31,23 +30,24 @@ from proxy.authz.model import (
 from proxy.identity.personal_tokens import TokenError
 from proxy.mysql import wire
 from proxy.protocol import errors
+from proxy.protocol.deciding import Decider
 from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
 from proxy.protocol.fastpath import FastPathCommands
 from proxy.protocol.masked import MaskingCommands
 from proxy.protocol.metadata_commands import MetadataCommands
 from proxy.protocol.plan import Effect, Plan, effects_of
+from proxy.protocol.statement_audit import StatementAudit
 from proxy.protocol.stmt_commands import Prepared, PreparedStatementCommands
 from proxy.upstream.connection import ClientProfile, UpstreamConnection, UpstreamError
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
 
 if TYPE_CHECKING:
     from proxy.protocol.connection import ProxyConnection
-    from proxy.server import Instance, ProxyContext
+    from proxy.upstream.instance import Instance
+    from proxy.context import ProxyContext
 
 log = structlog.get_logger("jitproxy.session")
 
-ANNOUNCE_AFTER_S = 1.0  # best_effort: a statement still running this long gets its statement.allowed
-_MAX_DECISIONS = 512  # remembered allowed decisions per session
 
 
 
@@ -71,18 +71,11 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         self.info = SessionInfo(session_id=uuid.uuid4().hex[:16], client_addr=peer, instance=instance.name,
                                 environment=instance.environment)
         self.started = time.monotonic()
-        self.statements = 0
-        self.denied = 0
         self.held_grant = False  # held one at some point (on_expiry: disconnect closes it after)
         # Any statement may name any database of the instance: the strictest mode of them all.
-        self.audit_mode = ctx.audit.mode_for(*instance.environments.possible)
-        self._statement_n = 0
-        self._in_flight: dict[str, Any] | None = None  # the admitted statement's audit fields, until it ends
-        self._in_flight_since = 0.0
-        self._in_flight_announced = False
-        # id(analysis) -> (analysis, grants snapshot, valid until, allowed decision)
-        self._decisions: dict[int, tuple[Analysis, GrantSet, datetime | None, Decision]] = {}
-        self._statement_id: str | None = None
+        self.audit = StatementAudit(ctx.audit, ctx.stats, self.info,
+                                    ctx.audit.mode_for(*instance.environments.possible), self._audit_context)
+        self.decider = Decider(ctx, instance, self.info.session_id)
         self.end_reason: str | None = None
         self._ended = False
         self._fast = None  # the fast path's statement in flight (protocol/fastpath.py)
@@ -143,13 +136,14 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         if self.ctx.on_token_expiry == "disconnect" and principal.token_expires_at is not None:
             self.token_deadline = principal.token_expires_at + self.ctx.token_leeway
         self.principal = principal
+        self.decider.principal = principal
         self.username = principal.user
         self.info.user = principal.user
         self.info.groups = principal.groups
         self.info.token_id = principal.token_id
 
         if database:
-            decision = self._decide(_use_analysis(database))
+            decision = self.decider.decide(_use_analysis(database))
             if not decision.allowed:
                 await self.rejected(decision.code.value if decision.code else "denied", decision.reason)
                 return self._deny_error(decision)
@@ -181,7 +175,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             await self.rejected("upstream_unavailable", "upstream failed")
             return ClientError(ER.UPSTREAM_UNAVAILABLE, "jitproxy: the database is unavailable", keep_connection=False)
         self.database = database or None
-        self.held_grant = bool(self._grants().for_principal(principal, self.ctx.now()))
+        self.held_grant = bool(self.decider.grants().for_principal(principal, self.ctx.now()))
         self.ctx.sessions[self.connection_id] = self
         self.ctx.stats.login("ok")
         self.ctx.audit.emit(
@@ -222,8 +216,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             self.ctx.audit.emit(
                 EventType.SESSION_END,
                 self.info,
-                statements=self.statements,
-                denied=self.denied,
+                statements=self.audit.statements,
+                denied=self.audit.denied,
                 duration_ms=round((time.monotonic() - self.started) * 1000, 3),
                 **({"reason": self.end_reason} if self.end_reason else {}),
             )
@@ -255,7 +249,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             await self._send(errors.packet(errors.UPSTREAM_LOST))
             return False
         finally:
-            if self._in_flight is not None:  # the client left, a KILL, or a bug mid-statement
+            if self.audit.in_flight:  # the client left, a KILL, or a bug mid-statement
                 self._end_in_flight("the statement was interrupted (client disconnected, killed or failed in jitproxy)")
 
     def _token_expired(self, command: int, payload: bytes) -> bool:
@@ -264,8 +258,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         ended = self.principal.token_expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         if command in (wire.COM_QUERY, wire.COM_STMT_PREPARE):
             self.ctx.stats.statement("deny", "denied", "token_expired", None)
-            self.statements += 1
-            self.denied += 1
+            self.audit.statements += 1
+            self.audit.denied += 1
             self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info,
                                 command=wire.COMMAND_NAMES.get(command, str(command)),
                                 statement=payload.decode("utf-8", "replace"), db=self.database, decision="deny",
@@ -340,222 +334,53 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             return None
         return errors.relabelled(err.code, err.sqlstate, pattern.sub(f"'{self.username or '?'}'", err.message))
 
-    # -- authorization ---------------------------------------------------------------------
-
-    def _grants(self) -> GrantSet:
-        """The grants in effect now on this session's instance."""
-        return self.ctx.grants().for_instance(self.instance.name)
-
-    def _decide(self, analysis: Analysis) -> Decision:
-        assert self.principal is not None
-        return decide(analysis, self.principal, self._grants(), self.ctx.now())
-
-    def _decide_now(self, analysis: Analysis) -> tuple[Decision | None, frozenset[TableRef]]:
-        """The decision, when it can be made without the database: (decision, ()); otherwise
-        (None, the tables whose columns a `*` read through column-restricted grants needs), or
-        (None, ()) while the views of a database it names are not known (_decide_with_schema
-        reads them). Allowed decisions are remembered per analysis (the view-expanded one: the
-        same object while the views stay the same) while the grants snapshot is the same object
-        and none of the person's grants has ended (see _remember_decision): revocation and
-        expiry still bite on the next statement."""
-        expanded = self.instance.views.expand(analysis)
-        if isinstance(expanded, frozenset):
-            return None, frozenset()
-        return self._decide_expanded(expanded)
-
-    def _decide_expanded(self, analysis: Analysis) -> tuple[Decision | None, frozenset[TableRef]]:
-        assert self.principal is not None
-        grants = self._grants()
-        known = self._decisions.get(id(analysis))
-        if (known is not None and known[0] is analysis and known[1] is grants
-                and (known[2] is None or self.ctx.now() < known[2])):
-            return known[3], frozenset()
-        now = self.ctx.now()
-        tables = stars_needing_schema(analysis, self.principal, grants, now)
-        if tables:
-            return None, frozenset(tables)
-        decision = decide(analysis, self.principal, grants, now)
-        if decision.allowed:
-            self._remember_decision(analysis, grants, now, decision)
-        return decision, frozenset()
-
-    async def _decide_with_schema(self, analysis: Analysis) -> Decision:
-        """Like _decide, with what the database must say first: the views the statement names
-        are read as their definitions (proxy.authz.views), and a `*` read through
-        column-restricted grants is expanded to the table's real columns (both cached)."""
-        assert self.principal is not None and self.upstream is not None
-        expanded = await self._expand_views(analysis)
-        if isinstance(expanded, Decision):
-            return expanded
-        decision, tables = self._decide_expanded(expanded)
-        if decision is not None:
-            return decision
-        try:
-            columns = {t: await self.instance.schema.columns(self.upstream, t) for t in sorted(tables)}
-        except (OSError, ProtocolViolation, asyncio.IncompleteReadError):
-            raise UpstreamLost() from None
-        except RuntimeError:
-            columns = {}  # unknown columns: the star stays refused
-        return decide(expanded, self.principal, self._grants(), self.ctx.now(), table_columns=columns)
-
-    async def _expand_views(self, analysis: Analysis) -> Analysis | Decision:
-        """The analysis with its views expanded (Instance.expanded_views reads what is not known
-        yet); refused if they cannot be read: fail closed."""
-        try:
-            expanded = await self.instance.expanded_views(analysis)
-        except (OSError, ProtocolViolation, asyncio.IncompleteReadError, UpstreamError, TimeoutError) as e:
-            log.warning("view definitions unreadable", instance=self.instance.name, error=type(e).__name__,
-                        session=self.info.session_id)
-            expanded = None
-        if expanded is not None:
-            return expanded
-        return Decision(False, analysis, DenyCode.UNACCOUNTED_TABLE,
-                        "the definitions of the views this statement may read could not be read from the "
-                        "database; nothing was sent to it. Try again shortly")
-
-    def _remember_decision(self, analysis: Analysis, grants: GrantSet, now: datetime, decision: Decision) -> None:
-        """Keyed by the analysis object (held in the entry, so its id stays its own): the
-        analysis cache hands the same object to every statement of one shape."""
-        assert self.principal is not None
-        if len(self._decisions) >= _MAX_DECISIONS:
-            self._decisions.clear()
-        self._decisions[id(analysis)] = (analysis, grants, grants.next_expiry(self.principal, now), decision)
-
     def _deny_error(self, decision: Decision) -> ClientError:
         user = self.username or "?"
         return errors.denied(decision, user, self.ctx.request_hint(user, decision, self.instance.name))
 
-    def _statement_fields(self, command: int, sql: str, decision: Decision) -> dict[str, Any]:
-        analysis = decision.analysis
-        return {
-            "command": wire.COMMAND_NAMES.get(command, str(command)),
-            "statement": sql,
-            "fingerprint": analysis.fingerprint,
-            "statement_class": analysis.statement_class,
-            "db": self.database,
-            "environment": self.instance.environments.of_statement(analysis, self.database),
-            "tables": analysis.audit_tables,
-            "privileges": analysis.audit_privileges,
-        }
+    # -- audit (statement_audit.py: the hooks; here, what the session's state adds) ------------
+
+    @property
+    def audit_mode(self) -> str:
+        return self.audit.mode
+
+    def _audit_context(self, decision: Decision) -> dict[str, Any]:
+        return {"db": self.database,
+                "environment": self.instance.environments.of_statement(decision.analysis, self.database)}
 
     async def _admit(self, command: int, sql: str, decision: Decision, **extra: Any) -> None:
         """Just before an authorized statement is forwarded. fail_closed: `statement.allowed` is
         written durably first, or the statement is refused and never reaches the database.
-        best_effort: nothing is written yet; the statement's one event comes when it ends (see
-        _audit_statement), or `statement.allowed` after ANNOUNCE_AFTER_S if it is still running
-        (announce_in_flight)."""
+        best_effort: nothing is written yet; the statement's one event comes when it ends, or
+        `statement.allowed` if it is still running after ANNOUNCE_AFTER_S (announce_in_flight)."""
         fields = self._admit_now(command, sql, decision, extra)
-        if fields is None or self.audit_mode != "fail_closed":
-            return
-        try:
-            await self.ctx.audit.emit_durable(EventType.STATEMENT_ALLOWED, self.info, **fields)
-            self._in_flight_announced = True
-        except AuditUnavailable as e:
-            self._in_flight = None
-            self.denied += 1
-            fields.update(decision="deny", reason_code="audit_unavailable", reason=str(e))
-            self.ctx.audit.emit(EventType.STATEMENT_DENIED, self.info, **fields)
-            raise ClientError(
-                ER.AUDIT_UNAVAILABLE,
-                f"Statement refused by jitproxy (audit_unavailable): {e}. This database requires every "
-                "statement to be audited before it runs (audit mode fail_closed); nothing was sent to it. "
-                "Try again shortly; if it persists, tell the jitproxy operators.",
-            ) from None
+        if fields is not None and self.audit.mode == "fail_closed":
+            await self.audit.write_admitted(fields)
 
     def _admit_now(self, command: int, sql: str, decision: Decision, extra: dict[str, Any]) -> dict[str, Any] | None:
-        """The part of _admit that needs no waiting: the statement's id and its audit fields, held
-        until it ends (None: audit off)."""
-        self._statement_n += 1
-        self._statement_id = f"{self.info.session_id}.{self._statement_n}"
+        """The part of _admit that needs no waiting (the fast path's)."""
         self.running_since = time.monotonic()
         self.cancelling = None
-        if self.audit_mode == "off":
-            return None
-        fields = self._statement_fields(command, sql, decision)
-        fields.update(decision="allow", statement_id=self._statement_id, **extra)
-        if decision.masks:
-            fields["masked_columns"] = decision.audit_masks
-        if decision.used_grants:
-            fields["grants"] = decision.audit_grants
-        self._in_flight = fields
-        self._in_flight_since = time.monotonic()
-        self._in_flight_announced = False
-        return fields
+        return self.audit.on_admitted(command, sql, decision, extra)
 
     def announce_in_flight(self, now: float) -> None:
-        """best_effort: `statement.allowed` for a statement running for ANNOUNCE_AFTER_S already,
-        so long statements are on record while they run (called by the server's housekeeping)."""
-        fields = self._in_flight
-        if fields is None or self._in_flight_announced or now - self._in_flight_since < ANNOUNCE_AFTER_S:
-            return
-        self._in_flight_announced = True
-        self.ctx.audit.emit(EventType.STATEMENT_ALLOWED, self.info, **fields)
+        self.audit.announce_long(now)
 
     def _end_in_flight(self, error: str) -> None:
-        """A statement that was forwarded but never ended normally (the database or the client
-        went away, a KILL, a bug): `statement.failed` with what is known."""
-        fields, self._in_flight = self._in_flight, None
-        if self.running_since is not None:
-            self.ctx.stats.statement("allow", "failed", "interrupted", None)
+        """A statement forwarded that never ended normally (the database or the client went
+        away, a KILL, a bug)."""
         self.running_since = None
-        if fields is None:
-            return
-        self.statements += 1
-        fields.update(error_code=ER.UPSTREAM_LOST, error=error, outcome_unknown=True,
-                      duration_ms=round((time.monotonic() - self._in_flight_since) * 1000, 3))
-        self.ctx.audit.emit(EventType.STATEMENT_FAILED, self.info, **fields)
+        self.audit.on_lost(error)
 
-    def _audit_statement(
-        self,
-        command: int,
-        sql: str,
-        decision: Decision,
-        started: float,
-        outcome: Outcome | None = None,
-        **extra: Any,
-    ) -> None:
-        """After the statement: `statement.denied` (refused), or the end of an admitted one:
-        `statement.completed` / `statement.failed` with everything `statement.allowed` carries
-        (statement, fingerprint, tables, privileges, grants...) and the result; joined to a
-        `statement.allowed` written before (fail_closed, or a long statement) by `statement_id`."""
-        self.statements += 1
+    def _audit_statement(self, command: int, sql: str, decision: Decision, started: float,
+                         outcome: Outcome | None = None, **extra: Any) -> None:
+        """After the statement: denied, or the end of an admitted one with its result."""
         elapsed = time.perf_counter() - started
-        duration_ms = round(elapsed * 1000, 3)
-        stats = self.ctx.stats
         if not decision.allowed:
-            stats.statement("deny", "denied", decision.code.value if decision.code else "denied", None)
-            self.denied += 1
-            fields = self._statement_fields(command, sql, decision)
-            fields.update(decision="deny", reason_code=decision.code.value if decision.code else None,
-                          reason=decision.reason, duration_ms=duration_ms, **extra)
-            self.ctx.audit.emit_soon(EventType.STATEMENT_DENIED, self.info, fields)
+            self.audit.on_denied(command, sql, decision, elapsed, extra)
             return
-        fields, self._in_flight = self._in_flight, None
         self.running_since = None
-        if outcome is None or (outcome.error is None and not outcome.truncated):
-            stats.statement("allow", "completed", "", elapsed)
-        else:
-            stats.statement("allow", "failed", self.cancelling or ("max_rows" if outcome.error is None else "error"),
-                            elapsed)
-        if fields is None:  # audit off
-            return
-        fields["duration_ms"] = duration_ms
-        if self.cancelling is not None:
-            fields["reason_code"] = self.cancelling
-        if extra:
-            fields.update(extra)
-        event_type = EventType.STATEMENT_COMPLETED
-        if outcome is not None:
-            fields.update(rows=outcome.rows, affected_rows=outcome.affected_rows, warnings=outcome.warnings)
-            if outcome.last_insert_id:
-                fields["last_insert_id"] = outcome.last_insert_id
-            if outcome.error is not None:
-                fields.update(error_code=outcome.error.code, sqlstate=outcome.error.sqlstate, error=outcome.error.message[:512])
-                event_type = EventType.STATEMENT_FAILED
-            elif outcome.truncated:
-                fields.update(error_code=ER.TOO_BIG_SELECT, reason_code="max_rows", rows_sent=decision.max_rows)
-                event_type = EventType.STATEMENT_FAILED
-        self.ctx.audit.emit_soon(event_type, self.info, fields)
+        self.audit.on_end(decision, elapsed, outcome, self.cancelling, extra)
 
     async def _deny(self, command: int, sql: str, decision: Decision, started: float, **extra: Any) -> bool:
         self._audit_statement(command, sql, decision, started, **extra)
@@ -656,7 +481,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         analysis = self._on_this_server(analysis)
         if analysis.kind is StatementKind.SQL_EXECUTE:
             analysis = self._sql_prepared_analysis(analysis)
-        decision, _ = self._decide_now(analysis)
+        decision, _ = self.decider.now(analysis)
         return Plan(analysis, decision, effects_of(analysis, decision))
 
     async def _completed_plan(self, analysis: Analysis) -> Plan:
@@ -664,7 +489,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         plan = self.plan(analysis)
         if plan.decision is not None:
             return plan
-        decision = await self._decide_with_schema(plan.analysis)
+        decision = await self.decider.with_schema(plan.analysis, self.upstream)
         return Plan(plan.analysis, decision, effects_of(plan.analysis, decision))
 
     def _sql_prepared_analysis(self, execute: Analysis) -> Analysis:
@@ -723,8 +548,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         db = self._decode(payload)
         if db is None:  # the server could read these bytes as another name: refused, as in COM_QUERY
             return await self._deny(wire.COM_INIT_DB, f"USE `{payload.decode('utf-8', 'replace')}`",
-                                    self._decide(_not_in_charset("USE", "database name")), started)
-        decision = self._decide(_use_analysis(db))
+                                    self.decider.decide(_not_in_charset("USE", "database name")), started)
+        decision = self.decider.decide(_use_analysis(db))
         if not decision.allowed:
             return await self._deny(wire.COM_INIT_DB, f"USE `{db}`", decision, started)
         await self._admit(wire.COM_INIT_DB, f"USE `{db}`", decision)
@@ -743,7 +568,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
         table = self._decode(raw)
         if table is None:
             return await self._deny(wire.COM_FIELD_LIST, f"SHOW COLUMNS FROM `{raw.decode('utf-8', 'replace')}`",
-                                    self._decide(_not_in_charset("FIELD LIST", "table name")), started)
+                                    self.decider.decide(_not_in_charset("FIELD LIST", "table name")), started)
         if self.database is None:
             analysis = Analysis.denied("FIELD LIST", DenyCode.NO_DATABASE, "no database selected")
         else:
@@ -752,7 +577,7 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
                 statement_class="FIELD LIST",
                 requirements=frozenset({Requirement(TableRef(self.database, table), Privilege.SELECT)}),
             )
-        decision = self._decide(analysis)
+        decision = self.decider.decide(analysis)
         sql = f"SHOW COLUMNS FROM `{table}`"
         if not decision.allowed:
             return await self._deny(wire.COM_FIELD_LIST, sql, decision, started)

@@ -79,7 +79,7 @@ class PreparedStatementCommands:
                 DenyCode.UNSUPPORTED_STATEMENT,
                 f"{analysis.statement_class} cannot be prepared through jitproxy; send it as a plain query",
             )
-        decision = await self._decide_with_schema(analysis)
+        decision = await self.decider.with_schema(analysis, self.upstream)
         if decision.listed_columns is not None:  # binary rows are not filtered: send it as a query
             decision = Decision(False, analysis, DenyCode.UNSUPPORTED_STATEMENT,
                                 f"{analysis.statement_class} of a table granted by column cannot be "
@@ -144,7 +144,7 @@ class PreparedStatementCommands:
         """An execute of a statement prepared through the proxy, decided again now (grants end;
         the masks must be those it was prepared with). Its effects are its analysis's but the
         masks, which the text prepared upstream already carries."""
-        decision, _ = self._decide_now(stmt.analysis)
+        decision, _ = self.decider.now(stmt.analysis)
         if decision is not None:
             decision = self._same_masks(decision, stmt)
         return Plan(stmt.analysis, decision, effects_of(stmt.analysis, decision) - {Effect.MASKS})
@@ -158,7 +158,7 @@ class PreparedStatementCommands:
         plan = self.execute_plan(stmt)
         decision = plan.decision
         if decision is None:
-            decision = self._same_masks(await self._decide_with_schema(stmt.analysis), stmt)
+            decision = self._same_masks(await self.decider.with_schema(stmt.analysis, self.upstream), stmt)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_EXECUTE, stmt.sql, decision, started, stmt_id=stmt_id)
         await self._admit(wire.COM_STMT_EXECUTE, stmt.sql, decision, stmt_id=stmt_id, **self._params(payload, stmt))
@@ -173,7 +173,7 @@ class PreparedStatementCommands:
         stmt_id, stmt, payload = self._stmt(wire.COM_STMT_FETCH, payload)
         if stmt is None:
             raise self._unknown_stmt(stmt_id, "mysqld_stmt_fetch")
-        decision = self._same_masks(self._decide(stmt.analysis), stmt)
+        decision = self._same_masks(self.decider.decide(stmt.analysis), stmt)
         if not decision.allowed:
             return await self._deny(wire.COM_STMT_FETCH, stmt.sql, decision, time.perf_counter(), stmt_id=stmt_id)
         left = None if decision.max_rows is None else max(decision.max_rows - stmt.rows_sent, 0)

@@ -18,7 +18,7 @@ approval policies' `max_duration`) unless an admin breaks glass: a stated reason
 (`grant.break_glass`) and notified.
 
 Requests are checked before they are stored: the database and the tables must exist on the
-instance (read live through `schema`, proxy.server.LiveSchema; a name that does not is refused
+instance (read live through `schema`, proxy.workflow.live_schema.LiveSchema; a name that does not is refused
 with the closest ones; a database that cannot be asked refuses the request with 503 rather than
 storing what nobody could check); `*` (every table) only where the approval policy allows it
 (`wildcard_tables`); one asking again for what a pending request of the same person already

@@ -28,7 +28,7 @@ from proxy.demo.certs import TlsFiles
 from proxy.demo.iam import AwsKey, IamAuthSetup
 from proxy.demo.mariadb import LocalMariaDB
 from proxy.identity.personal_tokens import TokenIssuer
-from proxy.server import upstream_connector
+from proxy.upstream.instance import upstream_connector
 from proxy.testing import RunningProxy, proxy_config
 from proxy.upstream.connection import ClientProfile, UpstreamError
 from tests.iam.conftest import IAM_USER, KEY_A, KEY_B, REGION

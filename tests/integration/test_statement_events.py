@@ -17,7 +17,7 @@ import pytest
 
 from proxy.demo.certs import TlsFiles
 from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.protocol.session import ANNOUNCE_AFTER_S
+from proxy.protocol.statement_audit import ANNOUNCE_AFTER_S
 from proxy.testing import RunningProxy
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config

@@ -160,7 +160,7 @@ def test_visibility(tmp_path):
 
 
 def test_analysis_cache_never_keeps_long_statements():
-    from proxy.server import AnalysisCache
+    from proxy.authz.cache import AnalysisCache
 
     cache = AnalysisCache(max_entries=10, max_statement_chars=100)
     long_sql = "SELECT 1 /*" + "x" * 200 + "*/"
