@@ -15,6 +15,7 @@ from pathlib import Path
 from proxy.authz.model import Principal
 from proxy.authz.policy import PolicyError
 from proxy.cli_api import add_client_arguments, add_commands as add_api_commands
+from proxy.cli_login import add_commands as add_login_commands
 from proxy.config import Config, ConfigError, load_config
 from proxy.serving import configure_logging, run, serve
 from proxy.timespec import parse_duration
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check)
 
     audit = add_api_commands(sub)
+    add_login_commands(sub)
     s = audit.add_parser("verify", help="check the hash chains of audit JSON lines: exit 1 on any break, 3 when a "
                                         "chain ends without a seal (truncated or crashed)")
     s.add_argument("files", nargs="+", help="audit files in the order written (rotated ones first), or - for stdin")

@@ -29,14 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.audit.search import SearchError, build_query
+from proxy.cli_login import DEFAULT_API, stored
 from proxy.timespec import Moment, TimeSpecError, format_duration, parse_duration, parse_moment
 from proxy.workflow.status import REQUEST_STATUSES, request_objects
 
 if TYPE_CHECKING:
     import httpx
-
-DEFAULT_API = "https://127.0.0.1:8443"
-
 
 class ApiError(SystemExit):
     pass
@@ -51,10 +49,10 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     token = None
     if args.token_file:
         token = Path(args.token_file).read_text(encoding="ascii").strip()
-    token = token or os.environ.get("JITPROXY_TOKEN")
+    token = token or os.environ.get("JITPROXY_TOKEN") or stored("token")
     if not token:
-        raise ApiError("no token: set JITPROXY_TOKEN or pass --token-file (get one: jitproxy token issue, or your SSO)")
-    ca = args.ca or os.environ.get("JITPROXY_CA")
+        raise ApiError("no token: run jitproxy login, set JITPROXY_TOKEN or pass --token-file")
+    ca = args.ca or os.environ.get("JITPROXY_CA") or stored("ca")
     try:
         verify = ssl.create_default_context(cafile=ca) if ca else True
     except (OSError, ssl.SSLError) as e:
@@ -64,7 +62,7 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 
 def _api_url(args: argparse.Namespace) -> str:
-    return str(args.api or os.environ.get("JITPROXY_API") or DEFAULT_API)
+    return str(args.api or os.environ.get("JITPROXY_API") or stored("api") or DEFAULT_API)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
@@ -368,8 +366,10 @@ def cmd_access_release(args: argparse.Namespace) -> int:
 def cmd_whoami(args: argparse.Namespace) -> int:
     me = _call(args, "GET", "/v1/whoami")
     groups = ", ".join(me["groups"]) or "none"
-    return _print(args, me, f"{me['user']} (groups: {groups}; admin: {'yes' if me['admin'] else 'no'}) "
-                            f"at {_api_url(args)}")
+    text = f"{me['user']} (groups: {groups}; admin: {'yes' if me['admin'] else 'no'}) at {_api_url(args)}"
+    if me.get("token_expires_at"):
+        text += f"\ntoken until {_when(me['token_expires_at'])}"
+    return _print(args, me, text)
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ def check_through_api(args: argparse.Namespace) -> dict[str, Any]:
 def add_client_arguments(sp: argparse.ArgumentParser, json_help: str = "machine-readable output") -> argparse.ArgumentParser:
     """Where the admin API is, who asks, and how to show its answer."""
     sp.add_argument("--api", help="API URL (default: $JITPROXY_API or https://127.0.0.1:8443)")
-    sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN)")
+    sp.add_argument("--token-file", help="file holding your token (default: $JITPROXY_TOKEN, else jitproxy login's)")
     sp.add_argument("--ca", help="CA bundle for the API's certificate (default: $JITPROXY_CA)")
     sp.add_argument("--json", action="store_true", help=json_help)
     return sp

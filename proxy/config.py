@@ -117,6 +117,33 @@ class IdentityConfig(_Strict):
     signing: SigningSettings | None = None
 
 
+class OidcConfig(_Strict):
+    """Sign-in with the company's IdP (proxy.identity.oidc): jitproxy is the OIDC relying party
+    and issues its own personal token (identity.signing) to whoever the IdP vouches for."""
+
+    issuer: str  # the IdP's issuer URL; discovery reads {issuer}/.well-known/openid-configuration
+    client_id: str
+    client_secret_env: str | None = None  # a confidential client's secret (a secret: never in the file)
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    user_claim: str = "preferred_username"  # the ID token claim that becomes the jitproxy person
+    groups_claim: str = "groups"  # a list of strings
+    # IdP group -> jitproxy group; `only_mapped_groups`: groups absent from the map are dropped
+    group_map: dict[str, str] = Field(default_factory=dict)
+    only_mapped_groups: bool = False
+    token_ttl: Duration = timedelta(hours=8)  # also capped by identity.max_token_ttl and the ID token's exp
+    # the browser flow's redirect (this API's /v1/login/callback as the IdP reaches it)
+    redirect_uri: str | None = None
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    def client_secret(self) -> str | None:
+        if self.client_secret_env is None:
+            return None
+        value = os.environ.get(self.client_secret_env)
+        if not value:
+            raise ValueError(f"oidc.client_secret_env: environment variable {self.client_secret_env} is not set")
+        return value
+
+
 class UpstreamTls(_Strict):
     ca_file: Path | None = None  # None: the system's trust store
     verify_hostname: bool = True
@@ -375,6 +402,7 @@ class Config(_Strict):
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     slack: SlackConfig | None = None  # approvals from Slack
+    oidc: OidcConfig | None = None  # sign-in with the company's IdP (needs identity.signing)
     authz: AuthzConfig = AuthzConfig()
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()
@@ -390,6 +418,12 @@ class Config(_Strict):
         ports = [self.port_of(u) for u in self.instances if self.port_of(u) != 0]
         if len(set(ports)) != len(ports):
             raise ValueError("upstreams: every instance needs its own listen_port")
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_needs_signing(self) -> Config:
+        if self.oidc is not None and self.identity.signing is None:
+            raise ValueError("oidc: sign-in issues jitproxy's own tokens: set identity.signing too")
         return self
 
     @property

@@ -48,6 +48,7 @@ class ProxyServer:
         self._connections: dict[asyncio.Task[None], ProxyConnection] = {}
         self.port: int | None = None  # the first instance's
         self.ports: dict[str, int] = {}  # every instance's, by name
+        self.sign_in: Any = None  # proxy.api.oidc.SignIn: session passwords, the IdP sign-in
         self.api: ApiServer | None = None
         self.poller: Poller | None = None
         self._housekeeper: asyncio.Task[None] | None = None
@@ -55,6 +56,12 @@ class ProxyServer:
         self._refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
 
     async def start(self) -> None:
+        # Session passwords (and the IdP sign-in when `oidc:` is configured) need the state store:
+        # on every replica, API or not, so a password issued by one is accepted by all.
+        if self.ctx.workflow is not None:
+            from proxy.api.oidc import enable_sign_in
+
+            self.sign_in = enable_sign_in(self.cfg, self.ctx)
         for u in self.cfg.instances:
             instance = self.ctx.instances[u.name]
             server = await asyncio.start_server(
@@ -64,6 +71,8 @@ class ProxyServer:
             self._servers.append(server)
             self.ports[u.name] = server.sockets[0].getsockname()[1]
         self.port = next(iter(self.ports.values()))
+        if self.sign_in is not None:  # (after binding: `jitproxy connect` asks which port a `0` became)
+            self.sign_in.ports.update(self.ports)
         await asyncio.gather(*(self._probe_upstream(i) for i in self.ctx.instances.values()))
         await self._start_workflow()
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="jitproxy-housekeeping")
@@ -91,6 +100,7 @@ class ProxyServer:
             # FastAPI and uvicorn (~45 MB) only in processes that serve the API
             from proxy.api.app import create_app
             from proxy.api.audit_middleware import AuditMiddleware
+            from proxy.console.session import session_key
 
             from proxy.metrics import renderer
 
@@ -99,7 +109,10 @@ class ProxyServer:
                                              on_change=lambda: self.ctx.grants.refresh(), health=self.health,
                                              ready=self.ready, metrics=renderer(self),
                                              audit_store=self.ctx.audit_store, slack=self.ctx.slack,
-                                             auditor_groups=frozenset(self.cfg.api.auditor_groups)),
+                                             auditor_groups=frozenset(self.cfg.api.auditor_groups),
+                                             sign_in=self.sign_in,
+                                             # every process signs console sessions alike (--workers)
+                                             console_key=session_key(self.cfg.listen.tls.key_file)),
                                   self.ctx.audit)
             tls = self.cfg.listen.tls
             self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file),

@@ -17,6 +17,9 @@ command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)     # JDBC clie
 # The PostgreSQL state-store tests (Debian keeps initdb/postgres in /usr/lib/postgresql/N/bin).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)                # docker/gen-secrets.sh (tests/deploy)
+# The web console's end-to-end test (tests/console/test_browser.py): Debian's headless Chromium,
+# driven by Playwright through executable_path (Playwright's own browser download is never used).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -69,3 +69,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             report.outcome = "failed"
             report.longrepr = f"a secret or part of an IAM token appeared in '{name}' (markers: {len(leaked)})"
             return
+
+
+# -- the person's sign-in (proxy.cli_login) ------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _own_jitproxy_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the sign-in of whoever runs the tests (~/.config/jitproxy)."""
+    monkeypatch.setenv("JITPROXY_HOME", str(tmp_path_factory.mktemp("jitproxy-home")))

@@ -14,6 +14,9 @@ The audit trail, when the proxy keeps it where it can read it (an `audit_store`:
 sink's state store, or else the `file` sink's JSON lines, proxy.audit.file_trail), is searchable
 at GET /v1/audit and readable in chain order at GET /v1/audit/chain, by admins and members of
 `auditor_groups`.
+
+The web console (proxy.console) is served by this app at /console: the same service, tokens and
+audit rule, as HTML pages.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from proxy.workflow.status import REQUEST_STATUSES
 
 if TYPE_CHECKING:
     from proxy.notify.slack import SlackApprovals
+    from proxy.api.oidc import SignIn
 
 _bearer = HTTPBearer(auto_error=False)
 # (person, sql, current db, instance, at) -> the dry run's report (proxy.workflow.check)
@@ -164,6 +168,9 @@ def create_app(
     audit_store: Store | FileTrail | None = None,
     auditor_groups: frozenset[str] = frozenset(),
     slack: SlackApprovals | None = None,
+    console: bool = True,
+    console_key: bytes | None = None,
+    sign_in: SignIn | None = None,
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
     GET /v1/access. `check(principal, sql, db, instance, at)`: the proxy's dry run
@@ -176,7 +183,11 @@ def create_app(
     `FileTrail` over the file sink's JSON lines (anything with `search_audit` and
     `audit_chain`); None: those answer 404. `auditor_groups`: groups whose members may read
     the audit trail, besides admins. `slack`: approvals from Slack (POST /v1/slack/interactions,
-    proxy.api.slack)."""
+    proxy.api.slack). `console`: the web console at /console (proxy.console), signed in with the
+    same tokens; `console_key`: its session-signing key, the same in every worker
+    (proxy.console.session_key; None: a random key, sessions end with this process).
+    `sign_in`: the IdP sign-in and session passwords (proxy.api.oidc, built by its
+    `enable_sign_in`)."""
     app = FastAPI(title="jitproxy admin API", version="1", docs_url="/docs", redoc_url=None)
     app.state.verifier = verifier
     auditors = frozenset(auditor_groups)
@@ -209,9 +220,13 @@ def create_app(
             return JSONResponse({"detail": _validation_detail(e)}, status_code=400)
         return await request_validation_exception_handler(request, e)
 
+    def may_read_audit(who: Principal) -> bool:
+        """Admins and members of `auditor_groups` (the API's rule, the console's too)."""
+        return service.is_admin(who) or bool(auditors & set(who.groups))
+
     def audit_reader(who: Principal) -> Store | FileTrail:
         """The audit store, if `who` may read it (admins and auditors; else 403)."""
-        if not (service.is_admin(who) or auditors & set(who.groups)):
+        if not may_read_audit(who):
             groups = ", ".join(sorted(auditors)) or "none configured"
             raise HTTPException(403, f"reading the audit trail is for admins and auditors (auditor groups: {groups}); "
                                      f"{who.user} is neither")
@@ -245,7 +260,8 @@ def create_app(
 
     @app.get("/v1/whoami")
     async def whoami(who: Who) -> dict[str, Any]:
-        return {"user": who.user, "groups": list(who.groups), "admin": service.is_admin(who)}
+        return {"user": who.user, "groups": list(who.groups), "admin": service.is_admin(who),
+                "token_expires_at": who.token_expires_at.isoformat() if who.token_expires_at else None}
 
     @app.post("/v1/requests", status_code=201)
     async def create_request(body: RequestIn, who: Who) -> Any:
@@ -378,6 +394,17 @@ def create_app(
         from proxy.api.slack import slack_routes
 
         app.include_router(slack_routes(slack, on_change))
+
+    if console:
+        from proxy.console import install_console  # Jinja2 only in processes that serve the API
+
+        install_console(app, service, verifier, access=access, check=check, on_change=on_change,
+                        audit_store=audit_store, may_read_audit=may_read_audit, key=console_key)
+
+    if sign_in is not None:
+        from proxy.api.oidc import sign_in_routes
+
+        app.include_router(sign_in_routes(sign_in, principal))
 
     return app
 

@@ -15,16 +15,20 @@ Scope = dict[str, Any]
 
 class AuditMiddleware:
     """Pure ASGI middleware around the API app. Health checks are not audited (monitors call
-    them every few seconds; they change and reveal nothing)."""
+    them every few seconds; they change and reveal nothing), nor the web console's script and
+    style and its requests list's 5-second poll (the page that polls is audited when loaded)."""
 
-    QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+    QUIET = frozenset({"/healthz", "/readyz", "/metrics",
+                       "/console/requests/list"})  # the console's 5-second poll (the page load is audited)
+    QUIET_PREFIXES = ("/console/static/",)  # the console's script and style
 
     def __init__(self, app: Any, audit: AuditEmitter) -> None:
         self.app = app
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.QUIET:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.QUIET or path.startswith(self.QUIET_PREFIXES):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

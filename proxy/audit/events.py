@@ -64,6 +64,9 @@ class EventType:
     POLICY_RELOADED = "policy.reloaded"
     POLICY_RELOAD_FAILED = "policy.reload_failed"
     ADMIN_API_CALL = "admin.api_call"
+    IDENTITY_SIGNED_IN = "identity.signed_in"  # the IdP vouched for a person; jitproxy issued a token
+    SESSION_PASSWORD_ISSUED = "session_password.issued"
+    SESSION_PASSWORD_REVOKED = "session_password.revoked"
     # The trail's own: written by the emitter, never by a component (see docs/audit.md).
     AUDIT_CHECKPOINT = "audit.checkpoint"  # every event before it is written (and synced)
     AUDIT_SEALED = "audit.sealed"  # the last event of a chain segment: the emitter closed cleanly
@@ -92,6 +95,9 @@ CODES = {
     EventType.POLICY_RELOADED: "JP4000",
     EventType.POLICY_RELOAD_FAILED: "JP4001",
     EventType.ADMIN_API_CALL: "JP5000",
+    EventType.IDENTITY_SIGNED_IN: "JP5100",
+    EventType.SESSION_PASSWORD_ISSUED: "JP5101",
+    EventType.SESSION_PASSWORD_REVOKED: "JP5102",
     EventType.AUDIT_CHECKPOINT: "JP6000",
     EventType.AUDIT_SEALED: "JP6001",
 }

@@ -114,7 +114,7 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
             "upstream": {**upstream, "environments": DEMO_ENVIRONMENTS},
             "policies": {"dirs": ["policies"]},
             "store": {"path": "state/jitproxy.db"},
-            "api": {"port": api_port, "admin_groups": ["dba"]},
+            "api": {"port": api_port, "admin_groups": ["dba"], "auditor_groups": ["auditor"]},
             "audit": {"sinks": [{"type": "file", "path": "audit.jsonl"}]},
             "log": {"level": "info", "format": "console"},
         }
@@ -223,6 +223,11 @@ def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False) -
         "  # ... dev's next SELECT * FROM salary works, in the same session, until then; and to give it back early:",
         f'  {_as(directory, "dev")} jitproxy request release "$REQ"',
         f"  {_as(directory, 'admin')} jitproxy audit search --table hr_prod.salary --oldest-first",
+        "",
+        f"Web console: https://127.0.0.1:{api_port}/console/ (its certificate is signed by {ca}: trust that CA in",
+        "  your browser, or accept the warning once). Sign in by pasting a token, printed here by:",
+        f"  cat {shlex.quote(str(directory / 'admin.token'))}   # admin: approves, revokes, reads the audit trail",
+        f"  cat {shlex.quote(str(directory / 'dev.token'))}     # dev: asks for access, gives it back",
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)

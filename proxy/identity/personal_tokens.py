@@ -101,6 +101,26 @@ def _fail(code: str) -> TokenError:
     return TokenError(code)
 
 
+# The mariadb/mysql CLI's interactive prompt keeps 79 characters (80 with some builds); a token
+# is ~390. A JWT's first bytes are always `eyJ` (base64 of `{"`).
+TRUNCATED_LENGTHS = (79, 80)
+TRUNCATED_MESSAGE = (
+    "Access denied: the password is a personal token cut off at {n} characters (an interactive "
+    "password prompt keeps at most 79). Use a short session password (`jitproxy password`), "
+    "`jitproxy connect`, or put the token in an option file (--defaults-extra-file)"
+)
+
+
+def looks_truncated(token: str) -> bool:
+    """A password that is the start of a JWT, of the length a prompt cuts it to."""
+    return len(token) in TRUNCATED_LENGTHS and token.startswith("eyJ")
+
+
+def truncated_error(length: int) -> TokenError:
+    """Not a secret to say: the length is the client's, and nothing about any token is told."""
+    return TokenError("truncated", TRUNCATED_MESSAGE.format(n=length))
+
+
 # --- key material and the local issuer ---------------------------------------------------------
 
 
@@ -366,10 +386,13 @@ class TokenVerifier:
             key = self._jwks[pending.cfg.issuer].fetch(pending.kid or "")
         return self._finish(pending, key, username)
 
-    async def verify_async(self, username: str | None, token: str | bytes) -> Principal:
+    async def verify_async(self, username: str | None, token: str | bytes, *,
+                           instance: str | None = None, address: str | None = None) -> Principal:
         """Like `verify`; a JWKS fetch, when one is needed, runs in a worker thread. `username`
         None: a token presented without a user name (the admin API's `Authorization: Bearer`),
-        the person is the token's own user claim; every other check is the same."""
+        the person is the token's own user claim; every other check is the same. `instance` and
+        `address` (the proxy login's) bind session passwords (proxy.identity.session_passwords),
+        not tokens: a token is good on every instance."""
         pending = self._inspect(token)
         key = self._resolve_cached(pending)
         if key is None:
@@ -392,12 +415,12 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_CHARS:
             raise _fail("too_long")
         if not _COMPACT_JWS_RE.fullmatch(token):
-            raise _fail("malformed")
+            raise truncated_error(len(token)) if looks_truncated(token) else _fail("malformed")
         try:
             header = jwt.get_unverified_header(token)
             payload = jwt.decode(token, options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
-            raise _fail("malformed") from None
+            raise truncated_error(len(token)) if looks_truncated(token) else _fail("malformed") from None
         iss = payload.get("iss")
         if iss is None:
             raise _fail("missing_claim")

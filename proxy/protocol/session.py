@@ -120,9 +120,12 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             await self._login_failed(username, "malformed", "token is not UTF-8")
             return denied
         try:
-            principal = await self.ctx.verifier.verify_async(username, text)
+            principal = await self.ctx.verifier.verify_async(username, text, instance=self.instance.name,
+                                                             address=self.address)
         except TokenError as e:
             await self._login_failed(username, e.code, "token rejected")
+            if e.code == "truncated":  # says what to do instead; tells nothing about any token
+                return ClientError(ER.ACCESS_DENIED, e.public_message, keep_connection=False)
             return denied
         finally:
             del text
@@ -185,6 +188,8 @@ class ProxySession(FastPathCommands, PreparedStatementCommands, MetadataCommands
             connection_id=self.connection_id,
             upstream_thread_id=self.upstream.thread_id,
             token_expires_at=principal.token_expires_at,
+            # a short session password stands for a token (proxy.identity.session_passwords): which one
+            **({"session_password": principal.token_id} if (principal.token_id or "").startswith("sp-") else {}),
         )
         return None
 

@@ -147,6 +147,31 @@ class Decision:
     by: str | None = None  # status_by when there is no approval (the requester cancelling, "system")
 
 
+@dataclass(frozen=True)
+class NewSessionPassword:
+    """A short password standing for a personal token (proxy.identity.session_passwords): the
+    store keeps the hash of its secret, never the secret."""
+
+    id: str
+    secret_hash: str
+    person: str
+    groups: tuple[str, ...]
+    instance: str  # "*": any instance
+    client_address: str | None  # None: from any address
+    token_id: str | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionPassword(NewSessionPassword):
+    created_at: datetime = datetime.min
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
 class Store(Protocol):
     def migrate(self) -> None:
         """Create or upgrade the schema (versioned migrations; idempotent, safe to race)."""
@@ -201,5 +226,16 @@ class Store(Protocol):
     def audit_chain(self, proxy_instance: str, after_seq: int = 0, limit: int = AUDIT_MAX_LIMIT) -> list[dict[str, Any]]:
         """The bodies of `proxy_instance`'s events with seq > `after_seq`, in seq order, at most
         `limit` (1..AUDIT_MAX_LIMIT): page with after_seq = the last seq returned."""
+
+    def add_session_password(self, password: NewSessionPassword, now: datetime) -> SessionPassword: ...
+
+    def session_password_by_hash(self, secret_hash: str) -> SessionPassword | None: ...
+
+    def session_passwords(self, person: str, *, active_at: datetime | None = None) -> list[SessionPassword]: ...
+
+    def revoke_session_passwords(self, person: str, by: str, now: datetime, *,
+                                 password_id: str | None = None) -> list[SessionPassword]:
+        """End the person's active session passwords (one: `password_id`); returns those ended."""
+        ...
 
     def close(self) -> None: ...

@@ -36,6 +36,10 @@ Schema notes (both dialects):
   `grants.revoke_reason` (why it was ended early), `grants.released` (ended early by the person
   holding it, not by an admin: "released", not "revoked") and `grants.break_glass` (an admin
   grant longer than its environment allows, given with a reason). Older rows read NULL / false.
+- Version 5: `session_passwords`, the short passwords for prompts and dialogs
+  (proxy.identity.session_passwords): only the SHA-256 of the secret (`secret_hash`, unique), the
+  person and groups it stands for, the instance ("*": any), the client address it is bound to
+  (NULL: any), its end (the token's) and its revocation.
 """
 
 from __future__ import annotations
@@ -264,6 +268,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE grants ADD COLUMN revoke_reason text",
             "ALTER TABLE grants ADD COLUMN released boolean NOT NULL DEFAULT false",
             "ALTER TABLE grants ADD COLUMN break_glass boolean NOT NULL DEFAULT false",
+        ),
+    ),
+    Migration(
+        version=5,
+        description="session_passwords: short passwords standing for a personal token (hashes only)",
+        sqlite=(
+            """CREATE TABLE session_passwords (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                secret_hash TEXT NOT NULL UNIQUE,
+                person TEXT NOT NULL,
+                groups TEXT NOT NULL,
+                instance TEXT NOT NULL,
+                client_address TEXT,
+                token_id TEXT,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                revoked_at TEXT,
+                revoked_by TEXT
+            )""",
+            "CREATE INDEX session_passwords_person ON session_passwords (person, expires_at)",
+        ),
+        postgres=(
+            """CREATE TABLE session_passwords (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                id text NOT NULL UNIQUE,
+                secret_hash text NOT NULL UNIQUE,
+                person text NOT NULL,
+                groups text[] NOT NULL,
+                instance text NOT NULL,
+                client_address text,
+                token_id text,
+                created_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL,
+                revoked_at timestamptz,
+                revoked_by text
+            )""",
+            "CREATE INDEX session_passwords_person ON session_passwords (person, expires_at)",
         ),
     ),
 )

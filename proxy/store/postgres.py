@@ -46,8 +46,10 @@ from proxy.store.base import (
     Decision,
     NewGrant,
     NewRequest,
+    NewSessionPassword,
     NotFound,
     RequestStatus,
+    SessionPassword,
     StoredGrant,
     StoreError,
 )
@@ -264,6 +266,59 @@ class PostgresStore:
             return [parse_body(row["body"]) for row in cursor.fetchall()]
 
         return self._read(select)
+
+    # -- session passwords (hashes only; proxy.identity.session_passwords) ---------------------
+
+    def add_session_password(self, password: NewSessionPassword, now: datetime) -> SessionPassword:
+        def add(cursor: Cursor) -> SessionPassword:
+            cursor.execute(
+                """INSERT INTO session_passwords (id, secret_hash, person, groups, instance, client_address,
+                       token_id, created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   RETURNING *""",
+                (password.id, password.secret_hash, password.person, list(password.groups), password.instance,
+                 password.client_address, password.token_id, utc(now), utc(password.expires_at)),
+            )
+            row = cursor.fetchone()
+            assert row is not None  # INSERT ... RETURNING returns the row
+            return _session_password(row)
+
+        return self._write(add)
+
+    def session_password_by_hash(self, secret_hash: str) -> SessionPassword | None:
+        def get(cursor: Cursor) -> SessionPassword | None:
+            cursor.execute("SELECT * FROM session_passwords WHERE secret_hash = %s", (secret_hash,))
+            row = cursor.fetchone()
+            return _session_password(row) if row is not None else None
+
+        return self._read(get)
+
+    def session_passwords(self, person: str, *, active_at: datetime | None = None) -> list[SessionPassword]:
+        sql = "SELECT * FROM session_passwords WHERE person = %s"
+        args: list[Any] = [person]
+        if active_at is not None:
+            sql += " AND revoked_at IS NULL AND expires_at > %s"
+            args.append(utc(active_at))
+
+        def select(cursor: Cursor) -> list[SessionPassword]:
+            cursor.execute(sql + " ORDER BY seq", args)
+            return [_session_password(r) for r in cursor.fetchall()]
+
+        return self._read(select)
+
+    def revoke_session_passwords(self, person: str, by: str, now: datetime, *,
+                                 password_id: str | None = None) -> list[SessionPassword]:
+        sql = """UPDATE session_passwords SET revoked_at = %s, revoked_by = %s
+                 WHERE person = %s AND revoked_at IS NULL AND expires_at > %s"""
+        args: list[Any] = [utc(now), by, person, utc(now)]
+        if password_id is not None:
+            sql += " AND id = %s"
+            args.append(password_id)
+
+        def revoke(cursor: Cursor) -> list[SessionPassword]:
+            cursor.execute(sql + " RETURNING *", args)
+            return [_session_password(r) for r in cursor.fetchall()]
+
+        return self._write(revoke)
 
     def close(self) -> None:
         with self._lock:
@@ -485,3 +540,12 @@ def _time(moment: datetime) -> datetime:
 
 def _optional_time(moment: datetime | None) -> datetime | None:
     return _time(moment) if moment is not None else None
+
+
+def _session_password(row: DictRow) -> SessionPassword:
+    return SessionPassword(
+        id=row["id"], secret_hash=row["secret_hash"], person=row["person"], groups=tuple(row["groups"]),
+        instance=row["instance"], client_address=row["client_address"], token_id=row["token_id"],
+        expires_at=_time(row["expires_at"]), created_at=_time(row["created_at"]),
+        revoked_at=_optional_time(row["revoked_at"]), revoked_by=row["revoked_by"],
+    )

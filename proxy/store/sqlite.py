@@ -39,8 +39,10 @@ from proxy.store.base import (
     Decision,
     NewGrant,
     NewRequest,
+    NewSessionPassword,
     NotFound,
     RequestStatus,
+    SessionPassword,
     StoredGrant,
     StoreError,
 )
@@ -233,6 +235,47 @@ class SQLiteStore:
         sql, args = chain_sql(proxy_instance, after_seq, limit, "?")
         return self._read(lambda conn: [parse_body(row[0]) for row in conn.execute(sql, args)])
 
+    # -- session passwords (hashes only; proxy.identity.session_passwords) ---------------------
+
+    def add_session_password(self, password: NewSessionPassword, now: datetime) -> SessionPassword:
+        def add(conn: sqlite3.Connection) -> SessionPassword:
+            conn.execute(
+                """INSERT INTO session_passwords (id, secret_hash, person, groups, instance, client_address,
+                       token_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (password.id, password.secret_hash, password.person, _json(password.groups), password.instance,
+                 password.client_address, password.token_id, _text(now), _text(password.expires_at)),
+            )
+            return _require(_select_session_password(conn, "id", password.id))
+
+        return self._write(add)
+
+    def session_password_by_hash(self, secret_hash: str) -> SessionPassword | None:
+        return self._read(lambda conn: _select_session_password(conn, "secret_hash", secret_hash))
+
+    def session_passwords(self, person: str, *, active_at: datetime | None = None) -> list[SessionPassword]:
+        sql = "SELECT * FROM session_passwords WHERE person = ?"
+        args: list[Any] = [person]
+        if active_at is not None:
+            sql += " AND revoked_at IS NULL AND expires_at > ?"
+            args.append(_text(active_at))
+        return self._read(lambda conn: [_session_password(r) for r in conn.execute(sql + " ORDER BY seq", args)])
+
+    def revoke_session_passwords(self, person: str, by: str, now: datetime, *,
+                                 password_id: str | None = None) -> list[SessionPassword]:
+        def revoke(conn: sqlite3.Connection) -> list[SessionPassword]:
+            sql = "SELECT id FROM session_passwords WHERE person = ? AND revoked_at IS NULL AND expires_at > ?"
+            args: list[Any] = [person, _text(now)]
+            if password_id is not None:
+                sql += " AND id = ?"
+                args.append(password_id)
+            ids = [row[0] for row in conn.execute(sql, args)]
+            for pid in ids:
+                conn.execute("UPDATE session_passwords SET revoked_at = ?, revoked_by = ? WHERE id = ?",
+                             (_text(now), by, pid))
+            return [_require(_select_session_password(conn, "id", pid)) for pid in ids]
+
+        return self._write(revoke)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -419,3 +462,18 @@ def _optional_time(text: str | None) -> datetime | None:
 def _json(values: Sequence[str]) -> str:
     # ensure_ascii=False: names and roles stay readable in the file.
     return json.dumps(list(values), ensure_ascii=False)
+
+
+def _select_session_password(conn: sqlite3.Connection, column: str, value: str) -> SessionPassword | None:
+    assert column in ("id", "secret_hash")
+    row = conn.execute(f"SELECT * FROM session_passwords WHERE {column} = ?", (value,)).fetchone()
+    return _session_password(row) if row is not None else None
+
+
+def _session_password(row: sqlite3.Row) -> SessionPassword:
+    return SessionPassword(
+        id=row["id"], secret_hash=row["secret_hash"], person=row["person"], groups=tuple(json.loads(row["groups"])),
+        instance=row["instance"], client_address=row["client_address"], token_id=row["token_id"],
+        expires_at=_time(row["expires_at"]), created_at=_time(row["created_at"]),
+        revoked_at=_optional_time(row["revoked_at"]), revoked_by=row["revoked_by"],
+    )
