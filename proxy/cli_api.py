@@ -337,13 +337,17 @@ def _grants_in_effect(args: argparse.Namespace, request_id: str) -> list[str]:
 
 def cmd_access(args: argparse.Namespace) -> int:
     held = _call(args, "GET", "/v1/access")
+    return _print(args, held, "\n".join(_access_lines(held)) or "no access")
+
+
+def _access_lines(held: list[dict[str, Any]]) -> list[str]:
+    """One line per grant in effect: object, privileges, until when, where it comes from."""
     width = _instance_width(held)
-    lines = [
+    return [
         f"{_instance_cell(h, width)}{h['object']:30} {','.join(h['privileges']):30} "
         f"until {_when(h['expires_at']) if h['expires_at'] else 'no expiry':26} {h['source']}"
         for h in held
     ]
-    return _print(args, held, "\n".join(lines) or "no access")
 
 
 def cmd_access_release(args: argparse.Namespace) -> int:
@@ -364,12 +368,15 @@ def cmd_access_release(args: argparse.Namespace) -> int:
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
+    """Who the token says you are, until when, and the access you hold now (as `jitproxy access`)."""
     me = _call(args, "GET", "/v1/whoami")
+    held = _call(args, "GET", "/v1/access")
     groups = ", ".join(me["groups"]) or "none"
     text = f"{me['user']} (groups: {groups}; admin: {'yes' if me['admin'] else 'no'}) at {_api_url(args)}"
     if me.get("token_expires_at"):
         text += f"\ntoken until {_when(me['token_expires_at'])}"
-    return _print(args, me, text)
+    text += "\naccess:" + ("\n  " + "\n  ".join(_access_lines(held)) if held else " none")
+    return _print(args, {**me, "access": held}, text)
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -581,7 +588,8 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     reason(s)
     s.set_defaults(func=cmd_access_release)
 
-    s = client(sub.add_parser("whoami", help="who your token says you are, and whether you are an admin"))
+    s = client(sub.add_parser("whoami", help="who your token says you are, whether you are an admin, until "
+                                              "when, and the access you hold"))
     s.set_defaults(func=cmd_whoami)
 
     au = sub.add_parser("audit", help="the audit trail (admins and auditors)").add_subparsers(
