@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery, event_tables
 
 __all__ = ["FileTrail", "TrailUnreadable", "matches", "tables_of", "trail_of_sinks"]
 
@@ -204,20 +204,5 @@ def _text(value: Any) -> str | None:
 
 
 def tables_of(event: Mapping[str, Any]) -> set[str]:
-    """The tables an event names, as "db.table": its `tables` (a request's are unqualified: its
-    `db` qualifies them) and its `object` (grant events)."""
-    listed = event.get("tables")
-    names: list[Any] = list(listed) if isinstance(listed, (list, tuple)) else []
-    if isinstance(event.get("object"), str):
-        names.append(event["object"])
-    db = event.get("db")
-    found = set()
-    for name in names:
-        if not isinstance(name, str) or not name:
-            continue
-        if "." not in name:
-            if not isinstance(db, str) or not db:
-                continue
-            name = f"{db}.{name}"
-        found.add(name)
-    return found
+    """The tables an event names, as "db.table" (proxy.audit.query.event_tables)."""
+    return set(event_tables(event))

@@ -3,8 +3,10 @@ the file sink's trail (file_trail.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 # search_audit / audit_chain return at most this many events per call.
 AUDIT_DEFAULT_LIMIT = 100
@@ -53,3 +55,24 @@ class AuditQuery:
         if self.type.endswith("*"):
             return self.type[:-1], True
         return self.type, self.type.endswith(".")
+
+
+def event_tables(event: Mapping[str, Any]) -> list[str]:
+    """The tables an event names, as "db.table", in order and once each: its `tables`
+    (statements name them qualified; a request names its `db`'s tables unqualified) and its
+    `object` (grant events). What `AuditQuery.table` is matched against, by every answerer."""
+    listed = event.get("tables")
+    names: list[Any] = list(listed) if isinstance(listed, (list, tuple)) else []
+    if isinstance(event.get("object"), str):
+        names.append(event["object"])
+    db = event.get("db")
+    found: dict[str, None] = {}
+    for name in names:
+        if not isinstance(name, str) or not name:
+            continue
+        if "." not in name:
+            if not isinstance(db, str) or not db:
+                continue
+            name = f"{db}.{name}"
+        found[name] = None
+    return list(found)

@@ -101,7 +101,7 @@ def expand(analysis: Analysis, view_of: ViewOf) -> Analysis | frozenset[str]:
         if refused is not None:
             return denied(DenyCode.UNSUPPORTED_STATEMENT, refused, analysis.statement_class)
         views.add(t)
-        reads = [r for r in definition.requirements]
+        reads = list(definition.requirements)
         requirements.update(reads)
         reached.update(r.target for r in reads)
         columns.update(definition.columns)

@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.audit.chain import canonical_bytes
 from proxy.store.common import utc
-from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery
+from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery, event_tables
 
 MAX_COLUMN_CHARS = 256
 
@@ -108,25 +108,10 @@ def _clean(text: str) -> str:
 
 
 def _tables(event: Mapping[str, Any]) -> tuple[str, ...]:
-    """The tables the event names, as "db.table": `tables` (statements name them qualified; a
-    request names its `db`'s tables unqualified) and `object` (grant events)."""
-    found: dict[str, None] = {}
-    db = event.get("db")
-    listed = event.get("tables")
-    names: list[Any] = list(listed) if isinstance(listed, (list, tuple)) else []
-    if isinstance(event.get("object"), str):
-        names.append(event["object"])
-    for name in names:
-        if not isinstance(name, str) or not name:
-            continue
-        if "." not in name:
-            if not isinstance(db, str) or not db:
-                continue
-            name = f"{db}.{name}"
-        name = _clean(name)
-        if len(name) <= MAX_COLUMN_CHARS:  # longer is no real table; still in the body
-            found[name] = None
-    return tuple(found)
+    """The tables the event names (proxy.audit.query.event_tables), cleaned for the index; a
+    longer name is no real table (it stays in the body)."""
+    cleaned = (_clean(name) for name in event_tables(event))
+    return tuple(dict.fromkeys(name for name in cleaned if len(name) <= MAX_COLUMN_CHARS))
 
 
 def _body(event: Mapping[str, Any]) -> str:

@@ -4,8 +4,10 @@ connections (the proxy's own queries and KILLs), and the workflow's live view of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,40 +68,40 @@ class Instance:
         killed only if the server's PROCESSLIST shows it connected from that port: after a
         restart or a failover the same thread id may be someone else's. False: not killed."""
         what = "CONNECTION" if connection else "QUERY"
-        async with asyncio.timeout(max(self.health_timeout_s, 1.0) * 2):
-            conn = await self.pool.acquire(_SIDE_PROFILE, None, side=True)
-            reusable = False
+        async with self._side_connection() as conn:
+            if port is not None:
+                host = await conn.query_scalar(
+                    f"SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = {int(thread_id)}")
+                if host is None or not host.decode("utf-8", "replace").endswith(f":{int(port)}"):
+                    return False  # gone already, or not ours
             try:
-                if port is not None:
-                    host = await conn.query_scalar(
-                        f"SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = {int(thread_id)}")
-                    if host is None or not host.decode("utf-8", "replace").endswith(f":{int(port)}"):
-                        reusable = True
-                        return False  # gone already, or not ours
-                try:
-                    await conn.execute(f"KILL {what} {int(thread_id)}")
-                except UpstreamError as e:
-                    if "1094" not in e.detail:  # Unknown thread id: it had ended already
-                        raise
-                    reusable = True
-                    return False
-                reusable = True
-                return True
-            finally:
-                self.pool.release(conn, reusable=reusable, side=True)
+                await conn.execute(f"KILL {what} {int(thread_id)}")
+            except UpstreamError as e:
+                if "1094" not in e.detail:  # Unknown thread id: it had ended already
+                    raise
+                return False
+            return True
 
     async def side_rows(self, sql: str) -> Rows:
         """The rows of one of the proxy's own small queries (schema lookups), on a side connection
-        in its default state (no person's session variables), bounded like kill_query."""
+        in its default state (no person's session variables)."""
+        async with self._side_connection() as conn:
+            payloads, outcome = await conn.fetch_payloads(wire.COM_QUERY, sql.encode("utf-8"))
+            if outcome.error is not None:
+                raise UpstreamError("schema lookup failed", f"{outcome.error.code}: {outcome.error.message}")
+            return text_rows(payloads, conn.profile.deprecate_eof)
+
+    @contextlib.asynccontextmanager
+    async def _side_connection(self) -> AsyncIterator[UpstreamConnection]:
+        """A connection for the proxy's own work, taken from the pool past its size limit (it must
+        never wait for the sessions it may free), bounded by the health timeout (a database that
+        does not answer is not waited for); reused afterwards unless the work failed."""
         async with asyncio.timeout(max(self.health_timeout_s, 1.0) * 2):
             conn = await self.pool.acquire(_SIDE_PROFILE, None, side=True)
             reusable = False
             try:
-                payloads, outcome = await conn.fetch_payloads(wire.COM_QUERY, sql.encode("utf-8"))
-                if outcome.error is not None:
-                    raise UpstreamError("schema lookup failed", f"{outcome.error.code}: {outcome.error.message}")
+                yield conn
                 reusable = True
-                return text_rows(payloads, conn.profile.deprecate_eof)
             finally:
                 self.pool.release(conn, reusable=reusable, side=True)
 

@@ -24,7 +24,8 @@ DEFAULT_TTL_S = 10.0
 _ALL_ROWS = " LIMIT 18446744073709551615"
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
+    """`text` as a MySQL string literal (the proxy's own lookups)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
@@ -49,8 +50,8 @@ class SchemaCache:
             return hit[1]
         sql = (
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
-            f"CAST(TABLE_SCHEMA AS BINARY) = {_literal(table.db)} AND "
-            f"CAST(TABLE_NAME AS BINARY) = {_literal(table.table or '')} ORDER BY ORDINAL_POSITION" + _ALL_ROWS
+            f"CAST(TABLE_SCHEMA AS BINARY) = {sql_literal(table.db)} AND "
+            f"CAST(TABLE_NAME AS BINARY) = {sql_literal(table.table or '')} ORDER BY ORDINAL_POSITION" + _ALL_ROWS
         )
         payloads, outcome = await upstream.fetch_payloads(wire.COM_QUERY, sql.encode("utf-8"))
         if outcome.error is not None:
@@ -146,7 +147,7 @@ class ViewCatalog:
             self._loading[db] = done
             try:
                 invalidations = self._invalidations
-                where = f" WHERE TABLE_SCHEMA = {_literal(db)}" + _ALL_ROWS
+                where = f" WHERE TABLE_SCHEMA = {sql_literal(db)}" + _ALL_ROWS
                 names = await fetch("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES" + where)
                 rows = await fetch("SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS" + where)
                 self.loads += 1

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Mapping
 
 from proxy.upstream.instance import Instance
+from proxy.upstream.schema import sql_literal
 from proxy.workflow.service import SchemaUnavailable
 
 
@@ -24,8 +25,7 @@ class LiveSchema:
         return self._names(instance, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
 
     def tables(self, instance: str, db: str) -> frozenset[str]:
-        quoted = "'" + db.replace("\\", "\\\\").replace("'", "''") + "'"
-        return self._names(instance, f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {quoted}")
+        return self._names(instance, f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {sql_literal(db)}")
 
     def _names(self, name: str, sql: str) -> frozenset[str]:
         """The first column of `sql` on the instance ("*", every instance: on each of them)."""

@@ -219,3 +219,11 @@ def test_information_schema_views_shows_definitions_only_to_those_who_see_everyt
     assert unrestricted == sql
     tables, _ = restrict_metadata("SELECT * FROM information_schema.tables", None, Visibility(databases=frozenset({"x"})))
     assert "SELECT * FROM information_schema.tables WHERE" in tables  # other tables keep every column
+
+
+def test_show_create_table_of_a_view_needs_show_view() -> None:
+    a = views.expand(analyze("SHOW CREATE TABLE pay", "hr_test"), catalog())
+    assert isinstance(a, Analysis) and Requirement(TableRef("hr_test", "pay"), Privilege.SHOW_VIEW) in a.requirements
+    table = views.expand(analyze("SHOW CREATE TABLE people", "hr_test"), catalog())
+    assert isinstance(table, Analysis) and all(r.privilege is not Privilege.SHOW_VIEW for r in table.requirements)
+    assert not run("SHOW CREATE TABLE pay", grants(("hr_test.*", ("SELECT",)))).allowed

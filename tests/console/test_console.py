@@ -6,6 +6,7 @@ page headers (CSP, no inline script)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -74,7 +75,8 @@ def test_pages_need_a_session_and_a_poll_is_sent_to_the_sign_in_page(console: Co
         assert answer.status_code == 303 and answer.headers["location"] == "/console/login", path
     poll = browser.get("/console/requests/list", headers={"HX-Request": "true"})
     assert poll.status_code == 204 and poll.headers["HX-Redirect"] == "/console/login"
-    browser.cookies.set(COOKIE, "eyJ1IjoiYWRhIiwiZyI6WyJkYmEiXX0.forged", domain="127.0.0.1")
+    claims = base64.urlsafe_b64encode(json.dumps({"u": "ada", "g": ["dba"]}, separators=(",", ":")).encode())
+    browser.cookies.set(COOKIE, claims.rstrip(b"=").decode() + ".forged", domain="127.0.0.1")
     assert browser.get("/console/requests").status_code == 303  # a forged cookie is no session
 
 

@@ -225,3 +225,17 @@ def direct(mariadb: LocalMariaDB, upstream: Credentials, tls: TlsFiles, database
         host="127.0.0.1", port=mariadb.port, user=upstream.user, password=upstream.password,
         database=database, ssl=client_ssl(tls), autocommit=True,
     )
+
+
+def proxy_with_environments(tmp_path_factory: pytest.TempPathFactory, mariadb: LocalMariaDB, tls_files: TlsFiles,
+                            upstream: Credentials, name: str, approvals: str) -> RunningProxy:
+    """A proxy over the test MariaDB with hr_prod/hr_test in their environments (HR_ENVIRONMENTS)
+    and these approval policies besides the base grants."""
+    from tests.helpers import HR_ENVIRONMENTS
+
+    policies = tmp_path_factory.mktemp(f"{name}-policies")
+    (policies / "base.yaml").write_text(POLICY)
+    (policies / "approvals.yaml").write_text(approvals)
+    cfg = local_proxy_config(tmp_path_factory.mktemp(f"{name}-proxy"), mariadb, tls_files, upstream, policies,
+                             extra={"upstream": {"environments": HR_ENVIRONMENTS}})
+    return RunningProxy(cfg)

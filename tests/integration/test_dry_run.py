@@ -17,8 +17,8 @@ import yaml
 
 from proxy import cli
 from proxy.testing import RunningProxy
-from tests.helpers import HR_ENVIRONMENTS, api_cli, run_cli
-from tests.integration.conftest import POLICY, client_ssl, local_proxy_config
+from tests.helpers import api_cli, run_cli
+from tests.integration.conftest import client_ssl, proxy_with_environments
 
 APPROVALS = """
 approval_policies:
@@ -29,12 +29,7 @@ approval_policies:
 
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory, mariadb, tls_files, upstream_credentials) -> Iterator[RunningProxy]:
-    policies = tmp_path_factory.mktemp("dry-policies")
-    (policies / "base.yaml").write_text(POLICY)
-    (policies / "approvals.yaml").write_text(APPROVALS)
-    cfg = local_proxy_config(tmp_path_factory.mktemp("dry-proxy"), mariadb, tls_files, upstream_credentials,
-                             policies, extra={"upstream": {"environments": HR_ENVIRONMENTS}})
-    running = RunningProxy(cfg)
+    running = proxy_with_environments(tmp_path_factory, mariadb, tls_files, upstream_credentials, "dry", APPROVALS)
     yield running
     running.stop()
 

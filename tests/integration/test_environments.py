@@ -12,8 +12,8 @@ import pymysql
 import pytest
 
 from proxy.testing import RunningProxy
-from tests.helpers import HR_ENVIRONMENTS, api_cli
-from tests.integration.conftest import POLICY, client_ssl, local_proxy_config
+from tests.helpers import api_cli
+from tests.integration.conftest import client_ssl, proxy_with_environments
 
 APPROVALS = """
 approval_policies:
@@ -24,12 +24,7 @@ approval_policies:
 
 @pytest.fixture(scope="module")
 def declared(tmp_path_factory, mariadb, tls_files, upstream_credentials) -> Iterator[RunningProxy]:
-    policies = tmp_path_factory.mktemp("env-policies")
-    (policies / "base.yaml").write_text(POLICY)
-    (policies / "approvals.yaml").write_text(APPROVALS)
-    cfg = local_proxy_config(tmp_path_factory.mktemp("env-proxy"), mariadb, tls_files, upstream_credentials,
-                             policies, extra={"upstream": {"environments": HR_ENVIRONMENTS}})
-    running = RunningProxy(cfg)
+    running = proxy_with_environments(tmp_path_factory, mariadb, tls_files, upstream_credentials, "env", APPROVALS)
     yield running
     running.stop()
 
