@@ -25,6 +25,8 @@ COPY requirements.lock /tmp/requirements.lock
 RUN /opt/jitproxy/bin/pip install --require-hashes --no-deps --only-binary=:all: \
         --requirement /tmp/requirements.lock
 COPY pyproject.toml README.md LICENSE /src/
+# The runtime package only: jitproxy_demo/ (`jitproxy demo`, the tests' local servers) stays out;
+# pyproject's packages.find lists it too, and finds nothing to add here.
 COPY proxy /src/proxy
 # The project itself: built with the locked setuptools (no build isolation, so nothing unlocked
 # is fetched), its dependencies already in place; pip check proves they are complete.

@@ -17,11 +17,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy.demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
-from proxy.demo.mariadb import Credentials, LocalMariaDB  # noqa: E402
-from proxy.demo.sample import create_proxy_upstream_user  # noqa: E402
+from jitproxy_demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
+from jitproxy_demo.inprocess import write_keys  # noqa: E402
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB  # noqa: E402
+from jitproxy_demo.sample import create_proxy_upstream_user  # noqa: E402
 from proxy.identity.personal_tokens import TokenIssuer  # noqa: E402
-from proxy.testing import write_keys  # noqa: E402
 
 _SERVE = """
 import asyncio, sys

@@ -13,7 +13,7 @@ What it does:
    (a hung test fails after --test-timeout s instead of hanging the run), PyMySQL and greenlet.
    A venv left by an earlier --keep-venv run is reused while its marker matches; one this run
    creates is removed at the end unless --keep-venv is given.
-2. A private MariaDB 10.11 (TLS, proxy.demo.mariadb.LocalMariaDB) with the databases the suite
+2. A private MariaDB 10.11 (TLS, jitproxy_demo.mariadb.LocalMariaDB) with the databases the suite
    uses without xdist: `test`, `test_schema`, `test_schema_2` (all three dropped and created
    again before every run, so the direct and the proxied run start from the same state). Two
    accounts with the same privileges (ALL on those three databases): `scott`, who the direct
@@ -77,10 +77,10 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from proxy.demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
-from proxy.demo.mariadb import LocalMariaDB  # noqa: E402
+from jitproxy_demo.certs import TlsFiles, make_ca_and_server_cert  # noqa: E402
+from jitproxy_demo.inprocess import write_keys  # noqa: E402
+from jitproxy_demo.mariadb import LocalMariaDB  # noqa: E402
 from proxy.identity.personal_tokens import TokenIssuer  # noqa: E402
-from proxy.testing import write_keys  # noqa: E402
 
 CACHE = Path(os.environ.get("JITPROXY_PEER_CACHE", Path.home() / ".cache" / "jitproxy-peer"))
 SELECTIONS: dict[str, list[str]] = {

@@ -5,7 +5,7 @@
 
 What it starts (everything on loopback, in a temporary directory):
 
-* its own MariaDB (proxy.demo.mariadb.LocalMariaDB: TLS, general log ON) with the sample data, the
+* its own MariaDB (jitproxy_demo.mariadb.LocalMariaDB: TLS, general log ON) with the sample data, the
   proxy's upstream account and three tables of its own in hr_test: `soak` (the writes), and
   `soak_secret` (never granted);
 * a real `jitproxy serve` process (`python -m proxy.cli serve --config <file>`) with a config file
@@ -347,11 +347,11 @@ class Rig:
     """MariaDB + `jitproxy serve` + the files they use."""
 
     def __init__(self, base: Path, seed: int) -> None:
-        from proxy.demo.certs import make_ca_and_server_cert
-        from proxy.demo.mariadb import LocalMariaDB
-        from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
+        from jitproxy_demo.certs import make_ca_and_server_cert
+        from jitproxy_demo.inprocess import write_keys
+        from jitproxy_demo.mariadb import LocalMariaDB
+        from jitproxy_demo.sample import create_proxy_upstream_user, load_sample_data
         from proxy.identity.personal_tokens import TokenIssuer
-        from proxy.testing import write_keys
 
         self.base = base
         self.tls = make_ca_and_server_cert(base / "tls")

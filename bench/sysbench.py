@@ -83,7 +83,7 @@ from harness import (ROOT, LocalMariaDB, TokenIssuer, create_proxy_upstream_user
                      write_keys)
 from large_result import stream
 
-DATABASE = "hr_prod"  # the proxy's upstream account has ALL on it (proxy.demo.sample)
+DATABASE = "hr_prod"  # the proxy's upstream account has ALL on it (jitproxy_demo.sample)
 GRANTS = (
     "grants:\n"
     f"  - {{subject: user:bench, grant: {DATABASE}.sbtest1, privileges: [SELECT]}}\n"

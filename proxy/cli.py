@@ -237,8 +237,15 @@ def _environment_map(cfg: Config, approvable: set[str]) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo.run import run_demo
-
+    # The demo lives beside the runtime package (jitproxy_demo/, a source checkout's install) and
+    # is imported only here: the proxy itself never needs it, and the image does not carry it.
+    try:
+        from jitproxy_demo.run import run_demo
+    except ModuleNotFoundError as e:
+        if e.name != "jitproxy_demo":
+            raise
+        raise SystemExit("jitproxy demo: the demo is not installed here (no jitproxy_demo package); "
+                         "run it from a source checkout: bash scripts/demo.sh") from None
     return run_demo(Path(args.dir), args.port, args.api_port, iam=args.iam)
 
 

@@ -9,7 +9,9 @@ readable table, or JSON with --json. Tables show an instance column only when so
 one upstream instance (not "*", every instance). Times are shown in this machine's zone, to the
 second; `--for`, `--until` and `--at` are read by proxy.timespec (a time without a zone is read
 in this machine's zone, and the command says so on stderr). A pending request is shown with how
-far it has got (its `progress`: "1 of 2 approvals, needs one from group:dba").
+far it has got (its `progress`: "1 of 2 approvals, needs one from group:dba"); an on-call
+person's break-glass request (`request create --break-glass`) with its review after the fact
+("break glass, review pending", "... reviewed by lena", "... denied in review by lena").
 
 `jitproxy audit search` shows audit events as a table (times in your local zone), or as JSON
 lines with --json (one event per line, exactly as written: for a SIEM or jq), or exports them
@@ -191,9 +193,24 @@ def _request_state(r: dict[str, Any]) -> str:
     return f"by {r.get('status_by') or '?'}" + (f": {r['status_reason']}" if r.get("status_reason") else "")
 
 
+def _break_glass(r: dict[str, Any]) -> str:
+    """"break glass, review pending" / "break glass, reviewed by olga" / "break glass, denied in
+    review by olga" for an on-call person's request; "" for any other."""
+    review = str(r.get("review") or "")
+    if not r.get("break_glass") or not review:
+        return ""
+    if review.startswith("approved by "):
+        return f"break glass, reviewed by {review.removeprefix('approved by ')}"
+    if review.startswith("denied by "):
+        return f"break glass, denied in review by {review.removeprefix('denied by ')}"
+    return f"break glass, review {review}"
+
+
 def _request_line(r: dict[str, Any], width: int = 0) -> str:
     """One request; a pending one with how far it has got (its approval policy's progress)."""
     progress = f" ({r['progress']})" if r.get("progress") else ""
+    if _break_glass(r):
+        progress += f" [{_break_glass(r)}]"
     return (f"{r['id']}  {r['status']:9} {r['requester']:16} {_instance_cell(r, width)}{r['environment']:6} "
             f"{request_objects(r['db'], r['tables'])} {','.join(r['privileges'])} {_request_state(r)}{progress}"
             f"  — {r['reason'][:60]}")
@@ -215,6 +232,8 @@ def _with_instance(body: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 def cmd_request_create(args: argparse.Namespace) -> int:
     body = _with_instance({"db": args.db, "tables": args.table, "privileges": args.privilege or ["SELECT"],
                            "reason": args.reason, **_span(args)}, args)
+    if args.break_glass:
+        body["break_glass"] = True
     r = _call(args, "POST", "/v1/requests", json=body)
     if args.quiet:  # the id alone, for a shell variable: REQ=$(jitproxy request create ... --quiet)
         print(r["id"])
@@ -224,6 +243,11 @@ def cmd_request_create(args: argparse.Namespace) -> int:
     if r.get("existing"):
         text += (f" ({what} {_request_state(r)}): you asked for this already at {_when(r['created_at'])}; nothing "
                  f"new was made. To ask differently, cancel it first: jitproxy request cancel {r['id']}")
+    elif r["status"] == "approved" and _break_glass(r):
+        reviewers = ", ".join(r.get("reviewers") or ()) or "admins"
+        text += (f" — {_break_glass(r)} (access until {_when(r['access_until'])}; your next statement can use it)\n"
+                 f"audited and notified; a reviewer ({reviewers}) keeps it with jitproxy request approve {r['id']} or "
+                 f"revokes it with jitproxy request deny {r['id']} --comment '...'")
     elif r["status"] == "approved":
         text += f" (access until {_when(r['access_until'])}; your next statement can use it)"
     else:
@@ -256,7 +280,8 @@ def cmd_request_show(args: argparse.Namespace) -> int:
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
     r = _call(args, "POST", f"/v1/requests/{args.id}/{verb}", json={"comment": args.comment or ""})
-    return _print(args, r, f"{_request_ref(r)}: {r['status']}" + (f" ({r['progress']})" if r.get("progress") else ""))
+    text = f"{_request_ref(r)}: {r['status']}" + (f" — {_break_glass(r)}" if _break_glass(r) else "")
+    return _print(args, r, text + (f" ({r['progress']})" if r.get("progress") else ""))
 
 
 def cmd_request_approve(args: argparse.Namespace) -> int:
@@ -536,6 +561,9 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--privilege", action="append", help="SELECT (default), INSERT, UPDATE, ... (repeatable)")
     span(s, " once approved")
     s.add_argument("--reason", required=True, help="incident or ticket, and what for (at least 3 characters)")
+    s.add_argument("--break-glass", action="store_true",
+                   help="on call, in an emergency: granted at once where a break-glass policy names you (its "
+                        "privileges, its maximum duration); audited, notified, and reviewed after the fact")
     s.add_argument("-q", "--quiet", action="store_true",
                    help="print the request's id only (for scripts: REQ=$(jitproxy request create ... --quiet))")
     s.set_defaults(func=cmd_request_create)
@@ -544,8 +572,10 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     s.add_argument("--mine", action="store_true")
     s.set_defaults(func=cmd_request_list)
     for name, func, help_text in (("show", cmd_request_show, "one request, its approvals and its grants"),
-                                  ("approve", cmd_request_approve, "approve a request"),
-                                  ("deny", cmd_request_deny, "deny a request"),
+                                  ("approve", cmd_request_approve, "approve a request (break glass: review "
+                                                                   "it, keeping it)"),
+                                  ("deny", cmd_request_deny, "deny a request (break glass: revoke it in "
+                                                             "review)"),
                                   ("cancel", cmd_request_cancel, "cancel your pending request"),
                                   ("release", cmd_request_release, "give back your approved request's access early")):
         s = client(rq.add_parser(name, help=help_text))

@@ -8,7 +8,7 @@ token in the person's config directory ($JITPROXY_HOME, else $XDG_CONFIG_HOME/ji
 
 `connect` starts the `mariadb` (or `mysql`) CLI with the user, TLS flags and the token in an
 option file of mode 0600 that it removes when the client ends: the token is never on a command
-line that `ps` shows. `--print-jdbc` prints JDBC URLs (MariaDB Connector/J 3.x and 2.x, MySQL
+line that `ps` shows. `--print-jdbc` prints JDBC URLs (MariaDB Connector/J 2.x and 3.x, MySQL
 Connector/J) and DBeaver's settings, none with a secret in them; `--write-mycnf` writes a
 `[client-jitproxy]` group for `mariadb --defaults-group-suffix=-jitproxy`.
 
@@ -283,16 +283,19 @@ def _client_program(explicit: str | None) -> str:
 
 
 def jdbc_text(*, user: str, host: str, port: int, db: str | None, ca: str | None) -> str:
-    """The JDBC URLs and DBeaver settings for the proxy, with TLS verified; no secret in them."""
+    """The JDBC URLs and DBeaver settings for the proxy, with TLS verified (certificate and host
+    name); no secret in them. The first works with MariaDB Connector/J 2.x and 3.x alike: 3.x
+    reads 2.x's `useSsl=true` as `sslMode=verify-full`, while 2.x ignores `sslMode` (3.x's own
+    spelling, printed second) and would connect without TLS, which the proxy refuses."""
     path = f"/{quote(db)}" if db else "/"
     u = quote(user)
     lines = []
     if ca:
         lines += [
-            "MariaDB Connector/J 3.x:",
-            f"  jdbc:mariadb://{host}:{port}{path}?user={u}&sslMode=verify-full&serverSslCert={quote(ca)}",
-            "MariaDB Connector/J 2.x (sslMode is 3.x only: 2.x ignores it and connects without TLS):",
+            "MariaDB Connector/J 2.x and 3.x (DBeaver's MariaDB driver):",
             f"  jdbc:mariadb://{host}:{port}{path}?user={u}&useSsl=true&serverSslCert={quote(ca)}",
+            "MariaDB Connector/J 3.x only (its own spelling; 2.x ignores sslMode and connects without TLS):",
+            f"  jdbc:mariadb://{host}:{port}{path}?user={u}&sslMode=verify-full&serverSslCert={quote(ca)}",
             "MySQL Connector/J 8.x / 9.x (a truststore, not a PEM file: "
             f"keytool -importcert -noprompt -alias jitproxy -file {ca} -keystore jitproxy.p12 "
             "-storetype PKCS12 -storepass changeit):",
@@ -302,10 +305,10 @@ def jdbc_text(*, user: str, host: str, port: int, db: str | None, ca: str | None
         ]
     else:  # the proxy's certificate is signed by a CA the system trusts
         lines += [
-            "MariaDB Connector/J 3.x:",
-            f"  jdbc:mariadb://{host}:{port}{path}?user={u}&sslMode=verify-full",
-            "MariaDB Connector/J 2.x:",
+            "MariaDB Connector/J 2.x and 3.x (DBeaver's MariaDB driver):",
             f"  jdbc:mariadb://{host}:{port}{path}?user={u}&useSsl=true",
+            "MariaDB Connector/J 3.x only (its own spelling; 2.x ignores sslMode and connects without TLS):",
+            f"  jdbc:mariadb://{host}:{port}{path}?user={u}&sslMode=verify-full",
             "MySQL Connector/J 8.x / 9.x:",
             f"  jdbc:mysql://{host}:{port}{path}?user={u}&sslMode=VERIFY_IDENTITY",
         ]

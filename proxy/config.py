@@ -353,13 +353,26 @@ class ApiConfig(_Strict):
     max_grant_duration: Duration = timedelta(days=7)  # direct grants through the API
 
 
+class ConsoleConfig(_Strict):
+    """The web console (proxy.console) at /console on the admin API's port and process."""
+
+    enabled: bool = True  # false: /console is not served (the API is)
+    # The API's address as people's browsers reach it (https://jitproxy.example.com:8443): the
+    # links in webhook and Slack messages, and the console's IdP callback
+    # ({public_url}/console/login/callback, registered with the IdP). Default: the origin of
+    # oidc.redirect_uri when set; else no links (the callback: the address the browser used).
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#<>|\"'`]+/?$")
+    session_ttl: Duration = timedelta(hours=8)  # a browser session, at most (and never past its token)
+
+
 class WebhookConfig(_Strict):
     name: str
     url_env: str  # the environment variable holding the URL (a Slack webhook URL is a secret)
     format: Literal["slack", "json"] = "json"
-    # Break glass is subscribed to by default: an emergency grant nobody hears about is a hole.
+    # Break glass is subscribed to by default: an emergency grant nobody hears about is a hole
+    # (an admin's direct grant, an on-call person's request, and that request's review).
     events: tuple[str, ...] = ("request.created", "request.approved", "request.denied", "request.expired",
-                               "request.cancelled", "grant.break_glass")
+                               "request.cancelled", "grant.break_glass", "request.break_glass", "request.reviewed")
     secret_env: str | None = None  # HMAC-SHA256 signing secret for json receivers
 
 
@@ -400,6 +413,7 @@ class Config(_Strict):
     policies: PoliciesConfig = PoliciesConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()
     notify: NotifyConfig = NotifyConfig()
     slack: SlackConfig | None = None  # approvals from Slack
     oidc: OidcConfig | None = None  # sign-in with the company's IdP (needs identity.signing)
@@ -433,6 +447,19 @@ class Config(_Strict):
     def port_of(self, upstream: UpstreamConfig) -> int:
         """The port clients of this instance connect to."""
         return self.listen.port if upstream.listen_port is None else upstream.listen_port
+
+    def console_url(self) -> str | None:
+        """Where browsers reach the console's host (no trailing slash): console.public_url, else
+        the origin of oidc.redirect_uri (the same API); None when unknown or the console is off."""
+        if not (self.api.enabled and self.console.enabled):
+            return None
+        if self.console.public_url:
+            return self.console.public_url.rstrip("/")
+        if self.oidc is not None and self.oidc.redirect_uri:
+            scheme, _, rest = self.oidc.redirect_uri.partition("://")
+            host = rest.split("/", 1)[0]
+            return f"{scheme}://{host}" if scheme in ("http", "https") and host else None
+        return None
 
 
 class ConfigError(ValueError):

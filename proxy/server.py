@@ -110,9 +110,11 @@ class ProxyServer:
                                              ready=self.ready, metrics=renderer(self),
                                              audit_store=self.ctx.audit_store, slack=self.ctx.slack,
                                              auditor_groups=frozenset(self.cfg.api.auditor_groups),
-                                             sign_in=self.sign_in,
+                                             sign_in=self.sign_in, console=self.cfg.console.enabled,
                                              # every process signs console sessions alike (--workers)
-                                             console_key=session_key(self.cfg.listen.tls.key_file)),
+                                             console_key=session_key(self.cfg.listen.tls.key_file),
+                                             console_url=self.cfg.console_url(),
+                                             console_ttl=self.cfg.console.session_ttl),
                                   self.ctx.audit)
             tls = self.cfg.listen.tls
             self.api = ApiServer(app, self.cfg.api.host, self.cfg.api.port, str(tls.cert_file), str(tls.key_file),

@@ -1,5 +1,5 @@
 """Running a proxy process: logging, the event loop, `serve` (start, signals, stop). Used by the
-`jitproxy serve` command (cli.py), the demo (proxy/demo/run.py) and the benchmarks."""
+`jitproxy serve` command (cli.py), the demo (jitproxy_demo/run.py) and the benchmarks."""
 
 from __future__ import annotations
 

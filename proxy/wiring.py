@@ -148,6 +148,7 @@ def build_context(cfg: Config, audit: AuditEmitter | None = None, now: Clock = u
         instances=[u.name for u in cfg.upstreams],
         environments=environments,
         schema=LiveSchema(instances, asyncio.get_running_loop()),
+        console_url=cfg.console_url(),  # notifications link to the request's console page
     )
     if slack is not None:
         slack.bind(workflow)  # decisions from Slack go through the same service

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.demo.certs import TlsFiles, make_ca_and_server_cert
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
+from jitproxy_demo.certs import TlsFiles, make_ca_and_server_cert
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.sample import create_proxy_upstream_user, load_sample_data
 
 # -- upstream MariaDB -------------------------------------------------------------------------
 

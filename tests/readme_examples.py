@@ -5,11 +5,13 @@ README's "Tests" section for the notation), read in order.
   each followed by comment lines that say what it must do:
   `# → text` it prints text (`…` stands for anything on that line; `$NAME` is the shell
   variable's value at that moment), `# exit N` its exit code (else 0), `# again until it shows
-  this, within 30s` run it again until it does (a poll with a deadline, never a fixed sleep).
-  Other comments are for the reader.
-- ```` ```sh readme-test session ````: the one command that opens the MySQL client session the
-  ```` ```sql readme-test ```` blocks then type into: lines `MariaDB [db]> statement` and,
-  after each, the lines it must print (each a `# →` fragment without the prefix).
+  this, within 30s` run it again until it does (a poll with a deadline, never a fixed sleep),
+  `# meanwhile: sign in as NAME at the page it prints` what a person does while it runs (the
+  page `jitproxy login` prints: tests/idp_page.py). Other comments are for the reader.
+- ```` ```sh readme-test session ````: the command that opens the MySQL client session the
+  ```` ```sql readme-test ```` blocks after it type into (until the next session block): lines
+  `MariaDB [db]> statement` and, after each, the lines it must print (each a `# →` fragment
+  without the prefix).
 
 Kept apart from the test that runs them so the notation is checked without a database
 (tests/unit/test_readme_examples.py)."""
@@ -25,6 +27,7 @@ _PROMPT = re.compile(r"^MariaDB \[[^\]]*\]> (.*)$")
 _EXPECT = "# → "
 _EXIT = re.compile(r"^# exit (\d+)$")
 _AGAIN = re.compile(r"^# again until it shows this, within (\d+)s$")
+_MEANWHILE = re.compile(r"^# meanwhile: sign in as (\S+) at the page it prints$")
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -36,6 +39,7 @@ class Step:
     expected: list[str] = field(default_factory=list)
     exit_code: int = 0
     again_within_s: float | None = None
+    sign_in_as: str | None = None  # meanwhile, at the IdP's page the command prints
 
 
 def steps(markdown: str) -> list[Step]:
@@ -105,7 +109,9 @@ def _expectation(step: Step, line: str, number: int) -> None:
         step.exit_code = int(match.group(1))
     elif match := _AGAIN.match(line):
         step.again_within_s = float(match.group(1))
-    elif line.startswith(("# exit", "# again", "# →", "#→")):
+    elif match := _MEANWHILE.match(line):
+        step.sign_in_as = match.group(1)
+    elif line.startswith(("# exit", "# again", "# meanwhile", "# →", "#→")):
         raise ValueError(f"README line {number}: unreadable expectation {line!r}")
 
 

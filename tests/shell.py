@@ -1,6 +1,7 @@
 """What a person pastes commands into, for tests that run commands exactly as printed (the
 demo's output, the README's examples): one bash whose variables and exports carry from one
-command to the next, and one `mariadb` session that stays open between statements.
+command to the next, one `mariadb` session that stays open between statements, and a terminal
+(a pseudo-terminal) for what only a person at a terminal does: typing at a password prompt.
 
 Both read their answers with a deadline (a reader thread and a queue): a command that hangs
 fails its test with what it printed, never the whole run."""
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -71,14 +74,23 @@ class Shell:
         self._lines = _Lines(self._proc.stdout)
         self._count = 0
 
-    def run(self, command: str, timeout_s: float = 60) -> tuple[int, str]:
+    def run(self, command: str, timeout_s: float = 60,
+            meanwhile: Callable[[str], object] | None = None) -> tuple[int, str]:
         """Exit code and output of `command`, typed as is (so `REQ=$(...)` sets REQ for the
-        next ones). A command still running at the deadline fails the test."""
+        next ones). A command still running at the deadline fails the test. `meanwhile`: what a
+        person does while it runs (e.g. sign in at the page `jitproxy login` prints), called with
+        its output so far every 0.2 s until it ends."""
         self._count += 1
         out, marker = self._dir / f"{self._count}.out", f"__readme_shell_done_{self._count}__"
         # `:` first: a line that is only a comment is a command too (an empty group is not).
         self._type(f"{{ :; {command}\n}} >{out} 2>&1 </dev/null\necho \"{marker} $?\"\n")
-        noise, done = self._lines.until(marker, timeout_s)
+        deadline, noise, done = time.monotonic() + timeout_s, [], False
+        while not done and time.monotonic() < deadline:
+            wait = deadline - time.monotonic() if meanwhile is None else min(0.2, deadline - time.monotonic())
+            more, done = self._lines.until(marker, max(wait, 0.01))
+            noise += more
+            if not done and meanwhile is not None and out.exists():
+                meanwhile(out.read_text(errors="replace"))
         text = out.read_text(errors="replace") if out.exists() else ""
         if not done:
             self.close()
@@ -109,7 +121,12 @@ class ClientSession:
     answer each statement at once (--unbuffered) and draw tables (--table)."""
 
     def __init__(self, command: str, cwd: Path, env: Mapping[str, str]) -> None:
-        self._proc = subprocess.Popen(["bash", "-c", f"exec {command} --force --unbuffered --table"],
+        flags = "--force --unbuffered --table"
+        command = _without_comment(command)  # the flags go on the command, not into its comment
+        words = command.split()
+        if len(words) > 1 and Path(words[0]).name == "jitproxy" and words[1] == "connect" and "--" not in words:
+            flags = "-- " + flags  # `jitproxy connect` hands what follows `--` to the client it starts
+        self._proc = subprocess.Popen(["bash", "-c", f"exec {command} {flags}"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, cwd=cwd, env=dict(env), start_new_session=True)
         self._lines = _Lines(self._proc.stdout)
@@ -141,3 +158,88 @@ class ClientSession:
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=10)
+
+
+def _without_comment(command: str) -> str:
+    """`command` without a trailing `# comment` (a `#` after a blank, outside quotes, as bash reads it)."""
+    quote = None
+    for i, char in enumerate(command):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or command[i - 1].isspace()):
+            return command[:i].rstrip()
+    return command
+
+
+class Terminal:
+    """A program in a pseudo-terminal that is its controlling terminal (`setsid --ctty`), as in a
+    terminal window: prompts that read /dev/tty (the `mariadb` CLI's `-p`) read what `type`
+    sends, with echo off as the program sets it. `expect` waits, with a deadline, for a pattern
+    in what it wrote since the last match."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        self._master, slave = os.openpty()
+        try:
+            self._proc = subprocess.Popen(["setsid", "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave,
+                                          env={"TERM": "dumb", **(env or os.environ)}, close_fds=True)
+        finally:
+            os.close(slave)
+        self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._seen, self._at = "", 0
+        self._pumping = threading.Thread(target=self._pump, daemon=True)
+        self._pumping.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: the program ended and closed the terminal
+                data = b""
+            if not data:
+                self._chunks.put(None)
+                return
+            self._chunks.put(data)
+
+    def expect(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        """The first match of `pattern` in the output after the previous match."""
+        compiled = re.compile(pattern)
+        ended = False
+        while True:
+            match = compiled.search(self._seen, self._at)
+            if match:
+                self._at = match.end()
+                return match
+            if ended:
+                raise AssertionError(f"the program ended without printing /{pattern}/:\n{self._seen[self._at:]}")
+            try:
+                chunk = self._chunks.get(timeout=timeout_s)
+            except queue.Empty:
+                raise AssertionError(f"no /{pattern}/ within {timeout_s}s:\n{self._seen[self._at:]}") from None
+            if chunk is None:
+                ended = True
+            else:
+                self._seen += chunk.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def type(self, text: str) -> None:
+        """Keys typed at the terminal (end a line with "\n", the Enter key)."""
+        os.write(self._master, text.encode("utf-8"))
+
+    def wait(self, timeout_s: float = 30) -> int:
+        return self._proc.wait(timeout=timeout_s)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait(timeout=10)
+        # The reader ends on the EIO that follows the program's end; only then is the descriptor
+        # closed (closed earlier, its number could go to the next terminal under a live reader).
+        self._pumping.join(timeout=10)
+        os.close(self._master)
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

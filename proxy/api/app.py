@@ -68,6 +68,10 @@ class RequestIn(BaseModel):
     duration: str | None = Field(default=None, max_length=40, description=_DURATION_HELP)
     until: str | None = Field(default=None, max_length=64, description=_UNTIL_HELP)
     instance: str | None = Field(default=None, max_length=64, description=_INSTANCE_HELP)
+    break_glass: bool = Field(default=False, description=(
+        "on call, in an emergency: granted at once if a break-glass policy of the database's environment names "
+        "you and covers the privileges and the duration; audited (request.break_glass), notified, and reviewed "
+        "after the fact (approve keeps it, deny revokes it)"))
 
 
 class CheckIn(BaseModel):
@@ -170,6 +174,8 @@ def create_app(
     slack: SlackApprovals | None = None,
     console: bool = True,
     console_key: bytes | None = None,
+    console_url: str | None = None,
+    console_ttl: timedelta | None = None,
     sign_in: SignIn | None = None,
 ) -> FastAPI:
     """`access(principal)`: every grant in effect for the person (policies and store), for
@@ -185,9 +191,11 @@ def create_app(
     the audit trail, besides admins. `slack`: approvals from Slack (POST /v1/slack/interactions,
     proxy.api.slack). `console`: the web console at /console (proxy.console), signed in with the
     same tokens; `console_key`: its session-signing key, the same in every worker
-    (proxy.console.session_key; None: a random key, sessions end with this process).
-    `sign_in`: the IdP sign-in and session passwords (proxy.api.oidc, built by its
-    `enable_sign_in`)."""
+    (proxy.console.session_key; None: a random key, sessions end with this process);
+    `console_url`: the address browsers reach this app at (config console_url(): the IdP's
+    callback for the console's "Sign in with SSO"); `console_ttl`: a console session's longest
+    life (console.session_ttl). `sign_in`: the IdP sign-in and session passwords (proxy.api.oidc,
+    built by its `enable_sign_in`); with an IdP, the console offers its browser login too."""
     app = FastAPI(title="jitproxy admin API", version="1", docs_url="/docs", redoc_url=None)
     app.state.verifier = verifier
     auditors = frozenset(auditor_groups)
@@ -270,10 +278,12 @@ def create_app(
         hold it all until the end asked for; 400 for a database or table the instance does not
         hold (naming the closest); 403 when no approval policy lets anyone ask for it (also `*`,
         every table, where the policy does not allow it); 503 when the instance's database cannot
-        say what it holds (nothing is stored)."""
+        say what it holds (nothing is stored). With `break_glass`: 201 with the request approved
+        at once (`review`: "pending"), or 403 naming why not (not on call there, a privilege the
+        break-glass policy does not cover), 400 when longer than it allows."""
         r, created = await run(service.submit_request, who, body.db, body.tables, body.privileges, body.reason,
                                duration=_duration(body.duration), until=_until(body.until), instance=body.instance,
-                               write=True)
+                               break_glass=body.break_glass, write=True)
         view = await run(service.view, r)
         return view if created else JSONResponse({**view, "existing": True}, status_code=200)
 
@@ -399,7 +409,8 @@ def create_app(
         from proxy.console import install_console  # Jinja2 only in processes that serve the API
 
         install_console(app, service, verifier, access=access, check=check, on_change=on_change,
-                        audit_store=audit_store, may_read_audit=may_read_audit, key=console_key)
+                        audit_store=audit_store, may_read_audit=may_read_audit, key=console_key, ttl=console_ttl,
+                        oidc=sign_in.oidc if sign_in is not None else None, public_url=console_url)
 
     if sign_in is not None:
         from proxy.api.oidc import sign_in_routes

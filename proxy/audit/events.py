@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from proxy.audit.chain import GENESIS, canonical, seal
-from proxy.audit.normalize import fingerprint, normalize
+from proxy.authz.fingerprint import fingerprint, normalize
 from proxy.audit.sinks import FileSink, MemorySink, Record, Sink, SinkWriter, StreamSink
 from proxy.environments import PROD
 
@@ -57,6 +57,8 @@ class EventType:
     REQUEST_EXPIRED = "request.expired"
     REQUEST_REVOKED = "request.revoked"  # an admin ended its access early
     REQUEST_RELEASED = "request.released"  # the requester gave its access back early
+    REQUEST_BREAK_GLASS = "request.break_glass"  # an on-call person's request, approved at once (review pending)
+    REQUEST_REVIEWED = "request.reviewed"  # a break-glass request reviewed after the fact (denied: revoked)
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
     GRANT_RELEASED = "grant.released"  # the person holding it gave it back early
@@ -88,6 +90,8 @@ CODES = {
     EventType.REQUEST_EXPIRED: "JP3005",
     EventType.REQUEST_REVOKED: "JP3006",
     EventType.REQUEST_RELEASED: "JP3007",
+    EventType.REQUEST_BREAK_GLASS: "JP3008",
+    EventType.REQUEST_REVIEWED: "JP3009",
     EventType.GRANT_ADDED: "JP3100",
     EventType.GRANT_REVOKED: "JP3101",
     EventType.GRANT_RELEASED: "JP3102",

@@ -46,16 +46,17 @@ SAFE_SQL_MODES = variables.SAFE_SQL_MODES
 _check_sql_mode = variables.check_sql_mode
 
 
-def analyze(sql: str, current_db: str | None) -> Analysis:
+def analyze(sql: str, current_db: str | None, tokens: list[Token] | None = None) -> Analysis:
     """What `sql` needs when run with `current_db` as the default database (None: no database
-    selected). Never raises: every failure is an Analysis with kind DENIED and a Deny."""
+    selected). Never raises: every failure is an Analysis with kind DENIED and a Deny.
+    `tokens`: `lexer.raw_tokens(sql)` when the caller has them already (the analysis cache)."""
     try:
         if not isinstance(sql, str) or not (current_db is None or isinstance(current_db, str)):
             raise Denied(DenyCode.PARSE_ERROR, "the statement is not text")
         inner = unwrap_executable_comment(sql) if "/*" in sql else None
         if inner is not None:
-            sql = inner  # what the server runs (see unwrap_executable_comment)
-        tokens = tokenize(sql)
+            sql, tokens = inner, None  # what the server runs (see unwrap_executable_comment)
+        tokens = tokenize(sql, tokens)
         if inner is not None and any(t.comments for t in tokens):
             raise Denied(DenyCode.EXECUTABLE_COMMENT, "comments inside an executable comment")
         return _statement(sql, tokens, canonical_db(current_db) if current_db else None)

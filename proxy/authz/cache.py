@@ -8,9 +8,8 @@ import dataclasses
 
 import structlog
 
-from proxy.audit.normalize import fingerprint as audit_fingerprint
 from proxy.authz.analyze import analyze
-from proxy.authz.fingerprint import Fingerprint, fingerprint
+from proxy.authz.fingerprint import Key, shape
 from proxy.authz.model import Analysis, Deny, DenyCode, StatementKind
 
 
@@ -34,7 +33,7 @@ class AnalysisCache:
         thread_offload_bytes: int = 16 * 1024,
     ) -> None:
         self._entries: dict[tuple[str, str | None], Analysis] = {}
-        self._shapes: dict[tuple[Fingerprint, str | None], Analysis] = {}
+        self._shapes: dict[tuple[Key, str | None], Analysis] = {}
         self.max_entries = max_entries
         self.max_statement_chars = max_statement_chars
         self.max_statement_bytes = max_statement_bytes
@@ -73,18 +72,18 @@ class AnalysisCache:
         if len(sql) > self.max_statement_chars:
             self.misses += 1
             return analyze(sql, db)
-        shape = fingerprint(sql)
-        if shape is not None:
-            hit = self._shapes.get((shape, db))
+        found = shape(sql)
+        if found.key is not None:
+            hit = self._shapes.get((found.key, db))
             if hit is not None:
                 self.fingerprint_hits += 1
                 self._remember(self._entries, key, hit)
                 return hit
         self.misses += 1
-        result = dataclasses.replace(analyze(sql, db), fingerprint=audit_fingerprint(sql))
+        result = dataclasses.replace(analyze(sql, db, found.tokens), fingerprint=found.fingerprint)
         self._remember(self._entries, key, result)
-        if shape is not None and result.kind is StatementKind.QUERY:
-            self._remember(self._shapes, (shape, db), result)
+        if found.key is not None and result.kind is StatementKind.QUERY:
+            self._remember(self._shapes, (found.key, db), result)
         return result
 
     def _remember(self, table: dict, key: object, value: Analysis) -> None:

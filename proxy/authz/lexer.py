@@ -98,11 +98,18 @@ def unwrap_executable_comment(sql: str) -> str | None:
     return inner
 
 
-def tokenize(sql: str) -> list[Token]:
-    """The tokens of one statement, after every lexical check (a trailing `;` dropped)."""
+def raw_tokens(sql: str) -> list[Token]:
+    """Every token of `sql`, before any check (TokenError when sqlglot cannot tokenize it)."""
+    return _Tokenizer(dialect=DIALECT).tokenize(sql)
+
+
+def tokenize(sql: str, tokens: list[Token] | None = None) -> list[Token]:
+    """The tokens of one statement, after every lexical check (a trailing `;` dropped).
+    `tokens`: `raw_tokens(sql)` when the caller has them already."""
     if "\x00" in sql:
         raise Denied(DenyCode.PARSE_ERROR, "the statement contains a NUL character")
-    tokens = _Tokenizer(dialect=DIALECT).tokenize(sql)
+    if tokens is None:
+        tokens = raw_tokens(sql)
     _check_lexical(sql, tokens)
     return _single_statement(tokens)
 

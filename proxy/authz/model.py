@@ -162,7 +162,7 @@ class Analysis:
     # SET that may change the connection's character set (NAMES, CHARACTER SET, the variables):
     # the session reads the server's character set again after it.
     changes_charset: bool = False
-    # The audit fingerprint of the statement text (proxy.audit.normalize), set by the analysis
+    # The audit fingerprint of the statement text (proxy.authz.fingerprint), set by the analysis
     # cache: statements that share this analysis share their fingerprint too.
     fingerprint: str | None = field(default=None, compare=False)
 

@@ -2,9 +2,19 @@
 Access, Audit and Policies, for approvers and auditors who work in a browser.
 
 Server-rendered HTML (Jinja2, autoescaped everywhere) with htmx for the live parts (the
-requests list polls every 5 s; the chain check and the dry run answer in place). Every form
-works without script too: a POST either redirects back with what it did (a signed one-line
-flash) or shows the page again with why it was refused, with the workflow's own status code.
+requests list and a request's own page poll every 5 s; the request form's tables are listed
+from the live schema when a database is chosen; the chain check and the dry run answer in
+place). Every form works without script too: a POST either redirects back with what it did (a
+signed one-line flash) or shows the page again with why it was refused, with the workflow's own
+status code.
+
+Pages: Requests (/console/requests: the list, and a form to ask with a picker of the live
+schema's databases and tables), a request's own page (/console/requests/{id}: everything about
+it, the approvals so far, its grants, what you may do; notifications link here), Access
+(yours, with Give back and Ask for more time; everyone's for admins, with Revoke and Extend
+within policy), Audit (search, an event's full detail, export, the hash chains) and Policies.
+Sign-in: a pasted personal token, or the IdP's browser login when OIDC is configured
+(proxy.console.sso).
 
 Who may do what is never decided here: every action calls the workflow service
 (proxy.workflow.service: approve, deny, cancel, release, revoke, create) and shows its answer;
@@ -21,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -35,12 +46,14 @@ from proxy.audit.chain import verify
 from proxy.audit.export import render
 from proxy.audit.query import AUDIT_MAX_LIMIT
 from proxy.audit.search import SearchError, build_query
-from proxy.authz.model import Principal
+from proxy.authz.model import Principal, Privilege
 from proxy.identity.personal_tokens import TokenError, TokenVerifier
 from proxy.store.base import StoreError
 from proxy.timespec import TimeSpecError, format_duration, parse_duration, parse_moment
+from proxy.workflow.approvals import NoApprovalPolicy
 from proxy.workflow.check import lines as check_lines
-from proxy.workflow.service import AccessService, WorkflowError
+from proxy.workflow.grants import stored_row
+from proxy.workflow.service import EXTENDS, AccessService, SchemaUnavailable, WorkflowError
 
 from proxy.console.session import (
     COOKIE,
@@ -54,9 +67,10 @@ from proxy.console.session import (
 
 if TYPE_CHECKING:
     from proxy.audit.file_trail import FileTrail
-    from proxy.store.base import Store
+    from proxy.identity.oidc import OidcSignIn
+    from proxy.store.base import Store, StoredGrant
 
-__all__ = ["CSP", "PREFIX", "install_console"]
+__all__ = ["CSP", "PREFIX", "mount_console"]
 
 PREFIX = "/console"
 HERE = Path(__file__).resolve().parent
@@ -68,6 +82,11 @@ _STATIC = {"htmx.min.js": "text/javascript; charset=utf-8", "console.css": "text
            "htmx.LICENSE": "text/plain; charset=utf-8", "favicon.svg": "image/svg+xml"}
 _MAX_FORM_BYTES = 256 * 1024
 _PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# Where a form sends the browser back to after its action: a page, or a request's own page.
+_BACK = re.compile(r"^(requests|access|requests/[A-Za-z0-9_-]{1,64})$")
+_EXTENDS = re.compile(re.escape(EXTENDS) + r"(g-[0-9a-f]+)\b")  # an extension's reason names the grant it extends
+# The server's own databases: never something to ask access to, not offered by the picker.
+SYSTEM_DATABASES = frozenset({"information_schema", "mysql", "performance_schema", "sys"})
 POLL_SECONDS = 5
 CHAIN_MAX_EVENTS = 200_000  # beyond this, the page sends people to `jitproxy audit verify`
 # (person, sql, current db, instance, at) -> the dry run's report (as the API's `check`)
@@ -96,7 +115,7 @@ def _templates() -> Environment:
     env.filters["when"] = _when
     env.filters["duration"] = _duration
     env.filters["pretty"] = lambda event: json.dumps(event, indent=2, ensure_ascii=False, sort_keys=True)
-    env.globals.update(prefix=PREFIX, poll_seconds=POLL_SECONDS, privileges=_PRIVILEGES)
+    env.globals.update(prefix=PREFIX, poll_seconds=POLL_SECONDS, privileges=_PRIVILEGES, ask_again=_ask_again)
     return env
 
 
@@ -129,7 +148,8 @@ class Console:
                  on_change: Callable[[], Awaitable[None]] | None,
                  audit_store: Store | FileTrail | None,
                  may_read_audit: Callable[[Principal], bool],
-                 oidc_login_url: str | None = None) -> None:
+                 oidc: OidcSignIn | None = None,
+                 public_url: str | None = None) -> None:
         self.service = service
         self.verifier = verifier
         self.sessions = sessions
@@ -138,7 +158,8 @@ class Console:
         self.on_change = on_change
         self.audit_store = audit_store
         self.may_read_audit = may_read_audit
-        self.oidc_login_url = oidc_login_url
+        self.oidc = oidc  # the IdP's browser login (proxy.console.sso), when OIDC is configured
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.templates = _templates()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -180,7 +201,7 @@ class Console:
         flash = self.sessions.read_flash(request.cookies.get(FLASH_COOKIE)) if request is not None else None
         roles = self.roles(who) if who else {}
         html = self.templates.get_template(name).render(session=session, who=who, roles=roles, flash=flash,
-                                                         oidc_login_url=self.oidc_login_url, **context)
+                                                         sso=self.oidc is not None, **context)
         response = HTMLResponse(html, status_code=status, headers=_HEADERS)
         if flash:
             response.delete_cookie(FLASH_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
@@ -193,28 +214,43 @@ class Console:
                 "approver": any(r.counts(who) for r in rules if not r.auto_approve)}
 
     def done(self, where: str, message: str) -> RedirectResponse:
-        """After an action: back to its page (303: the browser GETs it), saying what was done."""
-        response = RedirectResponse(f"{PREFIX}/{where}", status_code=303, headers=_HEADERS)
+        """After an action: back to its page (303: the browser GETs it), saying what was done.
+        `where`: a page (requests, access) or a request's own page (requests/<id>)."""
+        response = RedirectResponse(f"{PREFIX}/{quote(where, safe='/')}", status_code=303, headers=_HEADERS)
         response.set_cookie(FLASH_COOKIE, self.sessions.flash(message), max_age=60, path="/", secure=True,
                             httponly=True, samesite="strict")
         return response
 
     async def act(self, request: Request, session: ConsoleSession, where: str, action: Callable[[], Any],
-                  message: Callable[[Any], str]) -> Response:
+                  message: Callable[[Any], str], **again: Any) -> Response:
         """Run a workflow action; on refusal show its page again with the service's reason and
-        status (403 not an approver or self-approval, 409 already decided, ...)."""
+        status (403 not an approver or self-approval, 409 already decided, ...); `again`: what
+        that page shows besides (the form as it was sent)."""
         try:
             result = await self.call(action, write=True)
         except WorkflowError as e:
-            return await self.show(where, request, session, error=e.message, status=e.status)
+            error, status = e.message, e.status
         except StoreError:
-            return await self.show(where, request, session, error="the state store is unavailable; try again",
-                                   status=503)
-        return self.done(where, message(result))
+            error, status = "the state store is unavailable; try again", 503
+        else:
+            return self.done(where, message(result))
+        try:
+            return await self.show(where, request, session, error=error, status=status, **again)
+        except Refused:  # that page is not this person's to see (a request of somebody else's)
+            raise Refused(status, error) from None
 
     async def show(self, where: str, request: Request, session: ConsoleSession, **extra: Any) -> HTMLResponse:
+        if where.startswith("requests/"):
+            return await self.request_page(request, session, where.partition("/")[2], **extra)
         pages = {"requests": self.requests_page, "access": self.access_page, "policies": self.policies_page}
         return await pages[where](request, session, **extra)
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A workflow read for a page: its refusal (404 not yours to see, ...) is the page's."""
+        try:
+            return await self.call(fn, *args)
+        except WorkflowError as e:
+            raise Refused(e.status, e.message) from None
 
     # -- sign-in -------------------------------------------------------------------------------
 
@@ -243,12 +279,18 @@ class Console:
             return self.login_page(request, f"token rejected ({e.code})", 401)
         return self.start_session(request, who)
 
-    def start_session(self, request: Request, who: Principal, via: str = "token") -> RedirectResponse:
+    def start_session(self, request: Request, who: Principal, via: str = "token") -> Response:
         """The sign-in hook: any login method that has verified a person (the pasted token here;
-        the IdP's browser login) calls this to hand the browser its session."""
+        the IdP's browser login, proxy.console.sso) calls this to hand the browser its session.
+        After the IdP's redirect (a cross-site navigation) the browser would not send a
+        SameSite=Strict cookie along the next redirect, so that sign-in answers with a page that
+        moves on by itself (a same-site navigation) instead of a 303."""
         value, session = self.sessions.issue(who, via)
         request.state.principal = session.who
-        response = RedirectResponse(f"{PREFIX}/requests", status_code=303, headers=_HEADERS)
+        if via == "token":
+            response: Response = RedirectResponse(f"{PREFIX}/requests", status_code=303, headers=_HEADERS)
+        else:
+            response = self.page("signed_in.html", session, 200)
         response.set_cookie(COOKIE, value, max_age=self.sessions.max_age(session), path="/", secure=True,
                             httponly=True, samesite="strict")
         response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
@@ -257,18 +299,68 @@ class Console:
     # -- Requests ------------------------------------------------------------------------------
 
     async def requests_page(self, request: Request, session: ConsoleSession, error: str | None = None,
-                            status: int = 200) -> HTMLResponse:
+                            status: int = 200, form: Form | None = None) -> HTMLResponse:
+        """The list and the form to ask; the form is filled from `form` (what was sent, shown
+        again with why it was refused) or the query (?db=&tables=&privileges=&instance=: "ask
+        for more time" links), its picker from the live schema."""
         rows = await self.request_rows(session.who)
+        if form is None:
+            try:
+                form = parse_qs(request.url.query, max_num_fields=100)
+            except ValueError:  # more fields than any form of ours has
+                form = {}
+        asked = _asked(form)
+        picker = await self.picker(asked["instance"], asked["db"], asked["tables"])
         return self.page("requests.html", session, status, request, rows=rows, digest=_digest(rows), error=error,
-                         instances=self.service.instances)
+                         instances=self.service.instances, asked=asked, **picker)
 
-    async def requests_list(self, request: Request, session: ConsoleSession, seen: str = "") -> Response:
-        """The list alone, for the page's poll; 204 (nothing to swap) when it is as `seen`."""
+    async def requests_list(self, request: Request, session: ConsoleSession, seen: str = "",
+                            request_id: str = "") -> Response:
+        """The list alone, for the page's poll; 204 (nothing to swap) when it is as `seen`.
+        With `request_id`: that request's live part, for its own page's poll."""
+        if request_id:
+            detail = await self.request_detail(session, request_id)
+            if seen == detail["digest"]:
+                return Response(status_code=204, headers=_HEADERS)
+            return self.page("_request.html", session, **detail)
         rows = await self.request_rows(session.who)
         digest = _digest(rows)
         if seen == digest:
             return Response(status_code=204, headers=_HEADERS)
         return self.page("_requests.html", session, rows=rows, digest=digest)
+
+    async def request_page(self, request: Request, session: ConsoleSession, request_id: str,
+                           error: str | None = None, status: int = 200) -> HTMLResponse:
+        """One request: everything about it, its approvals so far against the policy that
+        applies, its grants (and those extending them), and what this person may do."""
+        detail = await self.request_detail(session, request_id)
+        return self.page("request.html", session, status, request, error=error, **detail)
+
+    async def request_detail(self, session: ConsoleSession, request_id: str) -> dict[str, Any]:
+        """What a request's page shows (the service says whether `who` may see it: 404 if not)."""
+        who, service = session.who, self.service
+        if len(request_id) > 64:
+            raise Refused(404, "no such request")
+        stored = await self.read(service.get_request, who, request_id)
+        r = await self.call(service.view, stored)
+        plan, policy = None, "no approval policy applies any more"
+        try:
+            plan = service.plan_for(stored.instance, stored.db, [Privilege.parse(p) for p in stored.privileges])
+            policy = plan.describe()
+        except (NoApprovalPolicy, ValueError):
+            pass
+        admin = service.is_admin(who)
+        decider = r["requester"] != who.user and (admin or (plan is not None and plan.may_decide(who)))
+        now = service.clock()
+        held = await self.call(lambda: service.store.grants(subject=f"user:{r['requester']}")) if r["grant_ids"] else []
+        grants = [stored_row(g, now) for g in _with_extensions(r["grant_ids"], held)]
+        shown = {"r": r, "policy": policy, "grants": grants, "auto": bool(plan and plan.auto_approve)}
+        return {**shown, "digest": _digest([shown]), "admin": admin,
+                "may_decide": decider and r["status"] == "pending"
+                and not any(a["approver"] == who.user for a in r["approvals"]),
+                "may_cancel": r["status"] == "pending" and (r["requester"] == who.user or admin),
+                "may_release": r["status"] == "approved" and r["requester"] == who.user,
+                "may_extend": decider, "can_audit": self.may_read_audit(who)}
 
     async def request_rows(self, who: Principal) -> list[dict[str, Any]]:
         """The requests the service lets `who` see, pending first (oldest pending on top:
@@ -281,13 +373,34 @@ class Console:
         try:
             duration, until = self.span(form)
         except ValueError as e:
-            return await self.requests_page(request, session, error=str(e), status=400)
-        tables = [t for t in _one(form, "tables").replace(",", " ").split() if t]
-        privileges = [p for p in form.get("privileges", []) if p] or ["SELECT"]
+            return await self.requests_page(request, session, error=str(e), status=400, form=form)
+        asked = _asked(form)
         return await self.act(request, session, "requests", lambda: self.service.submit_request(
-            session.who, _one(form, "db").strip(), tables, privileges, _one(form, "reason"), duration=duration,
-            until=until, instance=_one(form, "instance") or None),
-            lambda made: f"request {made[0].id}: " + ("filed" if made[1] else "you already asked for this"))
+            session.who, asked["db"], asked["tables"], asked["privileges"] or ["SELECT"], asked["reason"],
+            duration=duration, until=until, instance=asked["instance"] or None),
+            lambda made: f"request {made[0].id}: " + ("filed" if made[1] else "you already asked for this"),
+            form=form)  # refused: the form again, as it was filled
+
+    # -- the request form's picker: the live schema ----------------------------------------------
+
+    async def picker(self, instance: str, db: str, chosen: list[str]) -> dict[str, Any]:
+        """The databases of the instance and the tables of `db`, read live (what exists, now);
+        `databases` None when the proxy reads no live schema or it could not answer (the form
+        then takes typed names, which the service checks when the request is filed)."""
+        schema = self.service.schema
+        found: dict[str, Any] = {"databases": None, "tables": None, "db": db, "chosen": chosen, "schema_error": None}
+        if schema is None:
+            return found
+        target = instance or (self.service.instances[0] if len(self.service.instances) == 1 else "*")
+        if target != "*" and target not in self.service.instances:
+            return {**found, "schema_error": f"no instance {target[:80]!r}"}
+        try:
+            found["databases"] = sorted(await self.call(schema.databases, target) - SYSTEM_DATABASES)
+            if db in found["databases"]:
+                found["tables"] = sorted(await self.call(schema.tables, target, db))
+        except SchemaUnavailable as e:
+            return {**found, "databases": None, "schema_error": f"{e}: type the names instead"}
+        return found
 
     def span(self, form: Form) -> tuple[timedelta | None, datetime | None]:
         """--for or --until, read by the same parsers as the API (a time without a zone: UTC)."""
@@ -307,6 +420,24 @@ class Console:
             self.service.grant_rows, who)
         everyone = await self.call(self.service.grant_rows, who, True) if self.service.is_admin(who) else None
         return self.page("access.html", session, status, request, mine=mine, everyone=everyone, error=error)
+
+    async def extend(self, request: Request, session: ConsoleSession, grant_id: str, form: Form) -> Response:
+        """Extend a grant within policy (AccessService.extend_grant): "New end" is a duration
+        from now (4h) or a time (18:00 UTC, ISO)."""
+        where = _back(form, "access")
+        text = _one(form, "until").strip()
+        if not text:
+            return await self.show(where, request, session, error="give the new end: 4h (from now) or 18:00 (UTC)",
+                                   status=400)
+        try:
+            duration = parse_duration(text, "new end") if ":" not in text else None
+            until = parse_moment(text, datetime.now(UTC), UTC, "new end").at if duration is None else None
+        except TimeSpecError as e:
+            return await self.show(where, request, session, error=str(e), status=400)
+        return await self.act(request, session, where, lambda: self.service.extend_grant(
+            session.who, grant_id, _one(form, "reason"), duration=duration, until=until),
+            lambda g: f"grant {grant_id} extended: {g.subject} holds {g.db}.{g.table} until {_when(g.expires_at)} "
+                      f"(grant {g.id})")
 
     # -- Audit ---------------------------------------------------------------------------------
 
@@ -377,25 +508,69 @@ class Console:
         return checked, report
 
 
+def _with_extensions(grant_ids: list[str], held: list[StoredGrant]) -> list[StoredGrant]:
+    """A request's grants and those extending them (AccessService.extend_grant: their reason
+    begins "extends <grant id>"), in the order they were made."""
+    ids = set(grant_ids)
+    extends = {g.id: m.group(1) for g in held if (m := _EXTENDS.match(g.reason))}
+    for _ in range(20):  # extensions of extensions, a few deep
+        more = {extension for extension, extended in extends.items() if extended in ids} - ids
+        if not more:
+            break
+        ids |= more
+    return [g for g in held if g.id in ids]
+
+
+def _asked(form: Mapping[str, list[str]]) -> dict[str, Any]:
+    """What a request form (or an "ask again" link's query) names: instance, db, tables (typed
+    with spaces or commas, or ticked), privileges, duration, until, reason."""
+    tables = [t for value in form.get("tables", []) for t in value.replace(",", " ").split() if t]
+    return {"instance": _one(form, "instance").strip(), "db": _one(form, "db").strip(),  # type: ignore[arg-type]
+            "tables": list(dict.fromkeys(tables))[:200],
+            "privileges": [p for p in form.get("privileges", []) if p][:10],
+            **{k: _one(form, k) for k in ("duration", "until", "reason")}}  # type: ignore[arg-type]
+
+
+def _ask_again(grant: Mapping[str, Any]) -> str | None:
+    """The query of a request form asking for the same access again (more time), for a grant
+    of one's own from the store (a policy file's grant does not end; a group's is not one's own)."""
+    if not grant.get("grant_id") or not str(grant.get("subject", "")).startswith("user:"):
+        return None
+    db, _, table = str(grant["object"]).partition(".")
+    query = {"db": db, "tables": table, "privileges": list(grant.get("privileges") or [])}
+    if grant.get("instance") not in (None, "*"):
+        query["instance"] = grant["instance"]
+    return urlencode(query, doseq=True)
+
+
+def _back(form: Form, default: str) -> str:
+    """The page a form sends the browser back to (`back`): one of ours only."""
+    back = _one(form, "back")
+    return back if _BACK.match(back) else default
+
+
 # -- the routes --------------------------------------------------------------------------------------
 
 
-def install_console(app: FastAPI, service: AccessService, verifier: TokenVerifier, *,
+def mount_console(app: FastAPI, service: AccessService, verifier: TokenVerifier, *,
                     access: Callable[[Principal], list[dict[str, Any]]] | None = None,
                     check: DryRun | None = None,
                     on_change: Callable[[], Awaitable[None]] | None = None,
                     audit_store: Store | FileTrail | None = None,
                     may_read_audit: Callable[[Principal], bool] | None = None,
                     key: bytes | None = None, ttl: timedelta | None = None,
-                    oidc_login_url: str | None = None) -> Console:
+                    oidc: OidcSignIn | None = None, public_url: str | None = None) -> Console:
     """Serve the console at /console on `app`. `key`: the session-signing key (proxy.console.
     session.session_key; None: a random one, so sessions last as long as this process and are
-    not shared between workers). `oidc_login_url`: where the IdP's browser login starts, shown on
-    the sign-in page (its callback calls `Console.start_session`)."""
+    not shared between workers); `ttl`: a session's longest life. `oidc`: the IdP's relying
+    party (proxy.identity.oidc), for "Sign in with SSO" (its routes, proxy.console.sso, are
+    added by proxy.console.install_console; its callback calls `Console.start_session`).
+    `public_url`: the address browsers reach this app at (config.Config.console_url), for the
+    IdP's callback; None: the address a browser used."""
     sessions = Sessions(key, clock=service.clock, **({"ttl": ttl} if ttl else {}))
     console = Console(service, verifier, sessions, access=access, check=check, on_change=on_change,
                       audit_store=audit_store, may_read_audit=may_read_audit or service.is_admin,
-                      oidc_login_url=oidc_login_url)
+                      oidc=oidc, public_url=public_url)
     app.include_router(_router(console))
     app.add_exception_handler(NeedSignIn, _need_sign_in(console))  # type: ignore[arg-type]
     app.add_exception_handler(Refused, _refused(console))  # type: ignore[arg-type]
@@ -481,8 +656,27 @@ def _router(console: Console) -> APIRouter:
         return await console.requests_page(request, session)
 
     @router.get("/requests/list")
-    async def requests_list(request: Request, session: Session, seen: str = "") -> Response:
-        return await console.requests_list(request, session, seen)
+    async def requests_list(request: Request, session: Session, seen: str = "",
+                            request_id: Annotated[str, Query(alias="id", max_length=64)] = "") -> Response:
+        """The requests page's poll (or, with ?id=, a request's own page's): one quiet path
+        for the audit middleware, which leaves polls out."""
+        return await console.requests_list(request, session, seen, request_id)
+
+    @router.get("/requests/{request_id}")
+    async def request_page(request: Request, request_id: str, session: Session) -> HTMLResponse:
+        return await console.request_page(request, session, request_id)
+
+    @router.get("/schema/databases")
+    async def schema_databases(session: Session, instance: Annotated[str, Query(max_length=64)] = "") -> HTMLResponse:
+        """The request form's database picker for an instance (htmx swaps it in)."""
+        return console.page("_picker.html", session, instances=console.service.instances,
+                            **await console.picker(instance, "", []))
+
+    @router.get("/schema/tables")
+    async def schema_tables(session: Session, instance: Annotated[str, Query(max_length=64)] = "",
+                            db: Annotated[str, Query(max_length=64)] = "") -> HTMLResponse:
+        """The tables of the database chosen in the request form, as checkboxes."""
+        return console.page("_tables.html", session, **await console.picker(instance, db, []))
 
     @router.post("/requests")
     async def create_request(request: Request, posted: Posted) -> Response:
@@ -491,6 +685,7 @@ def _router(console: Console) -> APIRouter:
     @router.post("/requests/{request_id}/{action}")
     async def decide(request: Request, request_id: str, action: str, posted: Posted) -> Response:
         session, form = posted
+        where = _back(form, "requests")
         who, service, comment = session.who, console.service, _one(form, "comment")
         actions: dict[str, Callable[[], Any]] = {
             "approve": lambda: service.view(service.approve(who, request_id, comment)),
@@ -500,13 +695,17 @@ def _router(console: Console) -> APIRouter:
         }
         if action not in actions:
             raise Refused(404, f"no action {action[:40]!r} on requests")
-        return await console.act(request, session, "requests", actions[action],
+        return await console.act(request, session, where, actions[action],
                                  lambda view: f"request {view['id']}: {view['status']}"
                                               + (f" ({view['progress']})" if view.get("progress") else ""))
 
     @router.get("/access")
     async def access_page(request: Request, session: Session) -> HTMLResponse:
         return await console.access_page(request, session)
+
+    @router.post("/grants/{grant_id}/extend")
+    async def extend_grant(request: Request, grant_id: str, posted: Posted) -> Response:
+        return await console.extend(request, posted[0], grant_id, posted[1])
 
     @router.post("/grants/{grant_id}/{action}")
     async def end_grant(request: Request, grant_id: str, action: str, posted: Posted) -> Response:
@@ -519,7 +718,7 @@ def _router(console: Console) -> APIRouter:
         if action not in actions:
             raise Refused(404, f"no action {action[:40]!r} on grants")
         word = "revoked" if action == "revoke" else "given back"
-        return await console.act(request, session, "access", actions[action],
+        return await console.act(request, session, _back(form, "access"), actions[action],
                                  lambda g: f"grant {g.id} ({g.subject} {g.db}.{g.table}): {word}")
 
     @router.get("/audit")
@@ -528,6 +727,15 @@ def _router(console: Console) -> APIRouter:
         chains = sorted({str(e["proxy_instance"]) for e in events if e.get("proxy_instance")})
         return console.page("audit.html", session, 200, request, filters=filters, events=events, chains=chains,
                             export=urlencode({k: v for k, v in filters.items() if v}))
+
+    @router.get("/audit/event")
+    async def audit_event(request: Request, session: Session, proxy_instance: Annotated[str, Query(max_length=256)],
+                          seq: Annotated[int, Query(ge=1)]) -> HTMLResponse:
+        """One event's full detail, by its place in its proxy process's chain (a permalink)."""
+        found = await console.call(console.audit_reader(session.who).audit_chain, proxy_instance, seq - 1, 1)
+        if not found or found[0].get("seq") != seq:
+            raise Refused(404, f"no event {seq} of {proxy_instance} in the audit trail")
+        return console.page("event.html", session, 200, request, event=found[0])
 
     @router.get("/audit/export.{fmt}")
     async def audit_export(request: Request, fmt: str, session: Session) -> Response:

@@ -1,8 +1,9 @@
 """Console sessions: who a browser is, carried in a signed cookie after one sign-in.
 
 A person signs in once (a personal token pasted into the sign-in form, verified by the same
-TokenVerifier as the API and MySQL logins; or, later, the IdP's browser login: `issue` is the
-hook it calls with the Principal it verified). The browser then holds only a session cookie:
+TokenVerifier as the API and MySQL logins; or the IdP's browser login, authorization code + PKCE:
+`issue` is the hook both call with the Principal they verified). The browser then holds only a
+session cookie:
 
 - signed (HMAC-SHA256 with a key the browser never sees), so nobody forges or edits one;
 - HttpOnly (no script reads it), Secure (HTTPS only), SameSite=Strict (no other site's page
@@ -34,14 +35,19 @@ import orjson
 
 from proxy.authz.model import Principal
 
-__all__ = ["COOKIE", "FLASH_COOKIE", "LOGIN_COOKIE", "ConsoleSession", "SessionExpired", "Sessions", "same_secret",
-           "session_key"]
+__all__ = ["COOKIE", "FLASH_COOKIE", "LOGIN_COOKIE", "SSO_COOKIE", "ConsoleSession", "SessionExpired", "Sessions",
+           "same_secret", "session_key"]
 
 COOKIE = "__Host-jitproxy-console"
 LOGIN_COOKIE = "__Host-jitproxy-console-login"  # the sign-in form's own CSRF secret, before a session
 FLASH_COOKIE = "__Host-jitproxy-console-flash"  # what the last action did, shown once after its redirect
+# The IdP sign-in's `state`, bound to the browser that started it (login CSRF: another person's
+# callback URL must not sign this browser in). SameSite=Lax: the IdP's redirect back is a
+# cross-site navigation, which a Strict cookie would not accompany.
+SSO_COOKIE = "__Host-jitproxy-console-sso"
 DEFAULT_TTL = timedelta(hours=8)
 LOGIN_FORM_TTL = timedelta(minutes=15)
+SSO_TTL = timedelta(minutes=10)  # as the relying party keeps a started browser login (OidcSettings.pending_ttl)
 _MAX_COOKIE_CHARS = 3800  # browsers keep ~4 KB per cookie; a person with hundreds of groups is refused
 
 
@@ -125,6 +131,20 @@ class Sessions:
             return None
         return str(body.get("c", "")) or None
 
+    # -- the IdP sign-in's state ------------------------------------------------------------------
+
+    def sso_started(self, state: str) -> str:
+        """A cookie value binding an IdP sign-in's `state` to this browser (its digest: the
+        state itself travels in the IdP's URLs)."""
+        return self._sign("sso", {"s": _digest(state), "e": int((self.clock() + SSO_TTL).timestamp())})
+
+    def sso_state_matches(self, value: str | None, state: str) -> bool:
+        """Whether the callback's `state` is the one this browser started, recently."""
+        body = self._unsign("sso", value)
+        if body is None or not isinstance(body.get("e"), int) or self.clock().timestamp() >= body["e"] or not state:
+            return False
+        return same_secret(str(body.get("s", "")), _digest(state))
+
     # -- what the last action did ---------------------------------------------------------------
 
     def flash(self, text: str) -> str:
@@ -163,6 +183,10 @@ class Sessions:
 def same_secret(sent: str | None, expected: str) -> bool:
     """A CSRF token as sent with a form, compared in constant time."""
     return bool(sent) and hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
 def _b64(data: bytes) -> str:

@@ -128,6 +128,7 @@ class _BrowserLogin:
     nonce: str
     code_verifier: str = field(repr=False)
     started: float
+    redirect_uri: str | None = None  # where the IdP sends this browser back (the token request names it again)
 
 
 def settings_from_config(oidc: Any, leeway_s: float) -> OidcSettings:
@@ -259,21 +260,23 @@ class OidcSignIn:
 
     # -- the browser flow (authorization code + PKCE) ------------------------------------------
 
-    async def start_browser(self) -> str:
-        """The IdP URL to send the browser to; state, nonce and the PKCE verifier stay here."""
+    async def start_browser(self, redirect_uri: str | None = None) -> str:
+        """The IdP URL to send the browser to; state, nonce and the PKCE verifier stay here.
+        `redirect_uri`: another callback than `settings.redirect_uri` (the web console's own,
+        registered with the IdP too); `finish_browser` then names the same one."""
         meta = await self.metadata()
-        if not self.settings.redirect_uri:
+        redirect_uri = redirect_uri or self.settings.redirect_uri
+        if not redirect_uri:
             raise SignInError("no_browser_flow", "oidc.redirect_uri is not configured", 501)
         endpoint = meta.get("authorization_endpoint")
         if not isinstance(endpoint, str) or not _https_or_loopback(endpoint):
             raise SignInError("discovery", "the IdP's discovery document has no authorization_endpoint", 502)
         self._forget_stale()
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
-        async with self._client(meta, redirect_uri=self.settings.redirect_uri,
-                                code_challenge_method="S256") as client:
+        async with self._client(meta, redirect_uri=redirect_uri, code_challenge_method="S256") as client:
             url, _ = client.create_authorization_url(endpoint, state=state, nonce=nonce,
                                                      code_verifier=verifier)
-        self._browser[state] = _BrowserLogin(nonce, verifier, time.monotonic())
+        self._browser[state] = _BrowserLogin(nonce, verifier, time.monotonic(), redirect_uri)
         return url
 
     async def finish_browser(self, code: str, state: str) -> SignedIn:
@@ -283,8 +286,7 @@ class OidcSignIn:
         if login is None:
             raise SignInError("unknown_state", "this sign-in was not started here or took too long", 400)
         meta = await self.metadata()
-        async with self._client(meta, redirect_uri=self.settings.redirect_uri,
-                                code_challenge_method="S256") as client:
+        async with self._client(meta, redirect_uri=login.redirect_uri, code_challenge_method="S256") as client:
             try:
                 token = await client.fetch_token(code=code, code_verifier=login.code_verifier,
                                                  grant_type="authorization_code")

@@ -53,7 +53,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from proxy.authz.model import Principal
 # The webhook's Slack blocks (escaped fields, reason, decisions): one look for both kinds of message.
-from proxy.notify.webhook import _approvals, _fields, _listing, _mrkdwn, _reason, escape_mrkdwn
+from proxy.notify.webhook import _approvals, _fields, _listing, _mrkdwn, _reason, console_link, escape_mrkdwn
 from proxy.store.base import RequestStatus
 from proxy.workflow.status import SYSTEM
 from proxy.workflow.service import WorkflowError
@@ -176,7 +176,8 @@ class SlackApprovals:
         """Queue the request's message for posting (a new request) or updating (any change)."""
         request_id = body.get("id")
         if event.startswith("request.") and isinstance(request_id, str):
-            self._queue(("show", event == "request.created", request_id))
+            # A break-glass request is new to the channel too: approved at once, its review pending.
+            self._queue(("show", event in ("request.created", "request.break_glass"), request_id))
 
     def _queue(self, job: tuple[Any, ...]) -> None:
         try:
@@ -207,7 +208,8 @@ class SlackApprovals:
         request = self._require_service().store.get_request(request_id)
         if request is None:
             return
-        text, blocks = render(self._require_service().view(request))
+        service = self._require_service()
+        text, blocks = render({**service.view(request), "console_url": service.request_url(request_id)})
         where = self._message_of(request_id)
         if where is not None:
             self._client.chat_update(channel=where[0], ts=where[1], text=text, blocks=blocks)
@@ -365,11 +367,18 @@ def render(request: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         headline += f"\nAccess would end at {_mrkdwn(request['ends_at'])}, however late the approval"
     if (outcome := _outcome(request)) is not None:
         headline += f"\n{outcome}"
+    reviewing = bool(request.get("break_glass")) and request.get("review") == "pending"
+    if request.get("break_glass"):
+        headline += f"\n*BREAK GLASS* (granted at once, on call): review {_mrkdwn(request.get('review') or '?')}"
+        if reviewing:
+            headline += "; Approve keeps it, Deny revokes it at once"
     blocks = [_section(headline), _fields(request), _section(_reason(request))]
     if decisions := _approvals(request):
         blocks.append(_section(decisions))
-    if status == RequestStatus.PENDING.value:
-        blocks.append(_buttons(str(request.get("id", ""))))
+    if link := console_link(request):  # the request's page in the web console, when its address is known
+        blocks.append(link)
+    if status == RequestStatus.PENDING.value or reviewing:
+        blocks.append(_buttons(str(request.get("id", "")), review=reviewing))
     return _text(request, status, progress_text), blocks
 
 
@@ -402,14 +411,16 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
 
 
-def _buttons(request_id: str) -> dict[str, Any]:
+def _buttons(request_id: str, review: bool = False) -> dict[str, Any]:
+    """Approve / Deny; `review`: of a break-glass request, whose Deny revokes its access."""
+    deny_text = ("Its access is revoked at once." if review else "A denied request cannot be approved later.")
     return {"type": "actions", "block_id": "jitproxy_decision", "elements": [
         {"type": "button", "action_id": APPROVE, "style": "primary", "value": request_id,
          "text": {"type": "plain_text", "text": "Approve"}},
         {"type": "button", "action_id": DENY, "style": "danger", "value": request_id,
          "text": {"type": "plain_text", "text": "Deny"},
          "confirm": {"title": {"type": "plain_text", "text": "Deny this request?"},
-                     "text": {"type": "plain_text", "text": "A denied request cannot be approved later."},
+                     "text": {"type": "plain_text", "text": deny_text},
                      "confirm": {"type": "plain_text", "text": "Deny"},
                      "deny": {"type": "plain_text", "text": "Cancel"}}},
     ]}

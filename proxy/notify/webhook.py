@@ -71,7 +71,7 @@ import structlog
 
 EVENTS: frozenset[str] = frozenset(
     {"request.created", "request.approved", "request.denied", "request.expired", "request.cancelled",
-     "request.revoked", "request.released", "grant.break_glass"}
+     "request.revoked", "request.released", "grant.break_glass", "request.break_glass", "request.reviewed"}
 )
 Format = Literal["slack", "json"]
 USER_AGENT = "jitproxy"
@@ -209,6 +209,8 @@ _TITLES = {
     "request.revoked": "Access revoked",
     "request.released": "Access given back",
     "grant.break_glass": "BREAK GLASS: direct grant beyond the environment's maximum",
+    "request.break_glass": "BREAK GLASS: on-call access granted at once, review pending",
+    "request.reviewed": "Break-glass access reviewed",
 }
 _SUMMARIES = {
     "request.created": "{requester} requests {what} for {duration}",
@@ -219,6 +221,8 @@ _SUMMARIES = {
     "request.revoked": "{actor} revoked {requester}'s access to {what}",
     "request.released": "{requester} gave back their access to {what} early",
     "grant.break_glass": "{actor} broke glass: {requester} gets {what} for {duration}",
+    "request.break_glass": "{requester} broke glass: {what} for {duration}, granted at once",
+    "request.reviewed": "{actor} reviewed {requester}'s break-glass access to {what}: {review}",
 }
 
 
@@ -286,6 +290,7 @@ def _summary(event: str, request: Mapping[str, Any]) -> str:
         actor=_mrkdwn(request.get("actor") or "someone"),
         what=what,
         duration=_mrkdwn(_duration(request.get("duration_s"))),
+        review=_mrkdwn(request.get("review") or "?"),
     )
     return f"[{_mrkdwn(request.get('environment', '?'))}] {_mrkdwn(request.get('id', '?'))}: {line}"
 
@@ -304,6 +309,8 @@ def _fields(request: Mapping[str, Any]) -> dict[str, Any]:
         pairs.insert(1, ("Instance", _code(request["instance"])))
     if request.get("access_until"):
         pairs.append(("Access until", _mrkdwn(request["access_until"])))
+    if request.get("break_glass"):  # an on-call person's request: its review after the fact
+        pairs.append(("Break-glass review", _mrkdwn(request.get("review") or "?")))
     return {"type": "section", "fields": [_mrkdwn_text(f"*{label}*\n{value}") for label, value in pairs]}
 
 
@@ -325,6 +332,19 @@ def _approvals(request: Mapping[str, Any]) -> str | None:
     return "*Decisions*\n" + "\n".join(lines)
 
 
+_LINKABLE = re.compile(r"^https?://[^\s<>|\"'`]+/console/requests/[A-Za-z0-9_-]{1,64}$")
+
+
+def console_link(request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A block linking to the request's page in the web console (its `console_url`, set by the
+    workflow when the console's address is known); None without one. Only a URL that cannot
+    break out of Slack's <url|text> syntax is linked."""
+    url = request.get("console_url")
+    if not isinstance(url, str) or not _LINKABLE.match(url):
+        return None
+    return _section(f"<{url}|Open request {_mrkdwn(request.get('id', '?'))} in the console>")
+
+
 def slack_payload(event: str, request: Mapping[str, Any]) -> dict[str, Any]:
     """The "slack" format: a summary line (also the notification text) and section blocks."""
     summary = _summary(event, request)
@@ -333,6 +353,11 @@ def slack_payload(event: str, request: Mapping[str, Any]) -> dict[str, Any]:
         blocks.append(_section(decisions))
     if event == "request.created" and request.get("approve_command"):
         blocks.append(_section(f"*To approve:* {_code(request['approve_command'])}"))
+    if request.get("review_command") and request.get("revoke_command"):  # break glass, not reviewed yet
+        blocks.append(_section(f"*To review:* {_code(request['review_command'])} keeps it; "
+                               f"{_code(request['revoke_command'])} revokes it at once"))
+    if link := console_link(request):
+        blocks.append(link)
     return {"text": summary, "blocks": blocks}
 
 

@@ -1,8 +1,8 @@
 """A client connection: handshake, TLS, token authentication and the command loop.
 
-Built on mysql-mimic's `Connection` for its packet builders and parsers; the phases themselves
-are ours because mysql-mimic 3.0.5 continues after a failed login, never requires TLS, races
-the TLS upgrade and has no handshake timeout. Every command is handed to
+Every phase is ours: mysql-mimic 3.0.5's `Connection` continues after a failed login, never
+requires TLS, races the TLS upgrade and has no handshake timeout. Of mysql-mimic this module
+uses the capability flags and two auth packet builders (docs/architecture.md). Every command is handed to
 the `ProxySession`; errors cross to the client in one place (`_send_error`)."""
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 import structlog
 from mysql_mimic import packets
 from mysql_mimic.charset import CharacterSet
-from mysql_mimic.connection import Connection
 from mysql_mimic.types import Capabilities
 from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT
 
-from proxy.protocol import auth, errors
+from proxy.protocol import auth, client_hints, errors
 from proxy.mysql import wire
 from proxy.protocol.errors import ClientError, ER
 from proxy.protocol.handshake import HandshakeError, HandshakeResponse, make_greeting, parse_handshake_response
@@ -58,9 +57,7 @@ DEFAULT_COLLATION = 45  # utf8mb4_general_ci, MariaDB's default: the greeting's 
 SAFE_CHARSETS = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "ascii": "ascii"}
 
 
-class ProxyConnection(Connection):
-    session: ProxySession
-    stream: ClientStream  # type: ignore[assignment]
+class ProxyConnection:
 
     def __init__(
         self,
@@ -74,14 +71,14 @@ class ProxyConnection(Connection):
         server_version: str,
         max_handshake_packet_bytes: int = 64 * 1024,
     ) -> None:
-        super().__init__(
-            stream=stream,  # type: ignore[arg-type]
-            session=session,
-            control=None,  # type: ignore[arg-type]  # KILL is the session's, not mysql-mimic's
-            identity_provider=None,  # type: ignore[arg-type]
-            server_capabilities=SERVER_CAPABILITIES,
-            ssl=tls,
-        )
+        self.stream = stream
+        self.session = session
+        self.ssl = tls
+        self.server_capabilities = SERVER_CAPABILITIES
+        self.capabilities = Capabilities(0)  # the client's, from its handshake response
+        self.client_plugin_name: str | None = None
+        self.client_connect_attrs: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
         self.connection_id = connection_id
         self.peer = peer
         self.handshake_timeout_s = handshake_timeout_s
@@ -98,15 +95,6 @@ class ProxyConnection(Connection):
         # closes it after idle_timeout_s: cheaper than a timer per command)
         self.timed_out = False
         self.stopping = False  # the server is shutting down: finish the current command, then close
-
-    # mysql-mimic reads these from its variables; ours come from the handshake.
-    @property
-    def server_charset(self) -> CharacterSet:
-        return CharacterSet.utf8mb4
-
-    @property
-    def client_charset(self) -> CharacterSet:
-        return CharacterSet.utf8mb4
 
     async def start(self) -> None:
         self._task = asyncio.current_task()
@@ -158,12 +146,12 @@ class ProxyConnection(Connection):
         finally:
             await self.session.close()
 
-    def ok(self) -> bytes:  # type: ignore[override]
+    def ok(self) -> bytes:
         """An OK the proxy answers itself, with the upstream session's real status (autocommit,
         in transaction): drivers decide whether to send SET autocommit and COMMIT from it."""
         return wire.make_ok(self.session.server_status())
 
-    def kill(self) -> None:  # type: ignore[override]
+    def kill(self) -> None:
         if self._task is not None and not self._task.done():
             self._killed_idle = self.idle
             self.killed = True
@@ -211,17 +199,14 @@ class ProxyConnection(Connection):
         if response is None:
             return False
         if not response.ssl_request:
-            # The client did not ask for TLS: refuse before it could send its token.
+            # The client did not ask for TLS: refuse before it could send its token, naming the
+            # option of the client that connected (its connect attributes: client_hints).
             await self._refuse(
                 "tls_required",
-                ClientError(
-                    ER.SECURE_TRANSPORT_REQUIRED,
-                    "Connections using insecure transport are prohibited: jitproxy requires TLS "
-                    "(mariadb/mysql CLI: --ssl; drivers: ssl_mode=REQUIRED or an ssl context)",
-                ),
+                ClientError(ER.SECURE_TRANSPORT_REQUIRED, client_hints.plaintext_refusal(response.connect_attrs)),
             )
             return False
-        await self.stream.start_tls(self.ssl, timeout_s=self.handshake_timeout_s)  # type: ignore[arg-type]
+        await self.stream.start_tls(self.ssl, timeout_s=self.handshake_timeout_s)
         response = await self._read_handshake_response()
         if response is None:
             return False

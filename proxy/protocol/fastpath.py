@@ -10,7 +10,7 @@ command loop's (max_rows cut, error rewrite, back-pressure: a full client transp
 reading from the database), and the statement's closing event is emitted once its last packet
 has gone to the client. Commands pipelined behind it wait for its answer.
 
-The statement's plan is the command loop's (plan.py, `ProxySession.plan`): the fast path runs it
+The statement's plan is the command loop's (plan.py, `SessionCore.plan` in core.py): the fast path runs it
 only when it forwards as is (allowed, complete, no effects). It declines (the bytes go to the
 command loop, which runs the same plan) whenever anything would need waiting or more than a
 forward: a plan that needs the database first (view definitions, a table's columns), denies or
@@ -32,6 +32,7 @@ import structlog
 from proxy.authz.model import Decision
 from proxy.protocol import errors
 from proxy.mysql import wire
+from proxy.protocol.core import SessionCore
 from proxy.protocol.errors import max_rows_error
 from proxy.protocol.stmt_commands import STMT_HEADER_BYTES
 from proxy.mysql.transport import intercept
@@ -63,10 +64,10 @@ class _InFlight:
         self.paused = False  # upstream reading paused: the client's transport is full
 
 
-class FastPathCommands:
-    """Mixed into ProxySession (which provides the decision, audit and relay helpers used)."""
+class FastPathCommands(SessionCore):
+    """The fast path, a part of ProxySession over SessionCore (core.py: the plan, audit and relay steps it uses)."""
 
-    _fast: _InFlight | None  # all three set in ProxySession.__init__
+    _fast: _InFlight | None  # all three set in SessionCore.__init__
     _fast_pending: bytearray
     _fast_held: bool
 

@@ -9,12 +9,13 @@ import asyncio
 from proxy.authz.analyze import analyze
 from proxy.authz.masking import MaskingError, by_table, mask_select
 from proxy.authz.model import Decision, DenyCode, StatementKind, TableRef
+from proxy.protocol.core import SessionCore
 from proxy.protocol.errors import UpstreamLost
 from proxy.upstream.relay import ProtocolViolation
 
 
-class MaskingCommands:
-    """The masking half of ProxySession."""
+class MaskingCommands(SessionCore):
+    """Statements rewritten for column masks (a part of ProxySession over SessionCore)."""
 
     async def _masked_payload(self, sql: str, kind: StatementKind, decision: Decision) -> tuple[bytes, Decision | None]:
         """`decision` carries masks: the bytes to forward instead of the statement, or a denial."""

@@ -14,6 +14,7 @@ from proxy.authz.decide import databases_visible, tables_visible, visibility
 from proxy.authz.metadata import MetadataError, restrict_metadata
 from proxy.authz.model import Analysis, Decision, DenyCode
 from proxy.mysql import wire
+from proxy.protocol.core import SessionCore
 from proxy.protocol.errors import UpstreamLost
 from proxy.mysql.rows import filter_rows_by_first_column
 from proxy.upstream.relay import Expect, Outcome, ProtocolViolation
@@ -23,8 +24,9 @@ log = structlog.get_logger("jitproxy.session")
 # SHOW statements whose rows the session filters to what the person is granted.
 
 
-class MetadataCommands:
-    """The metadata half of ProxySession."""
+class MetadataCommands(SessionCore):
+    """Statements whose text or answer is rewritten for the metadata a person may see (a part of
+    ProxySession over SessionCore)."""
 
     def _restrict_metadata(self, sql: str, analysis: Analysis) -> tuple[bytes, Decision | None]:
         """information_schema shows only granted objects: rewrite, prove the rewrite reads the

@@ -1,7 +1,7 @@
 """The statement plan: what the session does with one statement, decided once, executed by either
 of two executors.
 
-`ProxySession.plan(analysis)` (session.py) turns an analysis into a `Plan` without waiting for
+`SessionCore.plan(analysis)` (core.py) turns an analysis into a `Plan` without waiting for
 anything: the views it names expanded from what is known, the decision when it needs nothing from
 the database, and the effects the statement has beyond a forward (`effects_of`, read from the
 analysis and the decision, both made in proxy/authz). The command loop (`com_query`,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from proxy.audit.params import decode_execute_params
 from proxy.authz.model import Analysis, Decision, DenyCode, MaskMethod, StatementKind, TableRef
 from proxy.mysql import wire
+from proxy.protocol.core import SessionCore
 from proxy.protocol.errors import ER, ClientError
 from proxy.protocol.plan import Effect, Plan, effects_of
 from proxy.upstream.relay import Expect
@@ -63,8 +64,9 @@ class Prepared:
     long_data: set[int] = field(default_factory=set)  # parameters sent by COM_STMT_SEND_LONG_DATA
 
 
-class PreparedStatementCommands:
-    """COM_STMT_PREPARE / EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET for ProxySession."""
+class PreparedStatementCommands(SessionCore):
+    """COM_STMT_PREPARE / EXECUTE / FETCH / SEND_LONG_DATA / CLOSE / RESET (a part of ProxySession over
+    SessionCore)."""
 
     prepared: dict[int, Prepared]
     last_prepared: int | None  # the id the last COM_STMT_PREPARE got (None: it was refused or failed)

@@ -5,46 +5,20 @@ backend from a URL and brings its schema up to date.
     sqlite:////var/lib/jitproxy.db   an absolute path (four slashes)
     postgresql://user:pw@host/db     PostgreSQL (also postgres://; any libpq URL or options)
 
-The backends are imported on demand, so a SQLite deployment never loads psycopg. What both
-backends share is in `proxy.store.common`.
+Both backends are one implementation, `proxy.store.sql.SQLStore`, over a dialect each
+(`proxy.store.sqlite`, `proxy.store.postgres`). They are imported on demand, so a SQLite
+deployment never loads psycopg.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from proxy.store.base import (
-    ANY_INSTANCE,
-    AccessRequest,
-    Approval,
-    AuditQuery,
-    Conflict,
-    Decision,
-    NewGrant,
-    NewRequest,
-    NotFound,
-    RequestStatus,
-    Store,
-    StoredGrant,
-    StoreError,
-)
+from proxy.store.base import (ANY_INSTANCE, AccessRequest, Approval, AuditQuery, Conflict, Decision, NewGrant,
+                              NewRequest, NotFound, RequestStatus, Store, StoredGrant, StoreError)
 
-__all__ = [
-    "ANY_INSTANCE",
-    "AccessRequest",
-    "Approval",
-    "AuditQuery",
-    "Conflict",
-    "Decision",
-    "NewGrant",
-    "NewRequest",
-    "NotFound",
-    "RequestStatus",
-    "Store",
-    "StoreError",
-    "StoredGrant",
-    "open_store",
-]
+__all__ = ["ANY_INSTANCE", "AccessRequest", "Approval", "AuditQuery", "Conflict", "Decision", "NewGrant", "NewRequest",
+           "NotFound", "RequestStatus", "Store", "StoreError", "StoredGrant", "open_store"]
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")

@@ -1,4 +1,4 @@
-"""What both store backends share for the audit trail: turning sealed audit events into rows.
+"""The audit trail's rows and queries, for both dialects: turning sealed audit events into rows.
 
 An event is stored twice over: its whole body as JSON text, exactly as given (what `search_audit`
 and `audit_chain` return and what `audit verify` recomputes hashes from), and a few columns
@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from proxy.audit.chain import canonical_bytes
-from proxy.store.common import utc
 from proxy.audit.query import AUDIT_MAX_LIMIT, AuditQuery, event_tables
+from proxy.store.common import utc, where
 
 MAX_COLUMN_CHARS = 256
 
@@ -131,7 +131,7 @@ def parse_body(text: str) -> dict[str, Any]:
     return body
 
 
-# -- queries (both dialects: `mark` is the placeholder, `when` makes a time parameter) ----------
+# -- queries (both dialects: `?` placeholders, `when` makes a time parameter) -------------------
 
 INSERT_COLUMNS = ("event_id", "time", "type", "person", "instance", "environment", "decision", "session_id",
                   "proxy_instance", "seq", "body")
@@ -143,7 +143,7 @@ def row_values(row: AuditRow, when: Callable[[datetime], Any]) -> tuple[Any, ...
             row.session_id, row.proxy_instance, row.seq, row.body)
 
 
-def search_sql(query: AuditQuery, mark: str, when: Callable[[datetime], Any]) -> tuple[str, list[Any]]:
+def search_sql(query: AuditQuery, when: Callable[[datetime], Any]) -> tuple[str, list[Any]]:
     """The SELECT of bodies for `query`, and its parameters. With a table, the walk starts from
     audit_event_tables (its key is in time order), else from audit_events' time index."""
     if not isinstance(query, AuditQuery):
@@ -155,42 +155,40 @@ def search_sql(query: AuditQuery, mark: str, when: Callable[[datetime], Any]) ->
     if query.table is not None:
         source += " JOIN audit_event_tables t ON t.event_pk = e.id"
         at, order_id = "t.time", "t.event_pk"
-        conditions.append(f"t.table_name = {mark}")
+        conditions.append("t.table_name = ?")
         args.append(query.table)
     if query.since is not None:
-        conditions.append(f"{at} >= {mark}")
+        conditions.append(f"{at} >= ?")
         args.append(when(query.since))
     if query.until is not None:
-        conditions.append(f"{at} < {mark}")
+        conditions.append(f"{at} < ?")
         args.append(when(query.until))
     for column, value in (("person", query.user), ("decision", query.decision), ("instance", query.instance),
                           ("session_id", query.session_id), ("proxy_instance", query.proxy_instance)):
         if value is not None:
-            conditions.append(f"e.{column} = {mark}")
+            conditions.append(f"e.{column} = ?")
             args.append(value)
     type_filter = query.type_filter()
     if type_filter is not None:
         text, prefix = type_filter
         if prefix:
-            conditions.append(f"substr(e.type, 1, {mark}) = {mark}")
+            conditions.append("substr(e.type, 1, ?) = ?")
             args.extend((len(text), text))
         else:
-            conditions.append(f"e.type = {mark}")
+            conditions.append("e.type = ?")
             args.append(text)
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     direction = "" if query.oldest_first else " DESC"
-    sql = (f"SELECT e.body FROM {source} {where} "
-           f"ORDER BY {at}{direction}, {order_id}{direction} LIMIT {mark}")
+    sql = (f"SELECT e.body FROM {source} {where(conditions)} "
+           f"ORDER BY {at}{direction}, {order_id}{direction} LIMIT ?")
     return sql, [*args, query.limit]
 
 
-def chain_sql(proxy_instance: str, after_seq: int, limit: int, mark: str) -> tuple[str, list[Any]]:
+def chain_sql(proxy_instance: str, after_seq: int, limit: int) -> tuple[str, list[Any]]:
     if not isinstance(proxy_instance, str) or not proxy_instance:
         raise ValueError("audit_chain needs a proxy_instance")
     if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
         raise ValueError(f"after_seq must be an integer >= 0, got {after_seq!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= AUDIT_MAX_LIMIT:
         raise ValueError(f"limit must be 1..{AUDIT_MAX_LIMIT}, got {limit!r}")
-    sql = (f"SELECT body FROM audit_events WHERE proxy_instance = {mark} AND seq > {mark} "
-           f"ORDER BY seq, id LIMIT {mark}")
+    sql = "SELECT body FROM audit_events WHERE proxy_instance = ? AND seq > ? ORDER BY seq, id LIMIT ?"
     return sql, [proxy_instance, after_seq, limit]

@@ -103,6 +103,7 @@ class NewRequest:
     pending_until: datetime  # a request still pending then becomes EXPIRED
     instance: str = ANY_INSTANCE  # the upstream instance its grants will apply to
     ends_at: datetime | None = None  # an absolute end (--until); None: duration_s from approval
+    break_glass: bool = False  # an on-call person's: approved at once, reviewed after the fact
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class AccessRequest:
     status_by: str | None = None  # who approved (the last approval), denied or cancelled it
     instance: str = ANY_INSTANCE
     ends_at: datetime | None = None  # the absolute end asked for (--until), whenever approved
+    break_glass: bool = False  # approved at once for an on-call person; its review is in `approvals`
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""What both store backends share (sqlite.py, postgres.py, audit.py)."""
+"""Small helpers of the store (sql.py, audit.py) that need neither a dialect nor a connection."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from proxy.store.base import Decision
@@ -34,3 +35,8 @@ def check_decision(decision: Decision) -> None:
 def status_by(decision: Decision) -> str | None:
     """Who the status change is attributed to: the approval's approver, else `decision.by`."""
     return decision.approval.approver if decision.approval is not None else decision.by
+
+
+def where(conditions: Sequence[str]) -> str:
+    """The WHERE clause that ANDs `conditions`; "" when there are none."""
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""

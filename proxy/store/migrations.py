@@ -6,6 +6,10 @@ applied; `migrate_sqlite` / `migrate_postgres` apply the missing ones in order, 
 transaction, so a failed upgrade leaves the schema as it was (both dialects have transactional
 DDL).
 
+A migration is written once, over `Types` (what each dialect calls the column types), and its
+statements come out as they were released, to the byte: tests/store/test_migrations.py pins
+them. A released migration is never edited; the schema changes by a new one.
+
 Two processes may start at once against a fresh store: both migrate, and the loser of the race
 must see the winner's work instead of failing on "table already exists". So the whole
 check-and-apply runs under a lock that serialises migrators: SQLite's `BEGIN IMMEDIATE` (the
@@ -40,11 +44,15 @@ Schema notes (both dialects):
   (proxy.identity.session_passwords): only the SHA-256 of the secret (`secret_hash`, unique), the
   person and groups it stands for, the instance ("*": any), the client address it is bound to
   (NULL: any), its end (the token's) and its revocation.
+- Version 6: `requests.break_glass`, a request an on-call person made under a break-glass policy:
+  approved at once (its grants have `break_glass` too) and reviewed after the fact (the review is
+  an `approvals` row like any decision). Older rows read false.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -56,256 +64,187 @@ if TYPE_CHECKING:  # imported when used: a SQLite deployment never loads psycopg
 
 
 @dataclass(frozen=True)
+class Types:
+    """How one dialect spells the column types of the schema."""
+
+    key: str  # the integer primary key in insertion order ("seq"; audit_events.id)
+    integer: str
+    bigint: str
+    text: str
+    time: str  # SQLite: fixed-width ISO-8601 UTC text
+    list: str  # a list of text; SQLite: JSON text
+    empty_list: str
+    time_order: str  # what the audit indexes end with: SQLite's end with the rowid (= id) anyway
+    keyed_table: str  # after a table that is its primary key (audit_event_tables)
+    flag: Callable[[str], str]  # a boolean column (its name), false unless set
+
+
+SQLITE_TYPES = Types(
+    key="INTEGER PRIMARY KEY", integer="INTEGER", bigint="INTEGER", text="TEXT", time="TEXT", list="TEXT",
+    empty_list="'[]'", time_order="time", keyed_table=" WITHOUT ROWID",
+    flag=lambda column: f"INTEGER NOT NULL DEFAULT 0 CHECK ({column} IN (0, 1))",
+)
+POSTGRES_TYPES = Types(
+    key="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", integer="integer", bigint="bigint", text="text",
+    time="timestamptz", list="text[]", empty_list="ARRAY[]::text[]", time_order="time, id", keyed_table="",
+    flag=lambda column: "boolean NOT NULL DEFAULT false",
+)
+
+
+@dataclass(frozen=True)
 class Migration:
     version: int
     description: str
     sqlite: tuple[str, ...]
     postgres: tuple[str, ...]
 
+    @classmethod
+    def written_once(cls, version: int, description: str, statements: Callable[[Types], tuple[str, ...]]) -> Migration:
+        """The migration whose statements are `statements` in each dialect's types."""
+        return cls(version, description, statements(SQLITE_TYPES), statements(POSTGRES_TYPES))
+
 
 _STATUSES = ", ".join(f"'{status.value}'" for status in RequestStatus)
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
+    Migration.written_once(
         version=1,
         description="meta (revision), grants, requests, approvals",
-        sqlite=(
-            """CREATE TABLE meta (
-                id INTEGER PRIMARY KEY CHECK (id = 1),
-                revision INTEGER NOT NULL
+        statements=lambda t: (
+            f"""CREATE TABLE meta (
+                id {t.integer} PRIMARY KEY CHECK (id = 1),
+                revision {t.bigint} NOT NULL
             )""",
             "INSERT INTO meta (id, revision) VALUES (1, 0)",
             f"""CREATE TABLE requests (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                requester TEXT NOT NULL,
-                db TEXT NOT NULL,
-                tables TEXT NOT NULL,
-                privileges TEXT NOT NULL,
-                duration_s INTEGER NOT NULL,
-                reason TEXT NOT NULL,
-                environment TEXT NOT NULL,
-                status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
-                created_at TEXT NOT NULL,
-                updated_at TEXT NOT NULL,
-                pending_until TEXT NOT NULL,
-                access_until TEXT,
-                grant_ids TEXT NOT NULL DEFAULT '[]',
-                status_by TEXT
+                seq {t.key},
+                id {t.text} NOT NULL UNIQUE,
+                requester {t.text} NOT NULL,
+                db {t.text} NOT NULL,
+                tables {t.list} NOT NULL,
+                privileges {t.list} NOT NULL,
+                duration_s {t.integer} NOT NULL,
+                reason {t.text} NOT NULL,
+                environment {t.text} NOT NULL,
+                status {t.text} NOT NULL CHECK (status IN ({_STATUSES})),
+                created_at {t.time} NOT NULL,
+                updated_at {t.time} NOT NULL,
+                pending_until {t.time} NOT NULL,
+                access_until {t.time},
+                grant_ids {t.list} NOT NULL DEFAULT {t.empty_list},
+                status_by {t.text}
             )""",
             "CREATE INDEX requests_status ON requests (status, created_at)",
             "CREATE INDEX requests_requester ON requests (requester, created_at)",
-            """CREATE TABLE grants (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                subject TEXT NOT NULL,
-                db TEXT NOT NULL,
-                table_name TEXT NOT NULL,
-                privileges TEXT NOT NULL,
-                expires_at TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                created_by TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                request_id TEXT,
-                revoked_at TEXT,
-                revoked_by TEXT
+            f"""CREATE TABLE grants (
+                seq {t.key},
+                id {t.text} NOT NULL UNIQUE,
+                subject {t.text} NOT NULL,
+                db {t.text} NOT NULL,
+                table_name {t.text} NOT NULL,
+                privileges {t.list} NOT NULL,
+                expires_at {t.time} NOT NULL,
+                created_at {t.time} NOT NULL,
+                created_by {t.text} NOT NULL,
+                reason {t.text} NOT NULL,
+                request_id {t.text},
+                revoked_at {t.time},
+                revoked_by {t.text}
             )""",
             # The snapshot rebuild reads the active grants: unrevoked, by expiry.
             "CREATE INDEX grants_active ON grants (expires_at) WHERE revoked_at IS NULL",
             "CREATE INDEX grants_subject ON grants (subject, expires_at)",
-            """CREATE TABLE approvals (
-                request_id TEXT NOT NULL REFERENCES requests (id),
-                position INTEGER NOT NULL,
-                approver TEXT NOT NULL,
-                roles TEXT NOT NULL,
-                decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
-                comment TEXT NOT NULL,
-                at TEXT NOT NULL,
-                PRIMARY KEY (request_id, position)
-            )""",
-        ),
-        postgres=(
-            """CREATE TABLE meta (
-                id integer PRIMARY KEY CHECK (id = 1),
-                revision bigint NOT NULL
-            )""",
-            "INSERT INTO meta (id, revision) VALUES (1, 0)",
-            f"""CREATE TABLE requests (
-                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id text NOT NULL UNIQUE,
-                requester text NOT NULL,
-                db text NOT NULL,
-                tables text[] NOT NULL,
-                privileges text[] NOT NULL,
-                duration_s integer NOT NULL,
-                reason text NOT NULL,
-                environment text NOT NULL,
-                status text NOT NULL CHECK (status IN ({_STATUSES})),
-                created_at timestamptz NOT NULL,
-                updated_at timestamptz NOT NULL,
-                pending_until timestamptz NOT NULL,
-                access_until timestamptz,
-                grant_ids text[] NOT NULL DEFAULT ARRAY[]::text[],
-                status_by text
-            )""",
-            "CREATE INDEX requests_status ON requests (status, created_at)",
-            "CREATE INDEX requests_requester ON requests (requester, created_at)",
-            """CREATE TABLE grants (
-                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id text NOT NULL UNIQUE,
-                subject text NOT NULL,
-                db text NOT NULL,
-                table_name text NOT NULL,
-                privileges text[] NOT NULL,
-                expires_at timestamptz NOT NULL,
-                created_at timestamptz NOT NULL,
-                created_by text NOT NULL,
-                reason text NOT NULL,
-                request_id text,
-                revoked_at timestamptz,
-                revoked_by text
-            )""",
-            "CREATE INDEX grants_active ON grants (expires_at) WHERE revoked_at IS NULL",
-            "CREATE INDEX grants_subject ON grants (subject, expires_at)",
-            """CREATE TABLE approvals (
-                request_id text NOT NULL REFERENCES requests (id),
-                position integer NOT NULL,
-                approver text NOT NULL,
-                roles text[] NOT NULL,
-                decision text NOT NULL CHECK (decision IN ('approve', 'deny')),
-                comment text NOT NULL,
-                at timestamptz NOT NULL,
+            f"""CREATE TABLE approvals (
+                request_id {t.text} NOT NULL REFERENCES requests (id),
+                position {t.integer} NOT NULL,
+                approver {t.text} NOT NULL,
+                roles {t.list} NOT NULL,
+                decision {t.text} NOT NULL CHECK (decision IN ('approve', 'deny')),
+                comment {t.text} NOT NULL,
+                at {t.time} NOT NULL,
                 PRIMARY KEY (request_id, position)
             )""",
         ),
     ),
-    Migration(
+    Migration.written_once(
         version=2,
         description="grants.instance, requests.instance (the upstream instance; '*' = every one)",
         # Rows from before instances existed apply to every instance, as they always did.
-        sqlite=(
-            "ALTER TABLE grants ADD COLUMN instance TEXT NOT NULL DEFAULT '*'",
-            "ALTER TABLE requests ADD COLUMN instance TEXT NOT NULL DEFAULT '*'",
-        ),
-        postgres=(
-            "ALTER TABLE grants ADD COLUMN instance text NOT NULL DEFAULT '*'",
-            "ALTER TABLE requests ADD COLUMN instance text NOT NULL DEFAULT '*'",
+        statements=lambda t: (
+            f"ALTER TABLE grants ADD COLUMN instance {t.text} NOT NULL DEFAULT '*'",
+            f"ALTER TABLE requests ADD COLUMN instance {t.text} NOT NULL DEFAULT '*'",
         ),
     ),
-    Migration(
+    Migration.written_once(
         version=3,
         description="audit_events, audit_event_tables (the audit trail, searchable)",
-        sqlite=(
-            """CREATE TABLE audit_events (
-                id INTEGER PRIMARY KEY,
-                event_id TEXT NOT NULL UNIQUE,
-                time TEXT NOT NULL,
-                type TEXT NOT NULL,
-                person TEXT,
-                instance TEXT,
-                environment TEXT,
-                decision TEXT,
-                session_id TEXT,
-                proxy_instance TEXT,
-                seq INTEGER,
-                body TEXT NOT NULL
+        statements=lambda t: (
+            f"""CREATE TABLE audit_events (
+                id {t.key},
+                event_id {t.text} NOT NULL UNIQUE,
+                time {t.time} NOT NULL,
+                type {t.text} NOT NULL,
+                person {t.text},
+                instance {t.text},
+                environment {t.text},
+                decision {t.text},
+                session_id {t.text},
+                proxy_instance {t.text},
+                seq {t.bigint},
+                body {t.text} NOT NULL
             )""",
-            # Newest first by time, then id: SQLite indexes end with the rowid (= id).
-            "CREATE INDEX audit_events_time ON audit_events (time)",
-            "CREATE INDEX audit_events_person ON audit_events (person, time)",
-            "CREATE INDEX audit_events_type ON audit_events (type, time)",
-            "CREATE INDEX audit_events_instance ON audit_events (instance, time)",
-            "CREATE INDEX audit_events_session ON audit_events (session_id, time)",
+            # Newest first by time, then id.
+            f"CREATE INDEX audit_events_time ON audit_events ({t.time_order})",
+            f"CREATE INDEX audit_events_person ON audit_events (person, {t.time_order})",
+            f"CREATE INDEX audit_events_type ON audit_events (type, {t.time_order})",
+            f"CREATE INDEX audit_events_instance ON audit_events (instance, {t.time_order})",
+            f"CREATE INDEX audit_events_session ON audit_events (session_id, {t.time_order})",
             "CREATE INDEX audit_events_chain ON audit_events (proxy_instance, seq)",
             # One row per table an event names; walked in time order for "events on db.table".
-            """CREATE TABLE audit_event_tables (
-                table_name TEXT NOT NULL,
-                time TEXT NOT NULL,
-                event_pk INTEGER NOT NULL,
+            f"""CREATE TABLE audit_event_tables (
+                table_name {t.text} NOT NULL,
+                time {t.time} NOT NULL,
+                event_pk {t.bigint} NOT NULL,
                 PRIMARY KEY (table_name, time, event_pk)
-            ) WITHOUT ROWID""",
-        ),
-        postgres=(
-            """CREATE TABLE audit_events (
-                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                event_id text NOT NULL UNIQUE,
-                time timestamptz NOT NULL,
-                type text NOT NULL,
-                person text,
-                instance text,
-                environment text,
-                decision text,
-                session_id text,
-                proxy_instance text,
-                seq bigint,
-                body text NOT NULL
-            )""",
-            "CREATE INDEX audit_events_time ON audit_events (time, id)",
-            "CREATE INDEX audit_events_person ON audit_events (person, time, id)",
-            "CREATE INDEX audit_events_type ON audit_events (type, time, id)",
-            "CREATE INDEX audit_events_instance ON audit_events (instance, time, id)",
-            "CREATE INDEX audit_events_session ON audit_events (session_id, time, id)",
-            "CREATE INDEX audit_events_chain ON audit_events (proxy_instance, seq)",
-            """CREATE TABLE audit_event_tables (
-                table_name text NOT NULL,
-                time timestamptz NOT NULL,
-                event_pk bigint NOT NULL,
-                PRIMARY KEY (table_name, time, event_pk)
-            )""",
+            ){t.keyed_table}""",
         ),
     ),
-    Migration(
+    Migration.written_once(
         version=4,
         description="requests.ends_at (an absolute end); grants.revoke_reason, released, break_glass",
-        sqlite=(
-            "ALTER TABLE requests ADD COLUMN ends_at TEXT",
-            "ALTER TABLE grants ADD COLUMN revoke_reason TEXT",
-            "ALTER TABLE grants ADD COLUMN released INTEGER NOT NULL DEFAULT 0 CHECK (released IN (0, 1))",
-            "ALTER TABLE grants ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0 CHECK (break_glass IN (0, 1))",
-        ),
-        postgres=(
-            "ALTER TABLE requests ADD COLUMN ends_at timestamptz",
-            "ALTER TABLE grants ADD COLUMN revoke_reason text",
-            "ALTER TABLE grants ADD COLUMN released boolean NOT NULL DEFAULT false",
-            "ALTER TABLE grants ADD COLUMN break_glass boolean NOT NULL DEFAULT false",
+        statements=lambda t: (
+            f"ALTER TABLE requests ADD COLUMN ends_at {t.time}",
+            f"ALTER TABLE grants ADD COLUMN revoke_reason {t.text}",
+            f"ALTER TABLE grants ADD COLUMN released {t.flag('released')}",
+            f"ALTER TABLE grants ADD COLUMN break_glass {t.flag('break_glass')}",
         ),
     ),
-    Migration(
+    Migration.written_once(
         version=5,
         description="session_passwords: short passwords standing for a personal token (hashes only)",
-        sqlite=(
-            """CREATE TABLE session_passwords (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                secret_hash TEXT NOT NULL UNIQUE,
-                person TEXT NOT NULL,
-                groups TEXT NOT NULL,
-                instance TEXT NOT NULL,
-                client_address TEXT,
-                token_id TEXT,
-                created_at TEXT NOT NULL,
-                expires_at TEXT NOT NULL,
-                revoked_at TEXT,
-                revoked_by TEXT
+        statements=lambda t: (
+            f"""CREATE TABLE session_passwords (
+                seq {t.key},
+                id {t.text} NOT NULL UNIQUE,
+                secret_hash {t.text} NOT NULL UNIQUE,
+                person {t.text} NOT NULL,
+                groups {t.list} NOT NULL,
+                instance {t.text} NOT NULL,
+                client_address {t.text},
+                token_id {t.text},
+                created_at {t.time} NOT NULL,
+                expires_at {t.time} NOT NULL,
+                revoked_at {t.time},
+                revoked_by {t.text}
             )""",
             "CREATE INDEX session_passwords_person ON session_passwords (person, expires_at)",
         ),
-        postgres=(
-            """CREATE TABLE session_passwords (
-                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                id text NOT NULL UNIQUE,
-                secret_hash text NOT NULL UNIQUE,
-                person text NOT NULL,
-                groups text[] NOT NULL,
-                instance text NOT NULL,
-                client_address text,
-                token_id text,
-                created_at timestamptz NOT NULL,
-                expires_at timestamptz NOT NULL,
-                revoked_at timestamptz,
-                revoked_by text
-            )""",
-            "CREATE INDEX session_passwords_person ON session_passwords (person, expires_at)",
+    ),
+    Migration.written_once(
+        version=6,
+        description="requests.break_glass (an on-call person's request, approved at once, reviewed after)",
+        statements=lambda t: (
+            f"ALTER TABLE requests ADD COLUMN break_glass {t.flag('break_glass')}",
         ),
     ),
 )

@@ -74,8 +74,8 @@ class UpstreamConnection:
     def __init__(self, aio: _AioConnection, profile: ClientProfile) -> None:
         self._aio = aio
         self.profile = profile
-        self.reader: asyncio.StreamReader = aio._reader
-        self.writer: asyncio.StreamWriter = aio._writer
+        self.reader: asyncio.StreamReader = aio._reader  # noqa: SLF001 - aiomysql connects and logs in; the proxy then owns its streams
+        self.writer: asyncio.StreamWriter = aio._writer  # noqa: SLF001
         self.protocol = intercept(self.writer)  # the fast path's view of its bytes (protocol/fastpath.py)
         self.thread_id: int = aio.server_thread_id[0]
         sockname = self.writer.get_extra_info("sockname")

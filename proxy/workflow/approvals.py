@@ -32,6 +32,22 @@ the configuration (proxy.environments), the same answer its statements' audit ev
 created later) instead of its tables. Default: not in prod (an approver should see which tables
 a prod request reaches), allowed elsewhere; a request needs every policy that covers it to
 allow it.
+
+Break glass, for on-call people: an entry with `break_glass: true` in the same list lets the
+people it names (`who`) ask for access that is granted at once (`jitproxy request create
+--break-glass --reason ...`), audited and notified loudly, and reviewed after the fact:
+
+      - environment: prod
+        break_glass: true
+        who: [group:oncall]          # required: who may break glass there
+        privileges: [SELECT, UPDATE] # default [SELECT]; every privilege asked must be covered
+        max_duration: 2h             # required
+        reviewers: [group:dba]       # who approves (keeps) or denies (revokes) it afterwards;
+                                     # default: the approvers of the environment's approval rules
+
+Break-glass entries are no approval rule (`rules`): a request without --break-glass never uses
+them. They sit in `approval_policies` because the policy files' top-level keys are fixed by the
+grants' loader (proxy.authz.policy).
 """
 
 from __future__ import annotations
@@ -50,11 +66,14 @@ from proxy.authz.policy import PolicyError, grants_from_document, parse_privileg
 from proxy.config import parse_duration
 from proxy.environments import NAME_PATTERN, PROD, Environments
 from proxy.store.base import ANY_INSTANCE, Approval
+from proxy.timespec import format_duration
 
 _PRINCIPAL = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
 _ENVIRONMENT = re.compile(NAME_PATTERN)
 _KEYS = {"environment", "privileges", "approvals", "approvers", "require", "max_duration", "auto_approve",
          "wildcard_tables"}
+_BREAK_GLASS_KEYS = {"environment", "break_glass", "who", "privileges", "max_duration", "reviewers",
+                     "wildcard_tables"}
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,32 @@ class NoApprovalPolicy(ValueError):
     pass
 
 
+class NoBreakGlass(ValueError):
+    """Why this person cannot break glass for this (the message says it to them)."""
+
+
+@dataclass(frozen=True)
+class BreakGlassRule:
+    """Who may break glass in an environment, for which privileges, how long, and who reviews
+    it afterwards (empty `reviewers`: the approvers of the environment's approval rules)."""
+
+    environment: str
+    who: frozenset[str]  # user:NAME / group:NAME
+    privileges: frozenset[Privilege]
+    max_duration: timedelta
+    reviewers: frozenset[str]
+    source: str
+    wildcard_tables: bool = False
+
+    def names(self, person: Principal) -> bool:
+        return bool(self.who & set(person.subjects))
+
+    def describe(self) -> str:
+        privs = ",".join(sorted(p.value for p in self.privileges))
+        return (f"break glass in {self.environment} for {', '.join(sorted(self.who))}: {privs} up to "
+                f"{format_duration(self.max_duration)}")
+
+
 @dataclass(frozen=True)
 class ApprovalPolicies:
     """What the policy files say to the workflow. `grants`: their grants, read with the same
@@ -154,6 +199,52 @@ class ApprovalPolicies:
 
     rules: tuple[ApprovalRule, ...]
     grants: tuple[Grant, ...] = ()
+    break_glass: tuple[BreakGlassRule, ...] = ()
+
+    def break_glass_rule(self, environment: str | None, person: Principal, privileges: Iterable[Privilege],
+                         where: str = "this database") -> BreakGlassRule:
+        """The break-glass entry that lets `person` have `privileges` at once in `environment`
+        (of several, the one allowing the longest); NoBreakGlass saying why not."""
+        if environment is None:
+            raise NoBreakGlass(f"{where} is in no environment, so nobody can break glass there")
+        wanted = frozenset(privileges)
+        here = [r for r in self.break_glass if r.environment == environment]
+        if not here:
+            raise NoBreakGlass(f"nobody can break glass in {environment} (no break_glass entry in the approval "
+                               "policies): ask for access without --break-glass")
+        mine = [r for r in here if r.names(person)]
+        if not mine:
+            on_call = ", ".join(sorted(frozenset().union(*(r.who for r in here))))
+            raise NoBreakGlass(f"{person.user} is not on call for {environment}: break glass there is for "
+                               f"{on_call}; ask for access without --break-glass")
+        covering = [r for r in mine if wanted <= r.privileges]
+        if not covering:
+            allowed = ", ".join(sorted(p.value for p in frozenset().union(*(r.privileges for r in mine))))
+            missing = ", ".join(sorted(p.value for p in wanted - frozenset().union(*(r.privileges for r in mine))))
+            raise NoBreakGlass(f"break glass in {environment} covers {allowed} for {person.user}, not {missing}" if missing
+                               else f"break glass in {environment} covers {allowed} for {person.user}, but no one "
+                                    "entry covers all of them: ask for them separately")
+        return max(covering, key=lambda r: r.max_duration)
+
+    def reviewers(self, environment: str, privileges: Iterable[Privilege]) -> frozenset[str]:
+        """Who reviews a break-glass request for `privileges` in `environment` (besides admins):
+        the `reviewers` of every entry there that covers them, or for an entry that names none,
+        the approvers of the environment's approval rules for those privileges (of all its
+        approval rules when none covers them)."""
+        wanted = frozenset(privileges)
+        out: set[str] = set()
+        for rule in self.break_glass:
+            if rule.environment == environment and wanted <= rule.privileges:
+                out |= rule.reviewers or self.default_reviewers(environment, wanted)
+        return frozenset(out)
+
+    def default_reviewers(self, environment: str, privileges: Iterable[Privilege]) -> frozenset[str]:
+        """The approvers of `environment`'s approval rules for `privileges` (of all of them when
+        none covers those privileges)."""
+        wanted = frozenset(privileges)
+        deciding = [r for r in self.rules if r.environment == environment and r.approvers]
+        chosen = [r for r in deciding if r.privileges & wanted] or deciding
+        return frozenset().union(*(r.approvers for r in chosen)) if chosen else frozenset()
 
     def plan(self, environment: str | None, privileges: Iterable[Privilege], where: str = "this database") -> Plan:
         """The rules for `privileges` in `environment` (proxy.environments says which; None:
@@ -196,6 +287,9 @@ def rules_from_document(doc: Any, source: str) -> list[ApprovalRule]:
     rules: list[ApprovalRule] = []
     for i, entry in enumerate(doc.get("approval_policies") or []):
         where = f"{source}: approval_policies[{i}]"
+        if isinstance(entry, dict) and "break_glass" in entry:
+            _break_glass_entry(entry, where, source)  # checked here too: a broken file fails as a whole
+            continue
         if not isinstance(entry, dict) or set(entry) - _KEYS:
             raise PolicyError(f"{where}: a mapping with keys {sorted(_KEYS)}")
         env = entry.get("environment")
@@ -225,9 +319,56 @@ def rules_from_document(doc: Any, source: str) -> list[ApprovalRule]:
     return rules
 
 
+def break_glass_from_document(doc: Any, source: str) -> list[BreakGlassRule]:
+    """The break-glass entries (`break_glass: true`) of a policy file's approval_policies."""
+    if not isinstance(doc, dict):
+        return []
+    return [_break_glass_entry(entry, f"{source}: approval_policies[{i}]", source)
+            for i, entry in enumerate(doc.get("approval_policies") or [])
+            if isinstance(entry, dict) and "break_glass" in entry]
+
+
+def _break_glass_entry(entry: dict[str, Any], where: str, source: str) -> BreakGlassRule:
+    if set(entry) - _BREAK_GLASS_KEYS:
+        raise PolicyError(f"{where}: a break_glass entry has the keys {sorted(_BREAK_GLASS_KEYS)} "
+                          f"(unknown: {sorted(set(entry) - _BREAK_GLASS_KEYS)})")
+    if entry["break_glass"] is not True:
+        raise PolicyError(f"{where}: break_glass must be true (leave the entry out to allow no break glass)")
+    env = entry.get("environment")
+    if not isinstance(env, str) or not _ENVIRONMENT.match(env):
+        raise PolicyError(f"{where}: environment must be a lower-case name")
+    who = _principals(entry.get("who"), where, "who")
+    if not who:
+        raise PolicyError(f"{where}: who is required: the people or groups on call (e.g. [group:oncall])")
+    if "max_duration" not in entry:
+        raise PolicyError(f"{where}: max_duration is required for break glass (e.g. 2h)")
+    try:
+        max_duration = parse_duration(entry["max_duration"])
+    except ValueError as e:
+        raise PolicyError(f"{where}: max_duration: {e}") from None
+    if max_duration <= timedelta(0):
+        raise PolicyError(f"{where}: max_duration must be positive")
+    wildcards = entry.get("wildcard_tables", env != PROD)
+    if not isinstance(wildcards, bool):
+        raise PolicyError(f"{where}: wildcard_tables must be true or false")
+    privileges = parse_privileges(entry.get("privileges", ["SELECT"]), where)
+    return BreakGlassRule(env, who, privileges, max_duration, _principals(entry.get("reviewers"), where, "reviewers"),
+                          source, wildcards)
+
+
+def check_break_glass(policies: ApprovalPolicies) -> None:
+    """PolicyError for a break-glass entry nobody could review: no `reviewers`, and no approval
+    rule of its environment names approvers."""
+    for rule in policies.break_glass:
+        if not rule.reviewers and not policies.default_reviewers(rule.environment, rule.privileges):
+            raise PolicyError(f"{rule.source}: the break_glass entry for {rule.environment} names no reviewers and "
+                              f"no approval policy of {rule.environment} names approvers: add reviewers: [group:...]")
+
+
 def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
     rules: list[ApprovalRule] = []
     grants: list[Grant] = []
+    break_glass: list[BreakGlassRule] = []
     for d in dirs:
         for path in sorted([*Path(d).glob("*.yaml"), *Path(d).glob("*.yml")]):
             try:
@@ -236,6 +377,8 @@ def load_approval_policies(dirs: Iterable[Path]) -> ApprovalPolicies:
                 raise PolicyError(f"{path}: invalid YAML: {e}") from None
             rules.extend(rules_from_document(doc, str(path)))
             grants.extend(grants_from_document(doc, str(path)))
-    return ApprovalPolicies(tuple(rules), tuple(grants))
-
+            break_glass.extend(break_glass_from_document(doc, str(path)))
+    policies = ApprovalPolicies(tuple(rules), tuple(grants), tuple(break_glass))
+    check_break_glass(policies)
+    return policies
 

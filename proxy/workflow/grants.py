@@ -53,7 +53,7 @@ def grant_fields(g: StoredGrant) -> dict[str, Any]:
 def stored_row(g: StoredGrant, now: datetime) -> dict[str, Any]:
     """A store grant with its status at `now` and where it comes from."""
     if g.request_id:
-        kind, source = REQUEST, f"request {g.request_id}"
+        kind, source = REQUEST, f"request {g.request_id}" + (" (break glass)" if g.break_glass else "")
     else:
         kind, source = DIRECT, f"grant {g.id} by {g.created_by}" + (" (break glass)" if g.break_glass else "")
     return {**grant_fields(g), **grant_status(g, now).fields(), "kind": kind, "source": source, "columns": None}

@@ -25,6 +25,15 @@ storing what nobody could check); `*` (every table) only where the approval poli
 asks is answered with that request; one for access the person already holds until at least the
 end asked for (policy files, requests, direct grants) is refused with what they hold.
 
+Break glass, for on-call people: a request with `break_glass` (`jitproxy request create
+--break-glass --reason ...`) by someone a break-glass entry of the database's environment names
+(proxy.workflow.approvals.BreakGlassRule: who, privileges, max_duration) is approved at once, its
+grants marked `break_glass`, audited and notified loudly (`request.break_glass`). Its reviewers
+(the entry's `reviewers`, else the environment's approvers; admins too; never the requester)
+review it after the fact with `approve` (it stays: "reviewed") or `deny` (what it still grants is
+revoked at once), audited as `request.reviewed`; a review is an approval row recorded on the
+approved request, so the view's `review` says "pending", "approved by X" or "denied by X".
+
 Statuses are those of proxy.workflow.status: `view(request)` is a request as it is shown
 (derived from its grants and the clock), in the API and in every audit event.
 
@@ -62,7 +71,7 @@ from proxy.store.base import (
     StoredGrant,
 )
 from proxy.timespec import format_duration
-from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, Plan, request_plan
+from proxy.workflow.approvals import ApprovalPolicies, NoApprovalPolicy, NoBreakGlass, Plan, request_plan
 from proxy.workflow.grants import covering, grant_fields, policy_row, stored_row, to_grant
 from proxy.workflow.status import (
     RELEASED,
@@ -72,12 +81,15 @@ from proxy.workflow.status import (
     grant_status,
     request_objects,
     request_status,
+    review_of,
+    review_text,
 )
 
 __all__ = ["AccessService", "Forbidden", "Invalid", "Limits", "Missing", "Schema", "SchemaUnavailable",
            "StateConflict", "Unavailable", "WorkflowError", "grant_fields", "request_fields"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+EXTENDS = "extends "  # how an extension's reason begins: "extends g-... [of request r-...]: why"
 _SUBJECT = re.compile(r"^(user|group):[A-Za-z0-9._@-]{1,80}$")
 # Statuses the store records as such; the others are derived from an approved request's grants.
 _STORED = {status.value: status for status in (RequestStatus.PENDING, RequestStatus.DENIED, RequestStatus.CANCELLED)}
@@ -150,10 +162,13 @@ class AccessService:
         instances: Sequence[str] = (),
         environments: Environments = Environments(),
         schema: Schema | None = None,
+        console_url: str | None = None,
     ) -> None:
         """`instances`: the names requests and grants must be for (configuration order); empty:
         everything is for "*". `environments`: every instance's (proxy.environments).
-        `schema`: the live schema requests are checked against (None: not checked)."""
+        `schema`: the live schema requests are checked against (None: not checked).
+        `console_url`: where browsers reach the web console's host (config.Config.console_url):
+        notifications link to each request's page there (None: no links)."""
         self.store = store
         self.policies = policies
         self.audit = audit
@@ -164,6 +179,7 @@ class AccessService:
         self.instances = tuple(instances)
         self.environments = environments
         self.schema = schema
+        self.console_url = console_url.rstrip("/") if console_url else None
 
     # -- roles ---------------------------------------------------------------------------------
 
@@ -199,11 +215,13 @@ class AccessService:
         duration: timedelta | None = None,
         until: datetime | None = None,
         instance: str | None = None,
+        break_glass: bool = False,
     ) -> tuple[AccessRequest, bool]:
         """(request, True) when a request was made; (their pending request, False) when one
-        already asks for all of it. StateConflict when they already hold it all, naming it."""
+        already asks for all of it. StateConflict when they already hold it all, naming it.
+        `break_glass`: an on-call person's, approved at once (`_break_glass_request`)."""
         now = self.clock()
-        reason = self._reason(reason)
+        reason = self._reason(reason, "--break-glass needs --reason") if break_glass else self._reason(reason)
         if not tables:
             raise Invalid("name at least one table (--table)")
         db = _name(db, "database")
@@ -212,6 +230,8 @@ class AccessService:
         target = self._instance(instance)
         span, ends_at = _span(now, duration, until)
         self._check_schema(target, db, names)  # first: what does not exist has no environment either
+        if break_glass:
+            return self._break_glass_request(who, db, names, privs, reason, target, now, span, ends_at), True
         policies = self.policies()
         try:
             plan = self.plan_for(target, db, privs, policies)
@@ -246,6 +266,8 @@ class AccessService:
         return request, True
 
     def approve(self, who: Principal, request_id: str, comment: str = "") -> AccessRequest:
+        if self._get(request_id).break_glass:  # approved already: this is its review
+            return self._review(who, request_id, True, comment)
         request, plan = self._pending_for_decision(who, request_id)
         now = self.clock()
         if request.ends_at is not None and request.ends_at <= now:
@@ -265,6 +287,8 @@ class AccessService:
         return done
 
     def deny(self, who: Principal, request_id: str, comment: str = "") -> AccessRequest:
+        if self._get(request_id).break_glass:  # approved already: denying it in review revokes it
+            return self._review(who, request_id, False, comment)
         request, _ = self._pending_for_decision(who, request_id)
         now = self.clock()
         done = self._conclude(request, Decision(
@@ -342,7 +366,12 @@ class AccessService:
     def views(self, requests: Sequence[AccessRequest]) -> list[dict[str, Any]]:
         grants = self.store.grants(ids=[g for r in requests for g in r.grant_ids]) if requests else []
         now = self.clock()
-        return [{**request_fields(r, grants, now), "progress": self._progress(r)} for r in requests]
+        return [{**request_fields(r, grants, now), "progress": self._progress(r),
+                 "reviewers": sorted(self._reviewers(r)) if r.break_glass else None} for r in requests]
+
+    def request_url(self, request_id: str) -> str | None:
+        """The request's page in the web console, for notifications (None: no console URL known)."""
+        return f"{self.console_url}/console/requests/{request_id}" if self.console_url else None
 
     def plan_for(self, instance: str, db: str, privileges: Iterable[Privilege],
                  policies: ApprovalPolicies | None = None) -> Plan:
@@ -420,6 +449,55 @@ class AccessService:
             raise Missing(f"no grant {grant_id}")  # somebody else's: ids are not an oracle
         return self._end_grant(who, grant, reason, released=True)
 
+    def extend_grant(self, who: Principal, grant_id: str, reason: str, *, duration: timedelta | None = None,
+                     until: datetime | None = None) -> StoredGrant:
+        """Let a person's active grant run longer, within policy: until `until` (or `duration`
+        from now), no later than its environment's maximum (the approval policies' max_duration
+        for its privileges) counted from the grant's start. By an admin, or an approver whose
+        approval alone would have granted it (so a two-approval request is not extended by one
+        approver); never one's own access (ask again instead). The store keeps a grant's end as
+        it was made: a new grant by the extender continues it from now to the new end (same
+        person, table, privileges and instance; its reason begins "extends <grant id>"), and the
+        one extended runs out at its own end (or is revoked on its own). Audited (grant.added
+        with `extends`)."""
+        grant = self._grant(grant_id)
+        now = self.clock()
+        if grant.subject == f"user:{who.user}":
+            raise Forbidden("nobody extends their own access: ask for more time with a new request")
+        if not grant.active(now):
+            raise StateConflict(f"grant {grant_id} is {grant_status(grant, now).word}: ask for new access instead")
+        if grant.break_glass and grant.request_id:  # its review must be able to take all of it back
+            raise StateConflict(f"grant {grant_id} is of break-glass request {grant.request_id}: it is not extended "
+                                "(the person breaks glass again, or asks for access)")
+        reason = self._reason(reason)
+        span, _ = _span(now, duration, until)
+        end = now + span
+        if end <= grant.expires_at:
+            raise Invalid(f"grant {grant_id} already runs until {grant.expires_at.isoformat()}: give a later end")
+        try:
+            plan = self.plan_for(grant.instance, grant.db, [Privilege.parse(p) for p in grant.privileges])
+        except NoApprovalPolicy as e:
+            raise Forbidden(f"{e}: it cannot be extended within policy (an admin can grant it anew: "
+                            "jitproxy grant add)") from None
+        person = grant.subject.partition(":")[2] if grant.subject.startswith("user:") else None
+        alone = Approval(who.user, tuple(who.groups), "approve", reason, now)
+        if not self.is_admin(who) and not (person and plan.may_decide(who) and plan.satisfied((alone,), person)):
+            raise Forbidden(f"extending {grant.subject}'s access in {plan.environment} is for admins and approvers "
+                            f"whose approval alone grants it ({plan.describe()})")
+        began = self._first_of(grant).created_at  # an extension of an extension counts from the first
+        if end - began > plan.max_duration:
+            raise Invalid(f"at most {format_duration(plan.max_duration)} in {plan.environment} for "
+                          f"{', '.join(sorted(grant.privileges))} from its start at {began.isoformat()}: "
+                          f"until {(began + plan.max_duration).isoformat()} at the latest")
+        if span > self.limits.max_grant_duration:
+            raise Invalid(f"grants last at most {format_duration(self.limits.max_grant_duration)}")
+        origin = f" of request {grant.request_id}" if grant.request_id else ""
+        extension = self.store.add_grant(
+            NewGrant(grant.subject, grant.db, grant.table, grant.privileges, end, who.user,
+                     f"{EXTENDS}{grant.id}{origin}: {reason}", instance=grant.instance), now)
+        self.audit.emit(EventType.GRANT_ADDED, None, **_actor(who), **self._grant_view(extension), extends=grant.id)
+        return extension
+
     def list_grants(self, who: Principal, everyone: bool = False) -> list[StoredGrant]:
         now = self.clock()
         if everyone:
@@ -442,6 +520,77 @@ class AccessService:
         now = self.clock()
         return [*(policy_row(g) for g in self.policy_grants(who, everyone)),
                 *(stored_row(g, now) for g in self.list_grants(who, everyone))]
+
+    # -- break glass (on-call people) ----------------------------------------------------------
+
+    def _break_glass_request(self, who: Principal, db: str, tables: tuple[str, ...],
+                             privileges: frozenset[Privilege], reason: str, instance: str, now: datetime,
+                             span: timedelta, ends_at: datetime | None) -> AccessRequest:
+        """An on-call person's request under a break-glass entry of the database's environment:
+        approved at once (its grants marked break_glass), audited and notified loudly
+        (request.break_glass); reviewed afterwards (`approve`, `deny`)."""
+        policies = self.policies()
+        where = db if instance == ANY_INSTANCE else f"{db} on {instance}"
+        try:
+            rule = policies.break_glass_rule(self.environments.of(instance, db), who, privileges, where)
+        except NoBreakGlass as e:
+            raise Forbidden(str(e)) from None
+        most = min(rule.max_duration, self.limits.max_grant_duration)
+        if span > most:
+            raise Invalid(f"break glass in {rule.environment} lasts at most {format_duration(most)} for "
+                          f"{', '.join(sorted(p.value for p in privileges))}; ask for less")
+        if tables == ("*",) and not rule.wildcard_tables:
+            raise Forbidden(f"every table of {db} (--table '*') cannot be asked for by breaking glass in "
+                            f"{rule.environment}: name the tables you need")
+        self._refuse_if_held(who, policies, instance, db, tables, privileges, now, now + span)
+        request = self.store.create_request(
+            NewRequest(who.user, db, tables, tuple(sorted(p.value for p in privileges)), int(span.total_seconds()),
+                       reason, rule.environment, now + span, instance=instance, ends_at=ends_at, break_glass=True),
+            now,
+        )
+        request = self._conclude(request, Decision(
+            Approval(SYSTEM, (), "approve", f"at once: {rule.describe()}", now), RequestStatus.APPROVED,
+            _access_end(request, now), self._grants_for(request, now, who.user),
+        ), now)
+        self._event(EventType.REQUEST_BREAK_GLASS, who, request, policy=rule.describe(),
+                    max_duration_s=int(most.total_seconds()))
+        return request
+
+    def _review(self, who: Principal, request_id: str, approve: bool, comment: str) -> AccessRequest:
+        """A reviewer's decision on a break-glass request, after the fact (also once its access
+        has ended): approving keeps it as it is; denying revokes what it still grants, at once.
+        A deny whose revocations did not all happen (the store failed midway) finishes them
+        when it is given again."""
+        request = self._get(request_id)
+        if request.requester == who.user:
+            raise Forbidden("nobody reviews their own break-glass request")
+        if not self.is_admin(who) and not self._may_review(who, request):
+            reviewers = ", ".join(sorted(self._reviewers(request))) or "none named any more"
+            raise Forbidden(f"you are not a reviewer of break glass in {request.environment} (reviewers: {reviewers}; "
+                            "and admins)")
+        if request.status is not RequestStatus.APPROVED:
+            raise StateConflict(f"request {request_id} is {self.view(request)['status']}: nothing was granted to review")
+        now = self.clock()
+        active = [g for g in self.store.grants(ids=request.grant_ids) if g.active(now)]
+        earlier = review_of(request)
+        if earlier is None:
+            decision = Approval(who.user, tuple(who.groups), "approve" if approve else "deny", comment.strip(), now)
+            request = self._conclude(request, Decision(decision), now, expected=RequestStatus.APPROVED)
+            self._event(EventType.REQUEST_REVIEWED, who, request, revokes=[] if approve else [g.id for g in active])
+        elif approve or earlier.decision != "deny" or not active:
+            raise StateConflict(f"request {request_id} is already reviewed: {review_text(request)}")
+        if not approve:
+            why = "break glass denied in review" + (f": {comment.strip()}" if comment.strip() else "")
+            for grant in active:
+                self._end_grant(who, grant, why, released=False)
+        return self._get(request_id)
+
+    def _reviewers(self, request: AccessRequest) -> frozenset[str]:
+        """Who reviews a break-glass request (besides admins), by the policies in effect now."""
+        return self.policies().reviewers(request.environment, [Privilege.parse(p) for p in request.privileges])
+
+    def _may_review(self, who: Principal, request: AccessRequest) -> bool:
+        return bool(self._reviewers(request) & set(who.subjects))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -517,6 +666,18 @@ class AccessService:
             raise Missing(f"no request {request_id}")
         return request
 
+    def _first_of(self, grant: StoredGrant) -> StoredGrant:
+        """The grant a chain of extensions began with (`grant` itself when it extends none)."""
+        seen = {grant.id}
+        while grant.reason.startswith(EXTENDS):
+            prior = grant.reason[len(EXTENDS):].split(":", 1)[0].split(" ", 1)[0]
+            found = self.store.get_grant(prior)
+            if found is None or found.id in seen:
+                break
+            seen.add(found.id)
+            grant = found
+        return grant
+
     def _grant(self, grant_id: str) -> StoredGrant:
         grant = self.store.get_grant(grant_id)
         if grant is None:
@@ -530,6 +691,8 @@ class AccessService:
             return None
 
     def _may_decide(self, who: Principal, request: AccessRequest) -> bool:
+        if request.break_glass:
+            return self._may_review(who, request)
         plan = self._plan(request)
         return plan is not None and plan.may_decide(who)
 
@@ -572,9 +735,10 @@ class AccessService:
         what = f"{', '.join(sorted(p.value for p in privileges))} on {request_objects(db, tables)}"
         raise StateConflict(f"you already hold {what}: " + "; ".join(_held_text(r) for r in found), existing=found)
 
-    def _conclude(self, request: AccessRequest, decision: Decision, now: datetime) -> AccessRequest:
+    def _conclude(self, request: AccessRequest, decision: Decision, now: datetime,
+                  expected: RequestStatus = RequestStatus.PENDING) -> AccessRequest:
         try:
-            return self.store.record_decision(request.id, decision, now)
+            return self.store.record_decision(request.id, decision, now, expected=expected)
         except Conflict:
             raise StateConflict(f"request {request.id} changed meanwhile; look again") from None
         except NotFound:
@@ -584,7 +748,7 @@ class AccessService:
         until = _access_end(request, now)
         return tuple(
             NewGrant(f"user:{request.requester}", request.db, table, request.privileges, until, by,
-                     request.reason, request.id, instance=request.instance)
+                     request.reason, request.id, instance=request.instance, break_glass=request.break_glass)
             for table in request.tables
         )
 
@@ -640,6 +804,11 @@ class AccessService:
         note = {**body, "actor": who.user if who else extra.get("actor", SYSTEM)}
         if request.status is RequestStatus.PENDING:
             note["approve_command"] = f"jitproxy request approve {request.id}"
+        elif body.get("review") == "pending":  # break glass: the reviewers' two answers
+            note["review_command"] = f"jitproxy request approve {request.id}"
+            note["revoke_command"] = f"jitproxy request deny {request.id} --comment '...'"
+        if (url := self.request_url(request.id)) is not None:
+            note["console_url"] = url
         self.notify(event_type, note)
 
 
@@ -671,6 +840,8 @@ def request_fields(r: AccessRequest, grants: Sequence[StoredGrant] = (), now: da
         ],
         "grant_ids": list(r.grant_ids),
         "status_by": r.status_by,
+        "break_glass": r.break_glass,
+        "review": review_text(r),  # break glass: "pending", "approved by X", "denied by X"; else None
     }
     if now is not None:
         own = [g for g in grants if g.id in r.grant_ids]

@@ -13,6 +13,10 @@ the clock, so `request show` never says "approved ... until" about access that i
 - released: its grants are all over and the requester gave them back early;
 - expired:  its grants all ran to their end (or it was never decided in time).
 
+A break-glass request (an on-call person's, approved at once) also has a `review`: "pending"
+until a reviewer decides it after the fact, then "approved by X" (it stays as it is) or "denied
+by X" (its grants were revoked: its status is then `revoked`, by X).
+
 Pure: the caller passes the grants and `now`.
 """
 
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from proxy.store.base import AccessRequest, RequestStatus, StoredGrant
+from proxy.store.base import AccessRequest, Approval, RequestStatus, StoredGrant
 
 ACTIVE, EXPIRED, REVOKED, RELEASED = "active", "expired", "revoked", "released"
 REQUEST_STATUSES = ("pending", "approved", "denied", "cancelled", EXPIRED, REVOKED, RELEASED)
@@ -64,6 +68,24 @@ def request_status(request: AccessRequest, grants: Sequence[StoredGrant], now: d
         if early:
             return max(early, key=lambda s: s.at or now)
     return Status(EXPIRED, SYSTEM, request.access_until)
+
+
+def review_of(request: AccessRequest) -> Approval | None:
+    """A break-glass request's review: the first decision recorded by a person (the approval at
+    once is the system's); None while there is none, and for any other request."""
+    if not request.break_glass:
+        return None
+    return next((a for a in request.approvals if a.approver != SYSTEM), None)
+
+
+def review_text(request: AccessRequest) -> str | None:
+    """"pending", "approved by olga", "denied by olga"; None for a request that is no break glass."""
+    if not request.break_glass:
+        return None
+    review = review_of(request)
+    if review is None:
+        return "pending"
+    return f"{'approved' if review.decision == 'approve' else 'denied'} by {review.approver}"
 
 
 def request_objects(db: str, tables: Sequence[str]) -> str:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from jitproxy_demo.certs import TlsFiles
 from proxy.api.app import create_app
 from proxy.audit.events import AuditEmitter, EventType, FileSink, SessionInfo
 from proxy.audit.store_sink import StoreSink
 from tests.helpers import run_cli
-from proxy.demo.certs import TlsFiles
 from proxy.store import open_store
 from proxy.store.base import Store
 from proxy.workflow.runtime import ApiServer

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.audit.chain import verify
 from proxy.audit.events import AuditEmitter, AuditUnavailable, EventType, FileSink, MemorySink, SessionInfo
-from proxy.audit.normalize import fingerprint
+from proxy.authz.fingerprint import fingerprint
 from proxy.audit.sinks import Record
 from tests.helpers import eventually
 

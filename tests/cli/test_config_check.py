@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.testing import write_keys
+from jitproxy_demo.inprocess import write_keys
 from tests.helpers import run_cli
 
 APPROVALS = "approval_policies:\n  - {environment: prod, privileges: [SELECT], approvers: [group:owner]}\n"

@@ -23,14 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import MutableClock
 from proxy.api.app import create_app
 from proxy.audit.events import AuditEmitter, MemorySink
 from proxy.authz.decide import GrantSet
 from proxy.authz.policy import load_policy_dir
-from proxy.demo.certs import TlsFiles
 from proxy.store import open_store
 from proxy.store.base import Store
-from proxy.testing import MutableClock
 from proxy.workflow.approvals import load_approval_policies
 from proxy.workflow.runtime import EffectiveGrants
 from proxy.workflow.service import AccessService
@@ -67,10 +67,17 @@ class Workflow:
 
 
 @pytest.fixture
-def workflow(tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workflow]:
+def workflow_policy() -> str:
+    """The policy file of `workflow` (a test module may override this fixture)."""
+    return POLICY
+
+
+@pytest.fixture
+def workflow(tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch,
+             workflow_policy: str) -> Iterator[Workflow]:
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "base.yaml").write_text(POLICY)
+    (policies / "base.yaml").write_text(workflow_policy)
     approvals, policy_grants = load_approval_policies([policies]), GrantSet(load_policy_dir(policies).grants)
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     clock, sink = MutableClock(), MemorySink()

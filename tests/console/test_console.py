@@ -249,18 +249,27 @@ def test_hostile_text_is_shown_escaped_everywhere(console: Console) -> None:
     assert "&lt;b&gt;t" in pages[3] or "&lt;i&gt;db" in pages[3]  # the service's refusal names it, escaped
 
 
+def assert_strict(answer: httpx.Response) -> None:
+    """A console page's headers (strict CSP, no sniffing, framing or caching) and HTML (scripts
+    from the console's own static files only, no inline script, handler or style, nothing from
+    elsewhere)."""
+    path = answer.request.url.path
+    assert answer.headers["content-security-policy"] == CSP, path
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-store" and answer.headers["x-frame-options"] == "DENY"
+    html = answer.text
+    assert all(' src="/console/static/' in tag for tag in re.findall(r"<script[^>]*>", html)), path
+    bare = re.sub(r'="[^"]*"', '=""', html)  # the markup without its (escaped) attribute values
+    assert not re.search(r"<style|<[^>]*\s(style|on[a-z]+)=", bare, re.I), path
+    assert not re.search(r'(href|src|action|formaction)="\s*javascript:', html, re.I), path
+    assert not re.search(r'(src|href)="(https?:)?//', html), path  # nothing from elsewhere
+
+
 def test_pages_carry_a_strict_csp_and_no_inline_script_or_style(console: Console) -> None:
     ada = console.signed_in(ADMIN)
     ask(console.signed_in(DEV))
     for path in ("/console/login", "/console/requests", "/console/access", "/console/audit", "/console/policies"):
-        answer = (console.browser() if path.endswith("login") else ada).get(path)
-        assert answer.headers["content-security-policy"] == CSP, path
-        assert answer.headers["x-content-type-options"] == "nosniff"
-        assert answer.headers["cache-control"] == "no-store" and answer.headers["x-frame-options"] == "DENY"
-        html = answer.text
-        assert all(' src="/console/static/' in tag for tag in re.findall(r"<script[^>]*>", html)), path
-        assert not re.search(r"<style|\sstyle=|\son[a-z]+=|javascript:", html, re.I), path
-        assert not re.search(r'(src|href)="(https?:)?//', html), path  # nothing from elsewhere
+        assert_strict((console.browser() if path.endswith("login") else ada).get(path))
     assert "'unsafe-inline'" not in CSP and "script-src 'self'" in CSP and "frame-ancestors 'none'" in CSP
 
 

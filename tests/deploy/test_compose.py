@@ -169,7 +169,7 @@ def test_mariadb_init_script_creates_the_shared_account(tmp_path: Path) -> None:
         "GRANT ALL PRIVILEGES ON `hr_test`.* TO 'jitproxy'@'%';",
     ]
     # The sample databases it grants are the ones the mounted sample data creates.
-    sample = (ROOT / "proxy" / "demo" / "sample_data.sql").read_text(encoding="utf-8")
+    sample = (ROOT / "jitproxy_demo" / "sample_data.sql").read_text(encoding="utf-8")
     for db in ("hr_prod", "hr_test"):
         assert f"CREATE DATABASE {db}" in sample
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import LocalMariaDB
-from proxy.testing import RunningProxy, proxy_config
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy, proxy_config
+from jitproxy_demo.mariadb import LocalMariaDB
 from tests.differential import scratch as scratch_schema
 from tests.differential.canary import ViaProxy
 from tests.differential.harness import Direct, Jit

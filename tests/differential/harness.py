@@ -33,11 +33,11 @@ from datetime import datetime, timezone
 
 import pymysql
 
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB, native_password_hash
 from proxy.authz import views
 from proxy.authz.analyze import analyze
 from proxy.authz.decide import GrantSet, decide, stars_needing_schema
 from proxy.authz.model import Decision, DenyCode, Grant, Principal, StatementKind, TableRef
-from proxy.demo.mariadb import Credentials, LocalMariaDB, native_password_hash
 
 # MariaDB error codes that mean "your account may not do this".
 PRIVILEGE_ERRORS = {

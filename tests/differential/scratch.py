@@ -33,9 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.authz.model import Grant, Privilege, TableRef
 from proxy.authz.policy import grants_from_document
-from proxy.demo.mariadb import Credentials, LocalMariaDB
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 SUBJECT_USER = "difftest"
@@ -103,7 +103,7 @@ VIEWS = (
 # Names that only an unauthorized metadata read can reveal.
 CANARY_TABLE = "hidden_7c1e"
 CANARY_COLUMN = "cnry_col_3a7d"  # an extra column of diff_a.salary
-SAMPLE_CANARY = "CANARY-SALARY-7f3a"  # hr_prod.salary's canary (proxy/demo/sample_data.sql)
+SAMPLE_CANARY = "CANARY-SALARY-7f3a"  # hr_prod.salary's canary (jitproxy_demo/sample_data.sql)
 
 
 def canary(db: str, table: str) -> str:

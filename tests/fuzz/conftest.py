@@ -2,7 +2,7 @@
 tests/conftest.py; `policies_dir` and `proxy` from the integration suite (a non-root conftest may
 not use `pytest_plugins`, so they are imported: pytest registers the fixtures a conftest module
 holds). The fuzzers fail thousands of logins and open connections by the hundred from 127.0.0.1;
-a test proxy's admission limits stay out of their way (proxy/testing.py); the limits are tested
+a test proxy's admission limits stay out of their way (jitproxy_demo/inprocess.py); the limits are tested
 in tests/integration/test_limits.py, the parsers are the subject here."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A MariaDB checking RDS IAM auth tokens like Aurora MySQL (`proxy.demo.iam`), and tokens for it.
+"""A MariaDB checking RDS IAM auth tokens like Aurora MySQL (`jitproxy_demo.iam`), and tokens for it.
 
 The keys below are made up; tokens are signed locally by boto3 (no network).
 """
@@ -15,11 +15,11 @@ import boto3
 import botocore.auth
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.iam import IAM_SERVER_ARGS, AwsKey, IamAuthSetup, install_iam_auth
-from proxy.demo.mariadb import LocalMariaDB
-from proxy.demo.process import LOOPBACK
-from proxy.demo.sample import load_sample_data
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.iam import IAM_SERVER_ARGS, AwsKey, IamAuthSetup, install_iam_auth
+from jitproxy_demo.mariadb import LocalMariaDB
+from jitproxy_demo.process import LOOPBACK
+from jitproxy_demo.sample import load_sample_data
 
 REGION = "eu-west-1"
 IAM_USER = "iam_app"

@@ -16,18 +16,18 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.demo import iam_verify
-from proxy.demo.certs import TlsFiles
-from proxy.demo.iam import (
+from jitproxy_demo import iam_verify
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.iam import (
     AwsKey,
     IamAuthError,
     IamAuthSetup,
     install_iam_auth,
     pam_service_text,
 )
-from proxy.demo.iam_verify import check_token
-from proxy.demo.mariadb import LocalMariaDB
-from proxy.demo.process import LOOPBACK
+from jitproxy_demo.iam_verify import check_token
+from jitproxy_demo.mariadb import LocalMariaDB
+from jitproxy_demo.process import LOOPBACK
 from tests.iam.conftest import ALL_KEYS, IAM_USER, KEY_A, KEY_B, KEY_STS, REGION, make_token
 
 PORT = 3306

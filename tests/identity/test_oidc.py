@@ -1,5 +1,5 @@
 """jitproxy as the OIDC relying party (proxy.identity.oidc) against a real provider on loopback
-(proxy.demo.oidc_provider): discovery, the device flow, the code flow with PKCE, the ID token's
+(jitproxy_demo.oidc_provider): discovery, the device flow, the code flow with PKCE, the ID token's
 checks (signature, key rotation, audience, expiry, issuer), the claim mapping and the token's end."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import httpx
 import jwt
 import pytest
 
-from proxy.demo.oidc_provider import LocalOidcProvider
+from jitproxy_demo.inprocess import write_keys
+from jitproxy_demo.oidc_provider import LocalOidcProvider
 from proxy.identity.oidc import OidcSettings, OidcSignIn, Pending, SignInError, map_groups
 from proxy.identity.personal_tokens import IssuerConfig, TokenIssuer, TokenVerifier
-from proxy.testing import write_keys
 
 REDIRECT = "https://127.0.0.1:8443/v1/login/callback"
 
@@ -128,6 +128,17 @@ def test_a_discovery_document_naming_another_issuer_is_refused(provider, keys) -
     assert e.value.code in ("wrong_issuer", "idp_unavailable")
     with pytest.raises(ValueError):
         OidcSettings(issuer="http://idp.example.com", client_id="x")  # plain http off loopback
+
+
+def test_an_issuer_spelled_otherwise_than_its_discovery_document_is_refused(provider, keys) -> None:
+    """The same provider reached as `localhost`: its discovery document names 127.0.0.1, an
+    issuer other than the configured one (OIDC Discovery §4.3), so nothing it signs is taken."""
+    issuer = TokenIssuer(keys[0].read_bytes(), issuer="jitproxy", audience="jitproxy", max_ttl=timedelta(hours=12))
+    other = provider.issuer.replace("127.0.0.1", "localhost")
+    rp = OidcSignIn(OidcSettings(issuer=other, client_id="jitproxy"), issuer)
+    with pytest.raises(SignInError) as e:
+        asyncio.run(rp.start_device())
+    assert e.value.code == "wrong_issuer"
 
 
 def test_unusable_user_claims_and_an_ending_idp_session(provider, keys) -> None:

@@ -14,10 +14,10 @@ import mysql.connector
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy, proxy_config
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.config import Config
-from proxy.testing import RunningProxy, proxy_config
 
 POLICY = """
 grants:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.demo.postgres import LocalPostgres
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.postgres import LocalPostgres
 from proxy.audit.query import AuditQuery
-from proxy.testing import RunningProxy
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config
 

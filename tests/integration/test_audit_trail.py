@@ -17,12 +17,12 @@ import mysql.connector
 import pymysql
 import pytest
 
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.audit.sinks import StreamSink
 from proxy.cli import main
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
 from proxy.audit.query import AuditQuery
-from proxy.testing import RunningProxy
 from tests.helpers import api_cli
 from tests.integration.conftest import client_ssl, local_proxy_config
 

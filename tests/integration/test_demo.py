@@ -4,6 +4,7 @@ pasted exactly as printed into a fresh shell (no virtualenv on its PATH, nothing
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pymysql
 
-from tests.shell import Shell, fresh_env
-
+from tests.idp_page import PRINTED_PAGE, SignInMeanwhile
+from tests.shell import ClientSession, Shell, fresh_env
 
 JITPROXY = Path(sys.executable).parent / "jitproxy"
 CMD = [str(JITPROXY)] if JITPROXY.exists() else [sys.executable, "-m", "proxy.cli"]
@@ -64,15 +65,82 @@ def _run(command: str, sql: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def _jit_lines(lines: list[str]) -> list[str]:
-    """The printed just-in-time lines, as a person pastes them (without the two-space indent)."""
-    start = next(i for i, line in enumerate(lines) if line.startswith("Just-in-time access"))
+def _pasted(lines: list[str], header: str) -> list[str]:
+    """The printed lines under the line starting with `header`, as a person pastes them (without
+    the two-space indent)."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
     block = []
     for line in lines[start + 1:]:
         if not line.startswith("  "):
             break
         block.append(line[2:].rstrip("\n"))
     return block
+
+
+def _jit_lines(lines: list[str]) -> list[str]:
+    """The printed just-in-time lines, as a person pastes them."""
+    return _pasted(lines, "Just-in-time access")
+
+
+def _person_env() -> dict[str, str]:
+    """A new login's environment, with this test's own sign-in directory (never the real
+    ~/.config/jitproxy of whoever runs the tests)."""
+    return fresh_env(JITPROXY_HOME=os.environ["JITPROXY_HOME"])
+
+
+class _SignInWithCurl:
+    """What the demo prints for a person without a browser: its curl line, with the page that
+    `jitproxy login` printed in place of the placeholder, run once the page is printed."""
+
+    def __init__(self, printed_hint: str) -> None:
+        match = re.search(r"(curl .*'<[^>]+>')", printed_hint)
+        assert match, printed_hint
+        self.template, self.placeholder = match.group(1), re.search(r"'(<[^>]+>)'", match.group(1)).group(1)
+        self.done = False
+
+    def __call__(self, printed: str) -> None:
+        page = PRINTED_PAGE.search(printed)
+        if page and not self.done:
+            self.done = True
+            command = self.template.replace(self.placeholder, page.group(1))
+            answer = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+            assert answer.returncode == 0 and "Signed in as" in answer.stdout, answer.stdout + answer.stderr
+
+
+def _sign_in_and_connect(tmp_path: Path, lines: list[str]) -> str:
+    """The printed SSO lines in a fresh shell, as a person does them: the export line, `jitproxy
+    login` (signing in as dev at the page it prints), `jitproxy connect` and SQL at its prompt,
+    `jitproxy whoami`; then a login as admin the way the demo says works without a browser."""
+    pasted = _pasted(lines, "Sign in with SSO")
+    assert [line.split()[:2] for line in pasted] == [["export", pasted[0].split()[1]], ["jitproxy", "login"],
+                                                      ["jitproxy", "connect"]], pasted
+    export, login, connect = pasted
+    shell, outputs = Shell(tmp_path, _person_env()), []
+    try:
+        for command, meanwhile in ((export, None), (login, SignInMeanwhile("dev"))):
+            code, output = shell.run(command, meanwhile=meanwhile)
+            outputs.append(output)
+            assert code == 0, f"{command}\n{output}"
+        assert "enter the code" in outputs[-1] and "signed in as dev (groups: none) until " in outputs[-1], outputs
+        session = ClientSession(connect, tmp_path, {**_person_env(), "PATH": shell.value("PATH")})
+        try:
+            sql = next(line for line in lines if line.startswith("then SQL at its prompt: ")).split(": ", 1)[1]
+            answer = session.run(sql.strip())
+        finally:
+            session.close()
+        outputs.append(answer)
+        assert re.search(r"\| first_name +\| dept +\|", answer) and answer.count("\n|") >= 3, answer
+        code, output = shell.run("jitproxy whoami")
+        outputs.append(output)
+        assert code == 0 and output.startswith("dev (groups: none; admin: no) at https://127.0.0.1:"), output
+        no_browser = next(line for line in lines if line.startswith("(No browser?"))
+        curl = _SignInWithCurl(no_browser.replace("username=dev", "username=admin"))
+        code, output = shell.run(login, meanwhile=curl)
+        outputs.append(output)
+        assert code == 0 and "signed in as admin (groups: project-owner, dba)" in output, output
+    finally:
+        shell.close()
+    return "".join(outputs)
 
 
 def _dev_session(directory: Path, port: int) -> pymysql.Connection:
@@ -107,6 +175,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert denied.returncode != 0 and "ERROR 1142" in denied.stderr
         assert "jitproxy request create --db hr_prod --table salary" in denied.stderr
         assert "with JITPROXY_API, JITPROXY_CA and JITPROXY_TOKEN set" in denied.stderr  # what it needs to run
+        signed_in = _sign_in_and_connect(tmp_path, lines)
         port = int(re.search(r"ready on 127\.0\.0\.1:(\d+)", text).group(1))
         session = _dev_session(directory, port)  # open all along: access bites on its next statement
         shell = Shell(tmp_path, fresh_env())  # no venv on PATH, no JITPROXY_*: the printed lines set them
@@ -127,6 +196,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
                                                                                                      "request."))}
         assert said == {"prod"}, said
         assert token not in audit and token not in text and token not in outputs
+        sso_token = json.loads((Path(os.environ["JITPROXY_HOME"]) / "session.json").read_text())["token"]
+        for where in (audit, text, outputs, signed_in):
+            assert sso_token not in where
+        assert any(e["type"] == "identity.signed_in" and e["user"] == "dev" for e in events)
     finally:
         _, err = _stop_demo(proc)
     assert token not in err

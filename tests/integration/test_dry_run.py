@@ -15,8 +15,8 @@ import pymysql
 import pytest
 import yaml
 
+from jitproxy_demo.inprocess import RunningProxy
 from proxy import cli
-from proxy.testing import RunningProxy
 from tests.helpers import api_cli, run_cli
 from tests.integration.conftest import client_ssl, proxy_with_environments
 

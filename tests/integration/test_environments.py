@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from proxy.testing import RunningProxy
+from jitproxy_demo.inprocess import RunningProxy
 from tests.helpers import api_cli
 from tests.integration.conftest import client_ssl, proxy_with_environments
 

@@ -17,10 +17,10 @@ import httpx
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.demo.sample import create_proxy_upstream_user
-from proxy.testing import RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.sample import create_proxy_upstream_user
 from tests.integration.conftest import client_ssl, local_proxy_config
 
 PASSWORD = "failover-upstream-password"

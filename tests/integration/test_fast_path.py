@@ -14,9 +14,9 @@ import pymysql
 import pytest
 import uvloop
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from tests.helpers import eventually
 from tests.integration.conftest import ConnectorClient, client_ssl, local_proxy_config
 from tests.integration.rawclient import RawClient
@@ -303,3 +303,70 @@ def test_masked_and_metadata_statements_never_take_the_fast_path(fast, tls_files
     finally:
         (policies / "masks.yaml").unlink()
         proxy.ctx.grants.reload()
+
+
+# What differs between two runs of the same statements whatever the executor: times, ids, the chain.
+_PER_RUN = {"ts", "time", "event_id", "seq", "hash", "prev_hash", "session_id", "statement_id", "duration_ms", "connection_id",
+            "upstream_thread_id", "proxy_instance", "client_addr", "token_id", "token_expires_at"}
+PARITY_SCRIPT = [
+    "SELECT employee_id, title FROM title WHERE employee_id = 3 ORDER BY title",
+    "SELECT COUNT(*) FROM title",
+    "SELECT 1",
+    "SELECT employee_id FROM title WHERE title = 'nobody' LIMIT 0",
+    "SELECT employee_id, amount FROM salary ORDER BY employee_id",  # past max_rows: cut with an error
+    "SELECT employee_id, amount FROM salary ORDER BY employee_id LIMIT 5",
+    "SELECT * FROM employee",  # denied: not granted
+    "SELECT no_such_column FROM title",  # the database's error
+    "UPDATE title SET title = title WHERE employee_id = -1",  # denied: no UPDATE
+    "DELETE FROM salary",  # denied
+    "BEGIN",
+    "SELECT COUNT(*) FROM title WHERE employee_id < 10",
+    "ROLLBACK",
+    "SET @parity = 7",
+    "SELECT @parity",
+    "SHOW TABLES",
+    "SELECT employee_id, title FROM title WHERE employee_id = 11 ORDER BY title",
+]
+
+
+def _run_script(proxy: RunningProxy, tls_files: TlsFiles, marker: str) -> list[object]:
+    """Each statement of PARITY_SCRIPT tagged with `marker` in a comment-free way (a string
+    literal), twice: the first pass teaches the proxy the decisions, the second is compared."""
+    answers: list[object] = []
+    conn = _connect(proxy, tls_files)
+    with conn.cursor() as cur:
+        for rounds in range(2):
+            for sql in PARITY_SCRIPT:
+                tagged = sql if not sql.startswith("SELECT") else sql.replace("SELECT ", f"SELECT '{marker}{rounds}' AS m, ", 1)
+                try:
+                    cur.execute(tagged)
+                    answers.append((rounds, tuple(cur.fetchall())))
+                except pymysql.MySQLError as e:
+                    answers.append((rounds, e.args[0]))
+    conn.close()
+    return answers
+
+
+def _comparable(proxy: RunningProxy, first_event: int) -> list[dict]:
+    events = [e for e in proxy.events[first_event:] if e["type"].startswith(("statement.", "session."))]
+    # (each proxy reads its policy files from a directory of its own: compare the files' names)
+    return [{k: [Path(g).name for g in v] if k == "grants" else v for k, v in e.items() if k not in _PER_RUN}
+            for e in events]
+
+
+def test_the_same_statements_give_identical_audit_events_on_both_executors(fast, loop_only, tls_files):
+    """The whole audit record of a script of allowed, denied, cut, failed and transactional
+    statements is the same whichever executor ran each statement, field for field."""
+    proxy, _ = fast
+    fast_from, loop_from, fast_before = len(proxy.events), len(loop_only.events), proxy.ctx.fast_statements
+    fast_answers = _run_script(proxy, tls_files, "parity")
+    loop_answers = _run_script(loop_only, tls_files, "parity")
+    assert proxy.ctx.fast_statements - fast_before >= 8  # the second pass mostly ran on the fast path
+    assert fast_answers == loop_answers
+    assert any(isinstance(a, int) for _, a in fast_answers)  # errors are part of the script
+    eventually(lambda: _comparable(proxy, fast_from)[-1]["type"] == "session.end")
+    eventually(lambda: _comparable(loop_only, loop_from)[-1]["type"] == "session.end")
+    fast_events, loop_events = _comparable(proxy, fast_from), _comparable(loop_only, loop_from)
+    assert len(fast_events) == len(loop_events) > 2 * len(PARITY_SCRIPT)
+    for got, expected in zip(fast_events, loop_events):
+        assert got == expected

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.cli import main
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import RunningProxy
 from tests.integration.conftest import client_ssl, local_proxy_config
 
 POLICY = """

@@ -15,7 +15,7 @@ import httpx
 import pymysql
 import pytest
 
-from proxy.testing import RunningProxy
+from jitproxy_demo.inprocess import RunningProxy
 from tests.helpers import HR_ENVIRONMENTS, api_cli, eventually, run_cli
 from tests.integration.conftest import POLICY, client_ssl, local_proxy_config
 
@@ -25,6 +25,8 @@ approval_policies:
   - {environment: prod, privileges: [INSERT, UPDATE, DELETE], approvals: 2,
      approvers: ["group:project-owner", "group:dba"], require: ["group:dba"], max_duration: 2h}
   - {environment: test, privileges: ALL, auto_approve: true, max_duration: 1d}
+  - {environment: prod, break_glass: true, who: ["group:oncall"], privileges: [SELECT, UPDATE], max_duration: 2h,
+     reviewers: ["group:sre-lead"]}
 """
 
 
@@ -219,6 +221,48 @@ def test_on_expiry_disconnect_closes_sessions_whose_last_grant_ended(workflow, t
     assert proxy.call(_sweep(proxy)) == []
     keeping.close()
     asking.close()
+
+
+def test_break_glass_gives_access_on_the_next_statement_and_a_deny_in_review_takes_it_away(
+        workflow, tls_files, monkeypatch, capsys):
+    """An on-call person's break-glass request is granted at once: their open session's very
+    next statement reads; a reviewer's deny after the fact revokes it: the next one is denied."""
+    proxy = workflow
+    session = _session(proxy, tls_files, "wfoncall")
+    try:
+        cur = session.cursor()
+        with pytest.raises(pymysql.MySQLError):
+            cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+        code, out = cli(monkeypatch, capsys, proxy, "wfdev4", (), "request", "create", "--db", "hr_prod", "--table",
+                        "salary", "--break-glass", "--for", "1h", "--reason", "INC-321 payroll down")
+        assert code == 1 and "wfdev4 is not on call for prod" in out
+        code, out = cli(monkeypatch, capsys, proxy, "wfoncall", ("oncall",), "request", "create", "--db", "hr_prod",
+                        "--table", "salary", "--break-glass", "--for", "3h", "--reason", "INC-321 payroll down")
+        assert code == 1 and "break glass in prod lasts at most 2h" in out
+        code, out = cli(monkeypatch, capsys, proxy, "wfoncall", ("oncall",), "request", "create", "--db", "hr_prod",
+                        "--table", "salary", "--break-glass", "--for", "1h", "--reason", "INC-321 payroll down")
+        assert code == 0 and "approved — break glass, review pending" in out, out
+        request_id = re.search(r"request (r-[0-9a-f]+)", out).group(1)
+
+        cur.execute("SELECT COUNT(*) FROM hr_prod.salary")  # the same open session, the very next statement
+        assert cur.fetchone()[0] > 0
+        code, out = cli(monkeypatch, capsys, proxy, "wfoncall", ("oncall", "sre-lead"), "request", "deny", request_id)
+        assert code == 1 and "nobody reviews their own break-glass request" in out
+        code, out = cli(monkeypatch, capsys, proxy, "lena", ("sre-lead",), "request", "deny", request_id,
+                        "--comment", "no incident INC-321")
+        assert code == 0 and f"request {request_id}: revoked — break glass, denied in review by lena" in out, out
+        with pytest.raises(pymysql.MySQLError) as e:
+            cur.execute("SELECT COUNT(*) FROM hr_prod.salary")
+        assert e.value.args[0] == 1142
+    finally:
+        session.close()
+    events = [ev for ev in proxy.events if request_id in (ev.get("id"), ev.get("request_id"))]
+    assert [ev["type"] for ev in events] == ["request.break_glass", "request.reviewed", "grant.revoked",
+                                             "request.revoked"]
+    assert events[0]["actor"] == "wfoncall" and events[0]["environment"] == "prod" and events[0]["review"] == "pending"
+    assert (events[1]["actor"], events[1]["review"]) == ("lena", "denied by lena")
+    allowed = [ev for ev in proxy.events if ev["type"] == "statement.completed" and ev.get("user") == "wfoncall"]
+    assert any(f"request {request_id}" in json.dumps(ev.get("grants")) for ev in allowed), allowed
 
 
 def test_api_requires_a_valid_token_and_publishes_openapi(workflow, tls_files):

@@ -10,14 +10,13 @@ import struct
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import MutableClock, RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import MutableClock, RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config
 from tests.integration.rawclient import RawClient

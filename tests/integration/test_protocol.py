@@ -13,7 +13,7 @@ import mysql.connector
 import pymysql
 import pytest
 
-from proxy.testing import RunningProxy, proxy_config
+from jitproxy_demo.inprocess import RunningProxy, proxy_config
 from tests.integration.conftest import client_ssl, direct
 from tests.integration.rawclient import CLIENT_MULTI_STATEMENTS, RawClient, err_code
 

@@ -1,5 +1,6 @@
 """The README's examples, run as written against a real `jitproxy demo` (real MariaDB, the
-proxy, its admin API), in the README's order: the tutorial (dev denied in an open session, a
+proxy, its admin API, its IdP), in the README's order: signing in with SSO and connecting (the
+top of the README), the tutorial (dev denied in an open session, a
 request with --until, approval, the same session's next query, revocation, release, expiry,
 audit search, with every status and the exact end), then the examples of the later sections.
 
@@ -7,10 +8,12 @@ The blocks and their notation: tests/readme_examples.py. They run in one bash st
 new login's environment (so the README's own `export` line must set PATH, JITPROXY_API and
 JITPROXY_CA), in a directory laid out as the repository is for a reader (`.venv/bin/jitproxy`,
 the demo in `demo/`); the demo listens on free ports, which take the place of the README's
-3307 and 8443."""
+3307 and 8443. The person's sign-in lives in this test's own JITPROXY_HOME."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 import time
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.idp_page import SignInMeanwhile
 from tests.integration.test_demo import _start_demo, _stop_demo
 from tests.readme_examples import Step, as_at_the_prompt, missing, steps
 from tests.shell import ClientSession, Shell, fresh_env
@@ -29,6 +33,9 @@ POLL_STEP_S = 0.5
 
 # The tutorial's flow: taking any of it out of the README fails here, not silently.
 TUTORIAL: tuple[tuple[str, Callable[[Step], bool]], ...] = (
+    ("a sign-in with jitproxy login", lambda s: s.kind == "sh" and s.text.startswith("jitproxy login")
+     and s.sign_in_as is not None),
+    ("jitproxy connect's session", lambda s: s.kind == "session" and s.text.startswith("jitproxy connect")),
     ("a session opened as dev", lambda s: s.kind == "session" and "-u dev" in s.text),
     ("a statement denied in it", lambda s: s.kind == "sql" and any("ERROR 1142" in e for e in s.expected)),
     ("a request with --until", lambda s: s.kind == "sh" and bool(re.search(r"request create .*--until", s.text))),
@@ -56,12 +63,15 @@ def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
     text = "".join(printed)
     ports = {README_PORT: _port(r"ready on 127\.0\.0\.1:(\d+)", text),
              README_API_PORT: _port(r"JITPROXY_API=https://127\.0\.0\.1:(\d+)", text)}
-    shell, session, outputs = Shell(tmp_path, fresh_env()), None, []
+    env = fresh_env(JITPROXY_HOME=os.environ["JITPROXY_HOME"])
+    shell, session, outputs = Shell(tmp_path, env), None, []
     try:
         for step in found:
             command = _with_ports(step.text, ports)
             if step.kind == "session":
-                session = ClientSession(command, tmp_path, fresh_env())
+                if session is not None:
+                    session.close()
+                session = ClientSession(command, tmp_path, {**env, "PATH": shell.value("PATH")})
             elif step.kind == "sql":
                 assert session is not None, f"README line {step.line}: a statement before the session block"
                 outputs.append(_run_statement(session, step, shell))
@@ -75,6 +85,8 @@ def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
     for user in ("dev", "admin"):
         token = (tmp_path / "demo" / f"{user}.token").read_text().strip()
         assert not any(token in output for output in outputs), f"{user}'s token was printed"
+    signed_in = json.loads((Path(os.environ["JITPROXY_HOME"]) / "session.json").read_text())["token"]
+    assert not any(signed_in in output for output in outputs), "the signed-in token was printed"
 
 
 def _port(pattern: str, text: str) -> int:
@@ -94,7 +106,7 @@ def _run_command(shell: Shell, step: Step, command: str) -> str:
     """Run it (again, while the step says so, until its deadline); check its exit code and output."""
     deadline = time.monotonic() + (step.again_within_s or 0)
     while True:
-        code, output = shell.run(command)
+        code, output = shell.run(command, meanwhile=SignInMeanwhile(step.sign_in_as) if step.sign_in_as else None)
         problems = _problems(step, code, output, shell.value)
         if not problems or step.again_within_s is None or time.monotonic() >= deadline:
             break

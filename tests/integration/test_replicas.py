@@ -21,9 +21,9 @@ import pymysql
 import pytest
 import yaml
 
-from proxy.demo.postgres import LocalPostgres
+from jitproxy_demo.inprocess import proxy_config
+from jitproxy_demo.postgres import LocalPostgres
 from proxy.identity.personal_tokens import TokenIssuer
-from proxy.testing import proxy_config
 from tests.integration.conftest import client_ssl
 
 POLICY = """

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from tests.helpers import HR_ENVIRONMENTS, api_cli
 from tests.integration.conftest import POLICY, local_proxy_config
 

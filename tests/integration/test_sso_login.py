@@ -1,11 +1,8 @@
 """Sign in with SSO, end to end on real components: a local OIDC provider on loopback
-(proxy.demo.oidc_provider), the proxy in front of the test MariaDB, its admin API with the
+(jitproxy_demo.oidc_provider), the proxy in front of the test MariaDB, its admin API with the
 sign-in routes (proxy.api.oidc), the `jitproxy` CLI (login, whoami, connect, password, logout),
-PyMySQL and the mariadb CLI.
-
-The proxy is wired as proxy/server.py will wire it (`enable_sign_in(cfg, ctx)`, then
-`create_app(..., sign_in=...)`; see proxy.api.oidc): the sign-in API is started here on the
-proxy's loop next to the proxy's own."""
+PyMySQL and the mariadb CLI. The proxy wires sign-in itself (proxy/server.py: `enable_sign_in`,
+then its admin API with the sign-in routes), as `jitproxy serve` does."""
 
 from __future__ import annotations
 
@@ -23,15 +20,14 @@ import httpx
 import pymysql
 import pytest
 
-from proxy.api.app import create_app
-from proxy.api.oidc import SignIn, enable_sign_in
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.oidc_provider import LocalOidcProvider
+from proxy.api.oidc import SignIn
 from proxy.cli import main
 from proxy.cli_login import SESSION_FILE, config_dir
-from proxy.demo.certs import TlsFiles
-from proxy.demo.oidc_provider import LocalOidcProvider
-from proxy.workflow.runtime import ApiServer
+from tests.helpers import HR_ENVIRONMENTS, run_cli
 from tests.integration.conftest import assert_no_secrets, client_ssl, local_proxy_config
-from proxy.testing import RunningProxy
 
 POLICY = """
 grants:
@@ -41,6 +37,8 @@ grants:
   - subject: group:dba
     grant: hr_prod.salary
     privileges: [SELECT]
+approval_policies:              # reading prod: one approval by a dba (an IdP group, mapped)
+  - {environment: prod, privileges: [SELECT], approvals: 1, approvers: ["group:dba"], max_duration: 8h}
 """
 
 
@@ -54,9 +52,11 @@ def cli_output(out: str) -> str:
 
 
 class SsoProxy:
-    def __init__(self, running: RunningProxy, sign_in: SignIn, api: ApiServer, idp: LocalOidcProvider) -> None:
-        self.running, self.sign_in, self.api, self.idp = running, sign_in, api, idp
-        self.url = f"https://127.0.0.1:{api.port}"
+    def __init__(self, running: RunningProxy, idp: LocalOidcProvider) -> None:
+        self.running, self.idp = running, idp
+        assert running.server.api is not None and running.server.sign_in is not None
+        self.sign_in: SignIn = running.server.sign_in
+        self.url = f"https://127.0.0.1:{running.server.api.port}"
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +66,10 @@ def sso(tmp_path_factory, mariadb, tls_files: TlsFiles, upstream_credentials) ->
     (policies / "sso.yaml").write_text(POLICY)
     cfg = local_proxy_config(tmp_path_factory.mktemp("sso-proxy"), mariadb, tls_files, upstream_credentials, policies,
                              extra={"oidc": {"issuer": idp.issuer, "client_id": "jitproxy",
-                                             "group_map": {"DB Admins": "dba"}}})
+                                             "group_map": {"DB Admins": "dba"}},
+                                    "upstream": {"environments": HR_ENVIRONMENTS}})
     running = RunningProxy(cfg)
-    # the wiring proxy/server.py is to do (proxy.api.oidc.enable_sign_in's docstring)
-    sign_in = enable_sign_in(cfg, running.ctx)
-    sign_in.ports.update(running.server.ports)
-    app = create_app(running.ctx.workflow, running.ctx.verifier, access=running.ctx.grants.held_by, sign_in=sign_in)
-    api = ApiServer(app, "127.0.0.1", 0, str(tls_files.server_cert), str(tls_files.server_key))
-    running.call(api.start())
-    yield SsoProxy(running, sign_in, api, idp)
-    running.call(api.stop())
+    yield SsoProxy(running, idp)
     running.stop()
     idp.stop()
     assert_no_secrets(running, upstream_credentials.password)
@@ -180,17 +174,32 @@ def connect(sso: SsoProxy, tls_files: TlsFiles, user: str, password: str) -> pym
                            ssl=client_ssl(tls_files), database="hr_prod")
 
 
+def count_rows(sso: SsoProxy, tls_files: TlsFiles, user: str, password: str, table: str) -> int:
+    """SELECT COUNT(*) of an hr_prod table in a session of its own."""
+    conn = connect(sso, tls_files, user, password)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def password_for_token(sso: SsoProxy, tls_files: TlsFiles, token: str) -> str:
+    """A session password for `token`, asked of the API as `jitproxy password` asks."""
+    answer = httpx.post(f"{sso.url}/v1/session-passwords", json={}, verify=client_ssl(tls_files),
+                        headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 201
+    return answer.json()["password"]
+
+
 def test_short_session_password_works_until_revoked(sso: SsoProxy, tls_files: TlsFiles, capsys) -> None:
     login(sso, tls_files, "carol", capsys)
     assert main(["password"]) == 0
     out, err = capsys.readouterr()
     password = cli_output(out).strip()
     assert password.startswith("jp_") and len(password) == 35 and "session password for carol" in err
-    conn = connect(sso, tls_files, "carol", password)
-    with conn.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM employee")
-        assert cur.fetchone()[0] > 0
-    conn.close()
+    assert count_rows(sso, tls_files, "carol", password, "employee") > 0
     # not somebody else's, not as an API bearer token
     with pytest.raises(pymysql.MySQLError) as e:
         connect(sso, tls_files, "dora", password)
@@ -215,10 +224,7 @@ def test_short_session_password_works_until_revoked(sso: SsoProxy, tls_files: Tl
 
 def test_session_password_ends_with_its_token(sso: SsoProxy, tls_files: TlsFiles, capsys) -> None:
     token = sso.running.token("erin", ("engineering",), ttl=timedelta(minutes=10))
-    answer = httpx.post(f"{sso.url}/v1/session-passwords", json={}, verify=client_ssl(tls_files),
-                        headers={"Authorization": f"Bearer {token}"})
-    assert answer.status_code == 201
-    password = answer.json()["password"]
+    password = password_for_token(sso, tls_files, token)
     connect(sso, tls_files, "erin", password).close()
     sso.running.clock.advance(timedelta(minutes=11))
     try:
@@ -242,6 +248,54 @@ def test_a_cut_off_token_gets_a_hint(sso: SsoProxy, tls_files: TlsFiles) -> None
     with pytest.raises(pymysql.MySQLError) as e:  # any other bad token: the generic answer
         connect(sso, tls_files, "carol", token[:120])
     assert "invalid or expired token" in e.value.args[1]
+
+
+def ask_for_titles(capsys, reason: str) -> str:
+    """`jitproxy request create` for reading hr_prod.title, as the signed-in person: its id."""
+    code, out, err = run_cli(capsys, "request", "create", "--db", "hr_prod", "--table", "title", "--for", "1h",
+                             "--reason", reason, "--quiet")
+    request_id = cli_output(out).strip()
+    assert code == 0 and re.fullmatch(r"r-[0-9a-f]+", request_id), out + err
+    return request_id
+
+
+def test_idp_groups_decide_who_approves(sso: SsoProxy, tls_files: TlsFiles, capsys) -> None:
+    """Approvals with IdP-issued groups, end to end: a request by one signed-in person, refused to
+    an approver whose IdP group is not the approvers' (and to the requester), approved by one whose
+    IdP group maps to dba; once the IdP drops that group, the same person approves no more."""
+    sso.idp.users.update({"frank": {"groups": ["engineering"]}, "grace": {"groups": ["DB Admins"]}})
+    login(sso, tls_files, "frank", capsys)
+    frank = stored_token()
+    request_id = ask_for_titles(capsys, "INC-77 titles")
+    code, _, err = run_cli(capsys, "request", "approve", request_id)
+    assert code == 1 and "nobody approves or denies their own request" in err
+    login(sso, tls_files, "carol", capsys)  # engineering: not an approver of prod reads
+    code, _, err = run_cli(capsys, "request", "approve", request_id)
+    assert code == 1 and "refused (403)" in err, err
+    assert login(sso, tls_files, "grace", capsys).startswith("signed in as grace (groups: dba)")
+    code, out, err = run_cli(capsys, "request", "approve", request_id)
+    assert code == 0 and f"request {request_id}: approved" in out, err
+    assert count_rows(sso, tls_files, "frank", frank, "title") > 0
+    approved = [e for e in sso.running.events if e["type"] == "request.approved" and request_id in str(e)]
+    assert approved and approved[-1]["user"] == "grace" and "dba" in approved[-1]["groups"], approved
+
+    sso.idp.users["grace"] = {"groups": ["sales"]}  # the IdP took her out of DB Admins
+    login(sso, tls_files, "frank", capsys)
+    second = ask_for_titles(capsys, "INC-78 titles again")
+    assert login(sso, tls_files, "grace", capsys).startswith("signed in as grace (groups: sales)")
+    code, _, err = run_cli(capsys, "request", "approve", second)
+    assert code == 1 and "refused (403)" in err, err
+
+
+def test_an_idp_id_token_is_no_password_for_the_proxy(sso: SsoProxy, tls_files: TlsFiles) -> None:
+    """The IdP's own ID token names an issuer the proxy does not take tokens from: only jitproxy's
+    token (or a session password standing for it) logs in."""
+    id_token = sso.idp.id_token("carol", nonce=None)
+    with pytest.raises(pymysql.MySQLError) as e:
+        connect(sso, tls_files, "carol", id_token)
+    assert e.value.args[0] == 1045 and "invalid or expired token" in e.value.args[1]
+    rejected = [e for e in sso.running.events if e["type"] == "session.rejected" and e.get("user") == "carol"]
+    assert rejected[-1]["reason_code"] == "wrong_issuer", rejected[-1]
 
 
 def _jitproxy() -> list[str]:

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.protocol.statement_audit import ANNOUNCE_AFTER_S
-from proxy.testing import RunningProxy
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import client_ssl
 
-CANARY = "CANARY-SALARY-7f3a"  # only in hr_prod.salary (proxy/demo/sample_data.sql)
+CANARY = "CANARY-SALARY-7f3a"  # only in hr_prod.salary (jitproxy_demo/sample_data.sql)
 VIEWER_POLICY = """
 grants:
   - {subject: user:viewer, grant: "hr_test.*", privileges: [SELECT]}

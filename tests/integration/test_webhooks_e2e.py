@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from tests.helpers import api_cli
 from tests.integration.conftest import local_proxy_config
 from tests.notify.test_webhook import SECRET_PATH, Receiver

@@ -17,9 +17,9 @@ import pymysql
 import pytest
 import yaml
 
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from proxy.audit.chain import verify
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
 from proxy.identity.personal_tokens import TokenIssuer
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config

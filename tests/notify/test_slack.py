@@ -20,7 +20,7 @@ from proxy.authz.model import Principal
 from proxy.config import SlackConfig
 from proxy.notify.slack import Person, SlackApprovals, render, slack_from_config
 from proxy.store import open_store
-from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
+from proxy.workflow.approvals import ApprovalPolicies, break_glass_from_document, rules_from_document
 from proxy.workflow.service import AccessService
 from tests.helpers import environments, eventually
 from tests.notify.fake_slack import FakeSlack, click_payload, signed
@@ -31,12 +31,14 @@ POLICY = {
         {"environment": "prod", "privileges": ["SELECT"], "approvals": 1, "approvers": ["group:owner"]},
         {"environment": "prod", "privileges": ["UPDATE"], "approvals": 2, "approvers": ["group:owner", "group:dba"],
          "require": ["group:dba"]},
+        {"environment": "prod", "break_glass": True, "who": ["group:oncall"], "max_duration": "2h"},  # owners review
     ],
 }
 
 
 def _policies() -> ApprovalPolicies:
-    return ApprovalPolicies(tuple(rules_from_document(POLICY, "test")))
+    return ApprovalPolicies(tuple(rules_from_document(POLICY, "test")),
+                            break_glass=tuple(break_glass_from_document(POLICY, "test")))
 
 
 # -- the message ---------------------------------------------------------------------------------------
@@ -149,6 +151,25 @@ def test_a_failing_slack_is_logged_without_secrets_and_later_messages_still_go(
     eventually(lambda: slack.stats.posted == 1)
     assert [m["blocks"][-1]["elements"][0]["value"] for m in fake.of("chat.postMessage")] == [first.id, second.id]
     assert "SECRETTOKEN" not in repr(slack) and SECRET not in repr(slack)
+
+
+def test_a_break_glass_request_is_posted_and_a_deny_click_revokes_it(
+        wired: tuple[SlackApprovals, AccessService], fake: FakeSlack, clock: Clock) -> None:
+    slack, service = wired
+    request, _ = service.submit_request(Principal("carl", ("oncall",)), "hr_prod", ["salary"], ["SELECT"],
+                                        "INC-7 payroll down", duration=timedelta(hours=1), break_glass=True)
+    eventually(lambda: slack.stats.posted == 1)  # new to the channel, though approved at once
+    (posted,) = fake.of("chat.postMessage")
+    assert "*BREAK GLASS*" in posted["blocks"][0]["text"]["text"]
+    assert posted["blocks"][-1]["elements"][1]["value"] == request.id
+    body, headers = signed(SECRET, click_payload(request.id, "U0OWNER", approve=False), timestamp=int(clock.at))
+    answer = slack.handle_interaction(body, headers)
+    assert answer.status == 200 and answer.changed
+    view = answer.body["request"]
+    assert (view["status"], view["review"], view["status_reason"]) == (
+        "revoked", "denied by olga", "break glass denied in review: via Slack (U0OWNER)")
+    eventually(lambda: slack.stats.updated >= 1)
+    assert not [b for b in fake.of("chat.update")[-1]["blocks"] if b["type"] == "actions"]
 
 
 def test_only_request_events_are_shown_and_a_full_queue_drops(fake: FakeSlack) -> None:

@@ -17,9 +17,9 @@ import httpx
 import pymysql
 import pytest
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.mariadb import Credentials, LocalMariaDB
-from proxy.testing import RunningProxy
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.inprocess import RunningProxy
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 from tests.helpers import eventually
 from tests.integration.conftest import client_ssl, local_proxy_config
 from tests.notify.fake_slack import FakeSlack, click_payload, signed

@@ -1,12 +1,13 @@
 """Fixtures for the state-store tests: every test runs against both backends.
 
-PostgreSQL is one private server for the session (proxy.demo.postgres.LocalPostgres); each test
+PostgreSQL is one private server for the session (jitproxy_demo.postgres.LocalPostgres); each test
 gets a database of its own, so tests never see each other's rows. SQLite gets a file in the
 test's tmp_path.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.demo.postgres import LocalPostgres
+from jitproxy_demo.postgres import LocalPostgres
 from proxy.store import open_store
 from proxy.store.base import Store
 from proxy.store.postgres import PostgresStore
@@ -95,3 +96,34 @@ def unmigrated_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         return SQLiteStore(url.removeprefix("sqlite:///"))
     return PostgresStore(url)
+
+
+def migrate_to(url: str, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrate the empty store at `url` as a jitproxy that knew the migrations up to `version`
+    only would have (an older store, for upgrade tests)."""
+    import proxy.store.migrations as migrations
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+        patch.setattr(migrations, "LATEST_VERSION", version)
+        old = unmigrated_store(url)
+        try:
+            old.migrate()
+        finally:
+            old.close()
+
+
+def sql_list(url: str, *values: str) -> str:
+    """A list literal in the store's dialect (SQLite: JSON text; PostgreSQL: text[])."""
+    if url.startswith("sqlite:///"):
+        return "'" + json.dumps(list(values)) + "'"
+    return "ARRAY[" + ", ".join(f"'{v}'" for v in values) + "]::text[]"
+
+
+def insert_old_request(url: str, request_id: str, at: str, until: str) -> None:
+    """A pending request row with the columns every schema version has (written as an older
+    jitproxy wrote it: behind the store's back)."""
+    run_sql(url, f"""INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
+            environment, status, created_at, updated_at, pending_until, grant_ids, instance)
+        VALUES ('{request_id}', 'alice', 'hr_prod', {sql_list(url, "salary")}, {sql_list(url, "SELECT")}, 3600,
+            'incident 42', 'prod', 'pending', '{at}', '{at}', '{until}', {sql_list(url)}, '*')""")

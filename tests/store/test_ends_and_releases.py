@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.store.base import Conflict, Decision, RequestStatus, Store
-from proxy.store.migrations import MIGRATIONS
-from tests.store.conftest import run_sql, unmigrated_store
+from tests.store.conftest import insert_old_request, migrate_to, run_sql, sql_list, unmigrated_store
 from tests.store.test_contract import HOUR, NOW, SECOND, approval, new_grant, new_request
 
 
@@ -51,27 +50,13 @@ def test_grants_are_read_by_id(store: Store) -> None:
 
 
 def test_a_version_3_store_upgrades_and_its_rows_read_as_before(store_url: str, monkeypatch) -> None:
-    import proxy.store.migrations as migrations
-
-    with monkeypatch.context() as patch:
-        patch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
-        patch.setattr(migrations, "LATEST_VERSION", 3)
-        old = unmigrated_store(store_url)
-        try:
-            old.migrate()
-        finally:
-            old.close()
+    migrate_to(store_url, 3, monkeypatch)
     at, until = NOW.isoformat(), (NOW + HOUR).isoformat()
-    lists = ("'[\"SELECT\"]'", "'[\"salary\"]'", "'[]'") if store_url.startswith("sqlite:///") else (
-        "ARRAY['SELECT']::text[]", "ARRAY['salary']::text[]", "ARRAY[]::text[]")
     run_sql(store_url, f"""INSERT INTO grants (id, subject, db, table_name, privileges, expires_at, created_at,
             created_by, reason, revoked_at, revoked_by, instance)
-        VALUES ('g-00000000000c', 'user:alice', 'hr_prod', 'salary', {lists[0]}, '{until}', '{at}', 'bob', 'x',
-            '{at}', 'bob', '*')""")
-    run_sql(store_url, f"""INSERT INTO requests (id, requester, db, tables, privileges, duration_s, reason,
-            environment, status, created_at, updated_at, pending_until, grant_ids, instance)
-        VALUES ('r-00000000000c', 'alice', 'hr_prod', {lists[1]}, {lists[0]}, 3600, 'incident 42', 'prod',
-            'pending', '{at}', '{at}', '{until}', {lists[2]}, '*')""")
+        VALUES ('g-00000000000c', 'user:alice', 'hr_prod', 'salary', {sql_list(store_url, "SELECT")}, '{until}',
+            '{at}', 'bob', 'x', '{at}', 'bob', '*')""")
+    insert_old_request(store_url, "r-00000000000c", at, until)
     store = unmigrated_store(store_url)
     try:
         store.migrate()

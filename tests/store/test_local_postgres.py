@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.demo.postgres import LocalPostgres
+from jitproxy_demo.postgres import LocalPostgres
 
 
 def test_the_server_drops_root_and_listens_on_loopback_only(postgres_server: LocalPostgres) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from proxy.demo.postgres import LocalPostgres
+from jitproxy_demo.postgres import LocalPostgres
 from proxy.store import open_store
 from proxy.store.base import NewGrant, StoreError
 from proxy.store.postgres import PostgresStore

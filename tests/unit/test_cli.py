@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import jwt
 import pytest
 import yaml
 
+from jitproxy_demo.inprocess import write_keys
 from proxy.cli import main
-from proxy.testing import write_keys
 
 
 @pytest.fixture
@@ -120,3 +122,23 @@ def test_check_with_several_instances_names_the_instance(config, capsys):
     capsys.readouterr()
     assert main(["check", "--config", str(config), "--user", "dev", "--instance", "hr-prod", sql]) == 1
     assert "jitproxy request create --instance hr-prod --db hr_prod --table employee" in capsys.readouterr().out
+
+
+def test_demo_without_the_demo_package_says_so_in_one_line(tmp_path):
+    """An install without jitproxy_demo (the image copies only proxy/): `jitproxy demo` says what
+    is missing in one line, no traceback, and writes nothing."""
+    hide = ("import sys\n"
+            "class Absent:\n"  # what Python raises when no jitproxy_demo is on the path
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'jitproxy_demo':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Absent())\n"
+            "from proxy.cli import main\n"
+            f"sys.exit(main(['demo', '--dir', {str(tmp_path / 'demo')!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "jitproxy demo: the demo is not installed here (no jitproxy_demo package); "
+        "run it from a source checkout: bash scripts/demo.sh"]
+    assert not (tmp_path / "demo").exists()

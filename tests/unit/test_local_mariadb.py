@@ -9,8 +9,8 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.demo.certs import client_ssl_context, make_ca_and_server_cert
-from proxy.demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.certs import client_ssl_context, make_ca_and_server_cert
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 
 ER_TABLEACCESS_DENIED_ERROR = 1142
 ER_ACCESS_DENIED_ERROR = 1045

@@ -30,6 +30,9 @@ jitproxy request show "$REQ"
 # → expired
 jitproxy nonsense
 # exit 2
+jitproxy login
+# meanwhile: sign in as dev at the page it prints
+# → signed in as dev
 ```
 
 ```sh readme-test session
@@ -52,6 +55,7 @@ def test_blocks_become_steps_in_order() -> None:
         ("sh", "REQ=$(jitproxy request create --db hr_prod   --table salary --quiet)"),
         ("sh", 'jitproxy request show "$REQ"'),
         ("sh", "jitproxy nonsense"),
+        ("sh", "jitproxy login"),
         ("session", "mariadb -u dev hr_prod"),
         ("sql", "SELECT 1;"),
         ("sql", "SELECT * FROM salary;"),
@@ -59,8 +63,9 @@ def test_blocks_become_steps_in_order() -> None:
     create, show, nonsense = found[1:4]
     assert create.expected == ["request $REQ: pending", "until …T18:00:00"] and create.exit_code == 0
     assert show.again_within_s == 30 and show.expected == ["expired"]
-    assert nonsense.exit_code == 2 and nonsense.again_within_s is None
-    assert found[5].expected == ["| 1 |"] and found[6].expected == ["ERROR 1142 (42000): SELECT command denied"]
+    assert nonsense.exit_code == 2 and nonsense.again_within_s is None and nonsense.sign_in_as is None
+    assert found[4].sign_in_as == "dev" and found[4].expected == ["signed in as dev"]
+    assert found[6].expected == ["| 1 |"] and found[7].expected == ["ERROR 1142 (42000): SELECT command denied"]
     assert found[1].line == 9  # where it starts in the README's line, for failure messages
 
 
@@ -68,6 +73,7 @@ def test_blocks_become_steps_in_order() -> None:
     ("```sh readme-test\n# → x\n```\n", "an expectation before any command"),
     ("```sh readme-test\nls\n# exit one\n```\n", "unreadable expectation"),
     ("```sh readme-test\nls\n#→ x\n```\n", "unreadable expectation"),
+    ("```sh readme-test\njitproxy login\n# meanwhile: approve it\n```\n", "unreadable expectation"),
     ("```sh readme-test\nls\n", "not closed"),
     ("```python readme-test\nprint()\n```\n", "not python"),
     ("```sh readme-test session\na\nb\n```\n", "one command"),
@@ -96,5 +102,9 @@ def test_a_piped_clients_errors_read_as_at_its_prompt() -> None:
 def test_the_readme_reads() -> None:
     found = steps((ROOT / "README.md").read_text(encoding="utf-8"))
     kinds = [s.kind for s in found]
-    assert kinds.count("session") == 1 and kinds.index("session") < kinds.index("sql")
+    assert kinds.index("session") < kinds.index("sql")
+    # the top of the README: sign in, connect, SQL (issue 18)
+    first = next(i for i, s in enumerate(found) if s.kind == "sh" and s.text.startswith("jitproxy login"))
+    assert found[first].sign_in_as and found[first + 1].kind == "session" and found[first + 2].kind == "sql"
+    assert found[first + 1].text.startswith("jitproxy connect") and first == 1
     assert sum(1 for s in found if s.expected) >= 20

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from jitproxy_demo.inprocess import MutableClock
 from proxy import cli_api
 from proxy.api.app import create_app
 from proxy.audit.events import AuditEmitter, MemorySink
@@ -21,7 +22,6 @@ from proxy.authz.model import Principal
 from proxy.store import open_store
 from proxy.store.base import RequestStatus
 from proxy.environments import Environments, InstanceEnvironments
-from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.service import AccessService, Forbidden, Invalid, grant_fields, request_fields
 from tests.helpers import HR_ENVIRONMENTS, environments

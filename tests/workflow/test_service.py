@@ -8,12 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from jitproxy_demo.inprocess import MutableClock
 from proxy.audit.events import AuditEmitter, MemorySink
 from proxy.authz.decide import GrantSet
 from proxy.authz.model import Principal
 from proxy.store import open_store
 from proxy.store.base import RequestStatus, StoreError
-from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.runtime import EffectiveGrants, Poller
 from proxy.workflow.service import AccessService, Forbidden, Invalid, Missing, StateConflict

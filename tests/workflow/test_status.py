@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
+from jitproxy_demo.inprocess import MutableClock
 from proxy.audit.events import AuditEmitter, MemorySink
 from proxy.authz.model import Principal
 from proxy.store import open_store
-from proxy.testing import MutableClock
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
 from proxy.workflow.service import AccessService, StateConflict
 from tests.helpers import HR_ENVIRONMENTS, environments

@@ -25,13 +25,14 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
-from proxy.demo.process import LOOPBACK, LocalServer, check_socket_path
+from jitproxy_demo.process import (LOOPBACK, LocalServer, LocalServerError, Timeouts,
+                                   check_socket_path, start_in_session, write_private)
 
 SUPERUSER = "jitproxy"
 SERVICE_ACCOUNT = "postgres"  # who runs the server when we are root
@@ -43,8 +44,8 @@ _NOT_READY_YET = frozenset({None, "57P03"})
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
-class LocalPostgresError(RuntimeError):
-    """The local server could not be initialised, started or queried."""
+class LocalPostgresError(LocalServerError):
+    """The local PostgreSQL could not be initialised, started or queried."""
 
 
 class LocalPostgres(LocalServer):
@@ -66,15 +67,9 @@ class LocalPostgres(LocalServer):
         port: int | None = None,
         *,
         settings: Mapping[str, str] | None = None,
-        startup_timeout_s: float = 60.0,
-        shutdown_timeout_s: float = 30.0,
+        **timeouts: Unpack[Timeouts],
     ) -> None:
-        super().__init__(
-            basedir,
-            port,
-            startup_timeout_s=startup_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-        )
+        super().__init__(basedir, port, **timeouts)
         self.settings = {**_FAST_SETTINGS, **(settings or {})}
         self.user = SUPERUSER
         self._password: str | None = None
@@ -152,7 +147,7 @@ class LocalPostgres(LocalServer):
             ) from None
 
     def _initdb(self) -> None:
-        _write_private(self._password_file, secrets.token_urlsafe(24), self._account)
+        write_private(self._password_file, secrets.token_urlsafe(24) + "\n", self._account)
         self._run_install(
             "initdb",
             self.basedir / "initdb.log",
@@ -181,15 +176,7 @@ class LocalPostgres(LocalServer):
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         # The server logs to stderr (no logging collector): append it all to postgres.log.
-        with open(self.log_path, "ab") as log:
-            return subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C at the terminal reaches us, and we stop it
-                **_run_as(self._account, self.basedir),
-            )
+        return start_in_session(command, self.log_path, **_run_as(self._account, self.basedir))
 
     def _ready(self, port: int, remaining_s: float) -> bool:
         """One try at `SELECT 1` as the superuser on `port`."""
@@ -244,16 +231,6 @@ def _hand_over(basedir: Path, account: pwd.struct_passwd) -> None:
             f"the {account.pw_name!r} user cannot write to {basedir}: a parent directory is "
             "private to root; use a base directory under /tmp (e.g. tempfile.mkdtemp(dir='/tmp'))"
         )
-
-
-def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
-    """Write a 0600 file, owned by `account` when given (it must read it)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        os.fchmod(out.fileno(), 0o600)
-        if account is not None:
-            os.fchown(out.fileno(), account.pw_uid, account.pw_gid)
-        out.write(text + "\n")
 
 
 def _bindir() -> Path:

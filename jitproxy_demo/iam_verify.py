@@ -1,6 +1,6 @@
 """Checks an RDS IAM auth token the way Aurora MySQL does; run by pam_exec for the IAM harness.
 
-`proxy.demo.iam` points a PAM service at this file:
+`jitproxy_demo.iam` points a PAM service at this file:
 
     auth required pam_exec.so expose_authtok quiet <python> -I -S <this file> <config.json>
 
@@ -18,7 +18,7 @@ an STS session token is ~1000), "wrong_host", "wrong_action", "wrong_user", "bad
 "wrong_region", "wrong_service", "unknown_key", "bad_session_token", "bad_signature",
 "future_dated", "expired", "config_error", "internal_error".
 
-Config (JSON, written by `proxy.demo.iam`): host, port, user, region, keys (a list of
+Config (JSON, written by `jitproxy_demo.iam`): host, port, user, region, keys (a list of
 {access_key_id, secret_access_key, session_token}), max_age_s, max_future_skew_s,
 clock_offset_s, log_path.
 """

@@ -7,7 +7,7 @@ on, asks for the same thing and hands the password to a PAM service:
     auth    required pam_exec.so expose_authtok quiet <python> -I -S iam_verify.py <config.json>
     account required pam_permit.so
 
-`proxy.demo.iam_verify` recomputes the signature with the accepted test credentials and checks
+`jitproxy_demo.iam_verify` recomputes the signature with the accepted test credentials and checks
 DBUser, host, port, region, Action=connect and age, and appends one JSON line per decision to a
 log (never the token or a secret). The database user is `IDENTIFIED VIA pam ... REQUIRE SSL`.
 
@@ -38,8 +38,8 @@ from typing import Any, Self
 
 import pymysql
 
-from proxy.demo import iam_verify
-from proxy.demo.mariadb import LocalMariaDB
+from jitproxy_demo import iam_verify
+from jitproxy_demo.mariadb import LocalMariaDB
 
 # mariadbd options: load auth_pam (v2, which runs PAM in the setuid
 # <plugin_dir>/auth_pam_tool_dir/auth_pam_tool) and make it ask for mysql_clear_password, as
@@ -258,7 +258,7 @@ def pam_service_text(config_path: Path) -> str:
         if any(c.isspace() for c in str(path)):
             raise IamAuthError(f"{path} contains whitespace, which a PAM service line cannot hold")
     return (
-        "# jitproxy RDS IAM test harness (proxy/demo/iam.py); safe to delete.\n"
+        "# jitproxy RDS IAM test harness (jitproxy_demo/iam.py); safe to delete.\n"
         f"auth required {_pam_exec()} expose_authtok quiet"
         f" {python} -I -S {verifier} {config_path}\n"
         "account required pam_permit.so\n"

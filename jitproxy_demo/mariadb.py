@@ -19,12 +19,13 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pymysql
 
-from proxy.demo.certs import TlsFiles
-from proxy.demo.process import LOOPBACK, LocalServer, check_socket_path
+from jitproxy_demo.certs import TlsFiles
+from jitproxy_demo.process import (LOOPBACK, LocalServer, LocalServerError, Timeouts,
+                                   check_socket_path, start_in_session, write_private)
 
 ROOT_USER = "root"
 # Root keeps these hosts (socket, IPv4 and IPv6 loopback); every other root row is deleted.
@@ -34,8 +35,8 @@ _SCRIPT_TIMEOUT_S = 120.0
 _NOT_LISTENING_YET = frozenset({2002, 2003, 2006, 2013})
 
 
-class LocalMariaDBError(RuntimeError):
-    """The local server could not be initialised, started or queried."""
+class LocalMariaDBError(LocalServerError):
+    """The local MariaDB could not be initialised, started or queried."""
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,9 @@ class LocalMariaDB(LocalServer):
         extra_args: Sequence[str] = (),
         *,
         general_log: bool = False,
-        startup_timeout_s: float = 60.0,
-        shutdown_timeout_s: float = 30.0,
+        **timeouts: Unpack[Timeouts],
     ) -> None:
-        super().__init__(
-            basedir,
-            port,
-            startup_timeout_s=startup_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-        )
+        super().__init__(basedir, port, **timeouts)
         self.tls = tls
         self.general_log = general_log
         self.extra_args = tuple(extra_args)
@@ -265,14 +260,7 @@ class LocalMariaDB(LocalServer):
         ]
         # Anything mariadbd prints before it opens its error log (bad options, ulimit
         # warnings) lands in mariadbd.out.
-        with open(self._stdout_path, "ab") as out:
-            return subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C at the terminal reaches us, and we stop it
-            )
+        return start_in_session(command, self._stdout_path)
 
     def _general_log_args(self) -> list[str]:
         if not self.general_log:
@@ -331,17 +319,14 @@ class LocalMariaDB(LocalServer):
         self._root_password_set = True
 
     def _write_client_config(self) -> None:
-        text = (
+        write_private(
+            self.client_config_path,
             "[client]\n"
             f"user={self._root.user}\n"
             f"password={self._root.password}\n"
             f"socket={self.socket_path}\n"
-            "default-character-set=utf8mb4\n"
+            "default-character-set=utf8mb4\n",
         )
-        fd = os.open(self.client_config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(text)
 
 
 def native_password_hash(password: str) -> str:

@@ -5,16 +5,16 @@ loopback port: it starts the server (picking a free port the first time, and try
 if a picked one is taken before the server binds it), waits until it answers, stops it (a
 signal, then SIGKILL after `shutdown_timeout_s`, and at interpreter exit if nobody did), and
 puts the tail of the server's log into the errors it raises. `LocalMariaDB`
-(`proxy.demo.mariadb`) and `LocalPostgres` (`proxy.demo.postgres`) are its subclasses.
+(`jitproxy_demo.mariadb`) and `LocalPostgres` (`jitproxy_demo.postgres`) are its subclasses.
 
 A subclass provides:
 
 - the class attributes `_product` (in messages: "MariaDB"), `_program` (the server binary's
-  name in messages: "mariadbd"), `_error` (the exception class raised) and, when SIGTERM is not
-  the right shutdown request, `_stop_signal`;
+  name in messages: "mariadbd"), `_error` (the exception class raised, a `LocalServerError`)
+  and, when SIGTERM is not the right shutdown request, `_stop_signal`;
 - `_prepare()`: run by `start()` before the server is spawned: initialise the data directory
   the first time (`_run_install` runs the tool), and whatever else the spawn needs;
-- `_spawn(port)`: start the server process on `port`, in its own session, with its output
+- `_spawn(port)`: start the server process on `port` (`start_in_session`), its output
   appended to the files that `_startup_logs` names;
 - `_ready(port, remaining_s)`: one attempt to run a query on the spawned server: True once it
   answers, False while it is not listening yet, raise `_error` when it refuses;
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -39,7 +40,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
 LOOPBACK = "127.0.0.1"
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux, with the NUL).
@@ -47,6 +48,17 @@ _MAX_SOCKET_PATH_BYTES = 107
 _PORT_ATTEMPTS = 3
 _POLL_INTERVAL_S = 0.05
 _LOG_TAIL_LINES = 25
+
+
+class Timeouts(TypedDict, total=False):
+    """`LocalServer`'s timeouts, which a subclass's constructor passes on (`**timeouts`)."""
+
+    startup_timeout_s: float
+    shutdown_timeout_s: float
+
+
+class LocalServerError(RuntimeError):
+    """The local server could not be initialised, started or queried."""
 
 
 class LocalServer:
@@ -58,7 +70,7 @@ class LocalServer:
     host = LOOPBACK
     _product: ClassVar[str]
     _program: ClassVar[str]
-    _error: ClassVar[type[RuntimeError]]
+    _error: ClassVar[type[LocalServerError]]
     _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
     def __init__(
@@ -183,15 +195,7 @@ class LocalServer:
         directory is removed (the next start begins from scratch) and `_error` is raised with
         the tail of the output.
         """
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **popen_args,
-            )
+        process = start_in_session(command, log_path, append=False, **popen_args)
         try:
             returncode = process.wait(timeout=self.startup_timeout_s)
             failure = f"exit code {returncode}" if returncode != 0 else None
@@ -248,6 +252,33 @@ class LocalServer:
                 process.wait(timeout=min(_POLL_INTERVAL_S, max(remaining_s, 0.0)))
             except subprocess.TimeoutExpired:
                 pass
+
+
+def start_in_session(
+    command: Sequence[str], output: Path, *, append: bool = True, **popen_args: Any
+) -> subprocess.Popen[bytes]:
+    """Start `command` in a session of its own (a ^C at the terminal reaches us, and we stop
+    it), stdin closed, stdout and stderr into `output` (appended, or written from scratch)."""
+    with open(output, "ab" if append else "wb") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen_args,
+        )
+
+
+def write_private(path: Path, text: str, owner: pwd.struct_passwd | None = None) -> None:
+    """Write `text` to `path`, readable by its owner only (0600, an existing file's mode too);
+    the file belongs to `owner` when given (a server running as that account must read it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        if owner is not None:
+            os.fchown(out.fileno(), owner.pw_uid, owner.pw_gid)
+        out.write(text)
 
 
 def check_socket_path(path: Path) -> None:

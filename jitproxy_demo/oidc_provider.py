@@ -2,8 +2,12 @@
 
 It serves what jitproxy's relying party (proxy.identity.oidc) uses: discovery, the JWKS, the
 authorization endpoint (code + PKCE S256, the person "signed in" being `browser_user`), the
-device authorization endpoint (RFC 8628) with its verification page (`POST /activate` with
-`user_code` and `username` approves, `deny=1` denies) and the token endpoint for both grants.
+device authorization endpoint (RFC 8628) with its verification page and the token endpoint for
+both grants. The verification page (`GET /activate`, the code filled in from `?user_code=`) is a
+form a person fills in: a user name and Approve (or Deny); `POST /activate` with `user_code`
+(form or query) and `username` approves, `deny=1` denies, so without a browser
+`curl -d username=dev '<the page's URL with its code>'` does the same. With `known_users_only`
+only the names in `users` may sign in (the demo: dev and admin).
 ID tokens are RS256, signed with the current key; `rotate()` makes a new key (the old one is
 dropped from the JWKS), `id_token_overrides` changes the claims of the next ID tokens (a wrong
 audience, an end in the past, another issuer), and `users` holds each person's claims (change a
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import secrets
 import threading
@@ -54,6 +59,7 @@ class LocalOidcProvider:
     interval_s: int = 1
     browser_user: str | None = None
     id_token_overrides: dict[str, Any] = field(default_factory=dict)
+    known_users_only: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -121,6 +127,10 @@ class LocalOidcProvider:
 
     def activate(self, user_code: str, username: str, deny: bool = False) -> bool:
         """What the verification page does when the person approves (or denies) the code."""
+        user_code = user_code.strip().upper()
+        username = username.strip()
+        if not deny and (not username or (self.known_users_only and username not in self.users)):
+            return False
         with self._lock:
             for device in self._devices.values():
                 if device.user_code == user_code and device.user is None and not device.denied:
@@ -218,8 +228,7 @@ def _handler(provider: LocalOidcProvider) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(status, where, "text/plain")
             elif url.path == "/activate":
-                self._send(200, "<form method=post><input name=user_code value='{}'><input name=username>"
-                                "<button>Approve</button></form>".format(query.get("user_code", "")), "text/html")
+                self._send(200, _activate_page(query.get("user_code", ""), provider), "text/html; charset=utf-8")
             else:
                 self._send(404, {"error": "not_found"})
 
@@ -231,9 +240,31 @@ def _handler(provider: LocalOidcProvider) -> type[BaseHTTPRequestHandler]:
             elif path == "/token":
                 self._send(*provider.token(form))
             elif path == "/activate":
-                ok = provider.activate(form.get("user_code", ""), form.get("username", ""), bool(form.get("deny")))
-                self._send(200 if ok else 400, "approved" if ok else "unknown code", "text/plain")
+                query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
+                code = form.get("user_code") or query.get("user_code", "")
+                deny = bool(form.get("deny"))
+                ok = provider.activate(code, form.get("username", ""), deny)
+                answer = ("Denied." if deny else f"Signed in as {form.get('username', '').strip()}: "
+                          "go back to your terminal.") if ok else "Unknown or used code, or unknown user."
+                self._send(200 if ok else 400, answer + "\n", "text/plain; charset=utf-8")
             else:
                 self._send(404, {"error": "not_found"})
 
     return Handler
+
+
+def _activate_page(user_code: str, provider: LocalOidcProvider) -> str:
+    """The device flow's verification page: the code (filled in when the URL carries it) and
+    who signs in. Everything shown is escaped."""
+    known = ", ".join(sorted(provider.users)) if provider.known_users_only else ""
+    who = f" ({html.escape(known)})" if known else ""
+    return (
+        "<!doctype html><html><head><title>Sign in</title></head><body>"
+        "<h1>Sign in to jitproxy</h1>"
+        "<p>A local test IdP: nobody here has a password.</p>"
+        "<form method=post action=/activate>"
+        f"<label>Code <input name=user_code value=\"{html.escape(user_code, quote=True)}\"></label> "
+        f"<label>User name{who} <input name=username autofocus></label> "
+        "<button>Approve</button> <button name=deny value=1>Deny</button>"
+        "</form></body></html>"
+    )

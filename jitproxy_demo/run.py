@@ -1,4 +1,5 @@
-"""`jitproxy demo`: a local MariaDB with sample data, the proxy in front of it, tokens for
+"""`jitproxy demo`: a local MariaDB with sample data, the proxy in front of it, a local OIDC
+provider it signs people in with (`jitproxy login`: dev or admin, no password), tokens for
 `admin` and `dev`, and the exact commands to connect. Ctrl-C stops everything."""
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from proxy.demo.certs import make_ca_and_server_cert
-from proxy.demo.mariadb import LocalMariaDB
-from proxy.demo.sample import create_proxy_upstream_user, load_sample_data
+from jitproxy_demo.certs import make_ca_and_server_cert
+from jitproxy_demo.inprocess import write_keys
+from jitproxy_demo.mariadb import LocalMariaDB
+from jitproxy_demo.oidc_provider import LocalOidcProvider
+from jitproxy_demo.process import write_private
+from jitproxy_demo.sample import create_proxy_upstream_user, load_sample_data
 from proxy.identity.personal_tokens import TokenIssuer
-from proxy.testing import write_keys
 
 DEMO_POLICY = """\
 # The demo's grants. Edit and save: the proxy picks changes up within a second.
@@ -55,10 +58,17 @@ approval_policies:
 
 DEMO_ENVIRONMENTS = {"hr_prod": "prod", "hr_test": "test"}
 
+# The demo's IdP (jitproxy_demo.oidc_provider): who may sign in with `jitproxy login`, and the
+# groups its ID tokens say; the same people and groups as the demo's tokens.
+DEMO_GROUPS: dict[str, tuple[str, ...]] = {"admin": ("project-owner", "dba"), "dev": ()}
+IDP_CLIENT_ID = "jitproxy"
 
-def _write_private(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
+
+def start_idp() -> LocalOidcProvider:
+    """The demo's IdP on a free loopback port: ID tokens for 8 hours, only dev and admin."""
+    users = {user: {"groups": list(groups)} for user, groups in DEMO_GROUPS.items()}
+    return LocalOidcProvider(client_id=IDP_CLIENT_ID, users=users, id_token_ttl_s=8 * 3600, interval_s=1,
+                             known_users_only=True).start()
 
 
 IAM_USER = "iam_app"
@@ -66,11 +76,13 @@ IAM_REGION = "eu-west-1"
 IAM_PROFILE = "jitproxy-demo"
 
 
-def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False) -> tuple[LocalMariaDB, Path]:
+def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False,
+            idp_issuer: str | None = None) -> tuple[LocalMariaDB, Path]:
     """Start MariaDB (fresh data every run) and write certificates, keys, policies, config and
-    tokens into `directory`. Returns the running database and the config path.
+    tokens into `directory`. Returns the running database and the config path. `idp_issuer`:
+    the demo IdP's URL, for the config's `oidc:` (sign-in with `jitproxy login`).
 
-    `iam`: the proxy reaches MariaDB as Aurora's IAM users do (proxy.demo.iam): a fresh SigV4
+    `iam`: the proxy reaches MariaDB as Aurora's IAM users do (jitproxy_demo.iam): a fresh SigV4
     token per upstream connection, sent with mysql_clear_password inside verified TLS, checked
     by a PAM verifier. The demo's AWS keys are random and local (a shared-credentials profile
     in `directory`); no AWS is reached."""
@@ -79,7 +91,7 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
     shutil.copyfile(tls.ca_cert, directory / "ca.pem")
     shutil.rmtree(directory / "mariadb", ignore_errors=True)
     if iam:
-        from proxy.demo.iam import IAM_SERVER_ARGS
+        from jitproxy_demo.iam import IAM_SERVER_ARGS
 
         db = LocalMariaDB(directory / "mariadb", tls=tls, extra_args=IAM_SERVER_ARGS)
     else:
@@ -92,7 +104,7 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
         else:
             upstream_password = secrets.token_urlsafe(24)
             create_proxy_upstream_user(db, password=upstream_password)
-            _write_private(directory / "upstream.password", upstream_password + "\n")
+            write_private(directory / "upstream.password", upstream_password + "\n")
             upstream = {"host": "127.0.0.1", "port": db.port, "user": "jitproxy", "password_file": "upstream.password",
                         "tls": {"ca_file": "tls/ca.pem"}}
         private, public = write_keys(directory / "keys")
@@ -118,6 +130,8 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
             "audit": {"sinks": [{"type": "file", "path": "audit.jsonl"}]},
             "log": {"level": "info", "format": "console"},
         }
+        if idp_issuer is not None:
+            raw["oidc"] = {"issuer": idp_issuer, "client_id": IDP_CLIENT_ID}
         import yaml
 
         config_path = directory / "config.yaml"
@@ -127,10 +141,9 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
         )
         issuer = TokenIssuer(private.read_bytes(), issuer="jitproxy", audience="jitproxy", max_ttl=timedelta(hours=12))
         # admin owns the project and is a dba (approves requests, grants and revokes); dev is not.
-        groups = {"admin": ("project-owner", "dba"), "dev": ()}
         for user in ("admin", "dev"):
-            token = issuer.issue(user, groups[user], ttl=timedelta(hours=8))
-            _write_private(directory / f"{user}.token", token + "\n")
+            token = issuer.issue(user, DEMO_GROUPS[user], ttl=timedelta(hours=8))
+            write_private(directory / f"{user}.token", token + "\n")
         del public
     except BaseException:
         db.stop()
@@ -141,15 +154,15 @@ def prepare(directory: Path, port: int, api_port: int = 8443, iam: bool = False)
 def _iam_upstream(directory: Path, db: LocalMariaDB) -> dict:
     """The IAM verifier on `db`, demo AWS keys in a shared-credentials profile, and the
     upstream section that uses them."""
-    from proxy.demo.iam import AwsKey, install_iam_auth
-    from proxy.demo.sample import SAMPLE_DATABASES
+    from jitproxy_demo.iam import AwsKey, install_iam_auth
+    from jitproxy_demo.sample import SAMPLE_DATABASES
 
     key = AwsKey("AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
     install_iam_auth(db, user=IAM_USER, region=IAM_REGION, host="127.0.0.1", port=db.port, keys=[key],
                      grants_sql=[f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{IAM_USER}'@'%'" for name in SAMPLE_DATABASES])
-    _write_private(directory / "aws-credentials",
-                   f"[{IAM_PROFILE}]\naws_access_key_id = {key.access_key_id}\n"
-                   f"aws_secret_access_key = {key.secret_access_key}\n")
+    write_private(directory / "aws-credentials",
+                  f"[{IAM_PROFILE}]\naws_access_key_id = {key.access_key_id}\n"
+                  f"aws_secret_access_key = {key.secret_access_key}\n")
     return {"host": "127.0.0.1", "port": db.port, "user": IAM_USER, "auth": "iam",
             "iam": {"region": IAM_REGION, "profile": IAM_PROFILE}, "tls": {"ca_file": "tls/ca.pem"}}
 
@@ -165,7 +178,12 @@ def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False
         os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(directory / "aws-credentials")
         os.environ.pop("AWS_ACCESS_KEY_ID", None)
         os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
-    db, config_path = prepare(directory, port, api_port, iam=iam)
+    idp = start_idp()
+    try:
+        db, config_path = prepare(directory, port, api_port, iam=iam, idp_issuer=idp.issuer)
+    except BaseException:
+        idp.stop()
+        raise
     try:
         from proxy.config import load_config
 
@@ -183,7 +201,7 @@ def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False
             from proxy.serving import LISTENING
 
             actual = LISTENING.get("port", port)
-            _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port), iam)
+            _print_ready(directory, actual, LISTENING.get("api_port", cfg.api.port), iam, idp.issuer)
             await task
 
         asyncio.run(main())
@@ -191,20 +209,31 @@ def run_demo(directory: Path, port: int, api_port: int = 8443, iam: bool = False
         pass
     finally:
         db.stop()
+        idp.stop()
         print("jitproxy demo: stopped", flush=True)
     return 0
 
 
-def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False) -> None:
+def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False, idp: str | None = None) -> None:
     """What to paste, in a fresh shell, exactly as printed: every path absolute, jitproxy found
     through the PATH line, the API and its CA set, tokens read from their files (never printed)."""
     upstream = (f"MariaDB as {IAM_USER} with a fresh AWS RDS IAM token per connection (PAM-verified, TLS only)"
                 if iam else "MariaDB as jitproxy with a password")
     ca, config = shlex.quote(str(directory / "ca.pem")), shlex.quote(str(directory / "config.yaml"))
-    lines = [
-        f"jitproxy demo ready on 127.0.0.1:{port} (upstream: {upstream})",
-        "",
-        "Connect as dev (may read hr_prod.employee and hr_prod.title only):",
+    export = f"export {_path_setting()}JITPROXY_API=https://127.0.0.1:{api_port} JITPROXY_CA={ca}"
+    lines = [f"jitproxy demo ready on 127.0.0.1:{port} (upstream: {upstream})", ""]
+    if idp is not None:
+        lines += [
+            f"Sign in with SSO and connect (the demo's IdP at {idp}): paste these lines into a fresh shell:",
+            f"  {export}",
+            "  jitproxy login                  # open the page it prints, sign in as dev or admin (no password)",
+            "  jitproxy connect --db hr_prod   # the mariadb CLI, signed in",
+            "then SQL at its prompt: SELECT first_name, dept FROM employee LIMIT 2;",
+            "(No browser? While jitproxy login waits: curl -d username=dev '<the page with the code it printed>')",
+            "",
+        ]
+    lines += [
+        "Or connect with a token, as dev (may read hr_prod.employee and hr_prod.title only):",
         "  " + _mariadb_command(directory, port, "dev"),
         "",
         "Connect as admin (may do anything):",
@@ -214,7 +243,7 @@ def _print_ready(directory: Path, port: int, api_port: int, iam: bool = False) -
         f"Audit trail: tail -f {shlex.quote(str(directory / 'audit.jsonl'))}",
         "",
         "Just-in-time access: paste these lines, in order, into another shell:",
-        f"  export {_path_setting()}JITPROXY_API=https://127.0.0.1:{api_port} JITPROXY_CA={ca}",
+        f"  {export}",
         f'  jitproxy check --config {config} --user dev --db hr_prod "SELECT * FROM salary"   # why dev is denied',
         f"  REQ=$({_as(directory, 'dev')} jitproxy request create --db hr_prod --table salary "
         "--until \"$(date -d '+1 hour' +%H:%M)\" --reason 'INC-1234 payroll check' --quiet)",

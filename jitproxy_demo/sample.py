@@ -5,14 +5,14 @@ from __future__ import annotations
 import secrets
 from importlib import resources
 
-from proxy.demo.mariadb import Credentials, LocalMariaDB
+from jitproxy_demo.mariadb import Credentials, LocalMariaDB
 
 SAMPLE_DATABASES = ("hr_prod", "hr_test")
 UPSTREAM_USER = "jitproxy"
 
 
 def sample_data_sql() -> str:
-    return resources.files("proxy.demo").joinpath("sample_data.sql").read_text(encoding="utf-8")
+    return resources.files("jitproxy_demo").joinpath("sample_data.sql").read_text(encoding="utf-8")
 
 
 def load_sample_data(db: LocalMariaDB) -> None:
