@@ -155,18 +155,23 @@ class LocalOidcProvider:
 
     # -- the code flow --------------------------------------------------------------------------
 
-    def authorize(self, query: dict[str, str]) -> tuple[int, str]:
-        """Redirect back with a code for `browser_user` (the person signed in at the IdP)."""
+    def authorize(self, query: dict[str, str], username: str | None = None) -> tuple[int, str]:
+        """Redirect back with a code for the person signed in at the IdP: `browser_user` (the
+        tests' preset), else `username` typed into the sign-in page; with neither, 200 and
+        that page (`query` carried along in hidden fields)."""
         if query.get("client_id") != self.client_id or query.get("response_type") != "code":
             return 400, "bad request"
         if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
             return 400, "PKCE S256 required"
-        if self.browser_user is None:
-            return 403, "nobody is signed in"
+        user = self.browser_user or (username or "").strip()
+        if not user:
+            return 200, _sign_in_page(query, self)
+        if self.known_users_only and user not in self.users:
+            return 403, "unknown user"
         code = secrets.token_urlsafe(24)
         with self._lock:
             self._codes[code] = _Code(self.client_id, query["redirect_uri"], query["code_challenge"],
-                                      query.get("nonce"), self.browser_user)
+                                      query.get("nonce"), user)
         return 302, query["redirect_uri"] + "?" + urlencode({"code": code, "state": query.get("state", "")})
 
     def _code_token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -222,20 +227,25 @@ def _handler(provider: LocalOidcProvider) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/jwks":
                 self._send(200, provider.jwks())
             elif url.path == "/authorize":
-                status, where = provider.authorize(query)
-                if status == 302:
-                    self._send(302, "", "text/plain", location=where)
-                else:
-                    self._send(status, where, "text/plain")
+                self._authorized(*provider.authorize(query))
             elif url.path == "/activate":
                 self._send(200, _activate_page(query.get("user_code", ""), provider), "text/html; charset=utf-8")
             else:
                 self._send(404, {"error": "not_found"})
 
+        def _authorized(self, status: int, answer: str) -> None:
+            if status == 302:
+                self._send(302, "", "text/plain", location=answer)
+            else:
+                self._send(status, answer, "text/html; charset=utf-8" if status == 200 else "text/plain")
+
         def do_POST(self) -> None:  # noqa: N802
             path = urlparse(self.path).path
             form = self._form()
-            if path == "/device":
+            if path == "/authorize":  # the sign-in page's form: the code flow's query and who
+                username = form.pop("username", "")
+                self._authorized(*provider.authorize(form, username))
+            elif path == "/device":
                 self._send(*provider.device_authorization(form))
             elif path == "/token":
                 self._send(*provider.token(form))
@@ -251,6 +261,23 @@ def _handler(provider: LocalOidcProvider) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "not_found"})
 
     return Handler
+
+
+def _sign_in_page(query: dict[str, str], provider: LocalOidcProvider) -> str:
+    """The code flow's sign-in page (a browser sent here by jitproxy's console): who signs in,
+    the request's parameters carried in hidden fields. Everything shown is escaped."""
+    known = ", ".join(sorted(provider.users)) if provider.known_users_only else ""
+    who = f" ({html.escape(known)})" if known else ""
+    hidden = "".join(f'<input type=hidden name="{html.escape(k, quote=True)}" value="{html.escape(v, quote=True)}">'
+                     for k, v in query.items())
+    return (
+        "<!doctype html><html><head><title>Sign in</title></head><body>"
+        "<h1>Sign in to jitproxy</h1>"
+        "<p>A local test IdP: nobody here has a password.</p>"
+        f"<form method=post action=/authorize>{hidden}"
+        f"<label>User name{who} <input name=username autofocus></label> <button>Sign in</button>"
+        "</form></body></html>"
+    )
 
 
 def _activate_page(user_code: str, provider: LocalOidcProvider) -> str:

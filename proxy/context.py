@@ -16,7 +16,7 @@ from proxy.audit.events import AuditEmitter
 from proxy.authz.masking import Masker
 from proxy.store.base import Store
 from proxy.workflow import check
-from proxy.workflow.runtime import EffectiveGrants
+from proxy.workflow.grants import EffectiveGrants
 from proxy.workflow.service import AccessService
 from proxy.authz.model import Analysis, Decision, Principal
 from proxy.config import LimitsConfig

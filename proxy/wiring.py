@@ -19,7 +19,7 @@ from proxy.audit.events import AuditEmitter, FileSink, Sink, StreamSink
 from proxy.authz.masking import Masker
 from proxy.store import open_store
 from proxy.store.base import Store
-from proxy.workflow.runtime import EffectiveGrants
+from proxy.workflow.grants import EffectiveGrants
 from proxy.workflow.service import AccessService, Limits
 from proxy.config import Config
 from proxy.environments import Environments

@@ -1,17 +1,22 @@
-"""Grants from every source as people are shown them: the policy files' (kept in git), those a
-request's approval made, and admins' direct grants. `jitproxy access`, `jitproxy grant list`
-and the workflow's "you already hold this" answer all read them through here, so a grant reads
-the same wherever it is shown: what, until when, its status and where it comes from.
+"""The grants in effect, from every source: the policy files' (kept in git), those a request's
+approval made, and admins' direct grants. `EffectiveGrants` is what sessions decide against
+(the policy files' `GrantSet` with the store's active grants); the rest is how people are
+shown them: `jitproxy access`, `jitproxy grant list` and the workflow's "you already hold
+this" answer all read them through here, so a grant reads the same wherever it is shown: what,
+until when, its status and where it comes from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from proxy.authz.model import Grant, Privilege
-from proxy.store.base import ANY_INSTANCE, StoredGrant
+from proxy.authz.decide import GrantSet
+from proxy.authz.model import Grant, Principal, Privilege
+from proxy.store.base import ANY_INSTANCE, Store, StoredGrant
 from proxy.workflow.status import ACTIVE, grant_status
 
 POLICY, REQUEST, DIRECT = "policy", "request", "grant"  # a row's `kind`
@@ -105,3 +110,64 @@ def _covers(g: Grant, instance: str, db: str, table: str, privilege: Privilege, 
         and (g.table == "*" or g.table == table)
         and (g.expires_at is None or g.expires_at >= until)
     )
+
+
+class EffectiveGrants:
+    """What sessions decide against: `GrantSet` of the policy files (reloaded on change) and
+    the store's active grants (refreshed by `refresh()`). Callable like the policy store."""
+
+    def __init__(self, policies: Callable[[], GrantSet], store: Store | None, clock: Callable[[], datetime]) -> None:
+        self.policies = policies
+        self.store = store
+        self.clock = clock
+        self.revision = -1
+        self._rows: tuple[StoredGrant, ...] = ()  # the store's active grants, as read
+        self._stored: tuple[Grant, ...] = ()  # the same, as sessions decide with them
+        # The snapshot it was built from (held, not its id(): a freed object's id is reused).
+        self._built_from: tuple[GrantSet, int] | None = None
+        self._combined = GrantSet(())
+
+    def __call__(self) -> GrantSet:
+        base = self.policies()
+        built = self._built_from
+        if built is None or built[0] is not base or built[1] != self.revision:
+            self._combined = GrantSet(
+                (*base.grants, *self._stored), version=f"{base.version}+{self.revision}", masks=base.masks
+            )
+            self._built_from = (base, self.revision)
+        return self._combined
+
+    def reload(self) -> None:
+        """Re-read the policy files now (tests and `jitproxy` admin actions)."""
+        reload = getattr(self.policies, "reload", None)
+        if reload is not None:
+            reload()
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Fetch the store's active grants if its revision moved. True when something changed."""
+        if self.store is None:
+            return False
+        revision = await asyncio.to_thread(self.store.revision)
+        if revision == self.revision and not force:
+            return False
+        stored = await asyncio.to_thread(self.store.grants, active_at=self.clock())
+        self._rows = tuple(stored)
+        self._stored = tuple(to_grant(g) for g in stored)
+        self.revision = revision
+        return True
+
+    def forget_store(self) -> None:
+        """The store has been unreachable too long: its grants stop counting (fail closed: a
+        revocation made meanwhile cannot have reached us)."""
+        self._rows = ()
+        self._stored = ()
+        self.revision = -1
+
+    def held_by(self, who: Principal) -> list[dict[str, Any]]:
+        """Every grant in effect for the person now, as sessions see them (a store the proxy
+        stopped trusting counts for nothing here either), each with its source and end: the
+        policy files' first, then the store's, for `jitproxy access`."""
+        now = self.clock()
+        subjects = set(who.subjects)
+        return [*(policy_row(g) for g in self.policies().for_principal(who, now)),
+                *(stored_row(g, now) for g in self._rows if g.subject in subjects and g.active(now))]

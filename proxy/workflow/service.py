@@ -188,21 +188,10 @@ class AccessService:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def create_request(
-        self,
-        who: Principal,
-        db: str,
-        tables: list[str],
-        privileges: list[str],
-        reason: str,
-        *,
-        duration: timedelta | None = None,
-        until: datetime | None = None,
-        instance: str | None = None,
-    ) -> AccessRequest:
-        """The new request, or the person's pending request that already asks for all of it."""
-        return self.submit_request(who, db, tables, privileges, reason, duration=duration, until=until,
-                                   instance=instance)[0]
+    def create_request(self, *args: Any, **kwargs: Any) -> AccessRequest:
+        """`submit_request`'s request alone: the new one, or the person's pending request that
+        already asks for all of it."""
+        return self.submit_request(*args, **kwargs)[0]
 
     def submit_request(
         self,

@@ -32,7 +32,7 @@ from proxy.authz.policy import load_policy_dir
 from proxy.store import open_store
 from proxy.store.base import Store
 from proxy.workflow.approvals import load_approval_policies
-from proxy.workflow.runtime import EffectiveGrants
+from proxy.workflow.grants import EffectiveGrants
 from proxy.workflow.service import AccessService
 from tests.audit.test_audit_cli import RunningApi
 from tests.audit.test_search_api import Verifier

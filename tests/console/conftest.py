@@ -37,7 +37,7 @@ from jitproxy_demo.inprocess import MutableClock, write_keys
 from jitproxy_demo.oidc_provider import LocalOidcProvider
 from proxy.workflow import check as dry
 from proxy.workflow.approvals import load_approval_policies
-from proxy.workflow.runtime import EffectiveGrants
+from proxy.workflow.grants import EffectiveGrants
 from proxy.workflow.service import AccessService, SchemaUnavailable
 from tests.audit.test_audit_cli import RunningApi
 from tests.audit.test_search_api import Verifier

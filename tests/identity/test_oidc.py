@@ -5,6 +5,8 @@ checks (signature, key rotation, audience, expiry, issuer), the claim mapping an
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -171,3 +173,27 @@ def test_browser_flow_with_pkce_and_nonce(provider, keys) -> None:
     signed_in = asyncio.run(browser())
     assert signed_in.user == "alice"
     assert verifier(keys).verify("alice", signed_in.token).user == "alice"
+
+
+def test_the_demo_provider_asks_who_signs_in_when_nobody_is(provider, keys) -> None:
+    """The demo's IdP has no preset browser user: its sign-in page asks who (escaped, the code
+    flow's parameters carried through), and the code it then gives signs that person in."""
+    provider.browser_user = None
+    provider.known_users_only = True
+    rp = sign_in(provider, keys)
+
+    async def browser() -> object:
+        url = await rp.start_browser()
+        async with httpx.AsyncClient() as http:
+            page = await http.get(url + "&x=%3Cscript%3E")
+            assert page.status_code == 200 and "User name (alice, bob)" in page.text
+            assert "<script>" not in page.text and "&lt;script&gt;" in page.text
+            form = dict(re.findall(r'type=hidden name="([^"]+)" value="([^"]*)"', page.text))
+            form = {k: html.unescape(v) for k, v in form.items()}
+            assert (await http.post(f"{provider.issuer}/authorize", data={**form, "username": "mallory"})).status_code == 403
+            back = await http.post(f"{provider.issuer}/authorize", data={**form, "username": "bob"})
+        assert back.status_code == 302
+        answer = parse_qs(urlparse(back.headers["location"]).query)
+        return await rp.finish_browser(answer["code"][0], answer["state"][0])
+
+    assert asyncio.run(browser()).user == "bob"

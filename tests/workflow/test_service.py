@@ -15,7 +15,8 @@ from proxy.authz.model import Principal
 from proxy.store import open_store
 from proxy.store.base import RequestStatus, StoreError
 from proxy.workflow.approvals import ApprovalPolicies, rules_from_document
-from proxy.workflow.runtime import EffectiveGrants, Poller
+from proxy.workflow.grants import EffectiveGrants
+from proxy.workflow.runtime import Poller
 from proxy.workflow.service import AccessService, Forbidden, Invalid, Missing, StateConflict
 from tests.helpers import HR_ENVIRONMENTS, environments
 
