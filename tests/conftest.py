@@ -5,6 +5,7 @@ Sections: the upstream MariaDB (below); proxy fixtures go after it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 def _own_jitproxy_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the sign-in of whoever runs the tests (~/.config/jitproxy)."""
     monkeypatch.setenv("JITPROXY_HOME", str(tmp_path_factory.mktemp("jitproxy-home")))
+
+
+@pytest.fixture
+def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This machine's zone is UTC+05:30 (no DST) for the test."""
+    monkeypatch.setenv("TZ", "UTC-05:30")  # POSIX: the offset's sign is inverted
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

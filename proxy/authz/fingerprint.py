@@ -50,19 +50,25 @@ Key = tuple[object, ...]
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    fingerprint: str
+    sql: str
     key: Key | None
     tokens: list[Token] | None  # None: the tokenizer refused the text
+
+    @property
+    def fingerprint(self) -> str:
+        """Computed when asked (a cache miss), not for every statement a key serves."""
+        if self.tokens is None:
+            return _digest(" ".join(_FALLBACK.sub("?", self.sql).split()).upper())
+        return _digest(" ".join("?" if t.token_type in _LITERALS else t.text if t.token_type in _NAMES
+                                else t.text.upper() for t in self.tokens))
 
 
 def shape(sql: str) -> Shape:
     try:
         tokens = raw_tokens(sql)
     except Exception:  # noqa: BLE001 - sqlglot raises several types; any means: no tokens
-        return Shape(_digest(" ".join(_FALLBACK.sub("?", sql).split()).upper()), None, None)
-    audit_shape = " ".join("?" if t.token_type in _LITERALS else t.text if t.token_type in _NAMES else t.text.upper()
-                           for t in tokens)
-    return Shape(_digest(audit_shape), _key(sql, tokens), tokens)
+        return Shape(sql, None, None)
+    return Shape(sql, _key(sql, tokens), tokens)
 
 
 def fingerprint(sql: str) -> str:

@@ -24,6 +24,7 @@ from proxy.authz.model import Analysis, Decision, DenyCode, Principal, Statement
 from proxy.mysql import wire
 from proxy.protocol import errors
 from proxy.protocol.deciding import Decider
+from proxy.protocol.connection import SAFE_CHARSETS
 from proxy.protocol.errors import ER, ClientError, UpstreamLost, max_rows_error
 from proxy.protocol.plan import Effect, Plan, effects_of
 from proxy.protocol.statement_audit import StatementAudit
@@ -261,8 +262,6 @@ class SessionCore:
         except (OSError, ProtocolViolation, UpstreamError):
             raise UpstreamLost() from None
         name = (raw or b"").decode("ascii", "replace")
-        from proxy.protocol.connection import SAFE_CHARSETS
-
         if name not in SAFE_CHARSETS:  # the analyzer allow-lists charsets: fail closed anyway
             log.error("unexpected client charset upstream", charset=name)
             raise UpstreamLost()

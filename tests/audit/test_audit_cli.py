@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,15 +83,6 @@ def api(trail: tuple[Store, Path], tls_files: TlsFiles, monkeypatch: pytest.Monk
     yield running
     running.stop()
 
-
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI's local time zone is UTC+05:30 (no DST) for the test."""
-    monkeypatch.setenv("TZ", "UTC-05:30")  # POSIX: the offset's sign is inverted
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str | None,

@@ -3,8 +3,6 @@ are shown back. Local zones are set through TZ, as a person's machine would have
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -13,15 +11,6 @@ from proxy.timespec import TimeSpecError, format_duration, parse_duration, parse
 
 INDIA = timezone(timedelta(hours=5, minutes=30))
 
-
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This machine's zone is UTC+05:30 (no DST) for the test."""
-    monkeypatch.setenv("TZ", "UTC-05:30")  # POSIX: the offset's sign is inverted
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

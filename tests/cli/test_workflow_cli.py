@@ -13,7 +13,6 @@ import re
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,15 +95,6 @@ def workflow(tmp_path: Path, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatc
     api.stop()
     store.close()
 
-
-@pytest.fixture
-def local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This machine's zone is UTC+05:30 (no DST) for the test."""
-    monkeypatch.setenv("TZ", "UTC-05:30")  # POSIX: the offset's sign is inverted
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str,

